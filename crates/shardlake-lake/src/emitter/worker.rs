@@ -1,0 +1,250 @@
+//! The committer task: gathers queued requests into batches and commits each
+//! batch exactly once, retrying transient failures and re-planning after
+//! conflicts, then answers every request of the batch.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::compute::concat_batches;
+use shardlake_core::pending_event_schema;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::{EmitAck, EmitterMetrics, Message, Pending, Shared};
+use crate::commit::{CommitPlan, TableCommitter, plan_commit};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Conflicts tolerated for one batch before giving up: each one means another
+/// committer landed a commit, so this bounds only pathological contention.
+const MAX_CONFLICTS_PER_BATCH: u32 = 1000;
+
+pub(super) struct Worker {
+    committer: Box<dyn TableCommitter>,
+    shared: Arc<Shared>,
+}
+
+/// What a batch's commit achieved.
+struct Outcome {
+    /// Which rows of the batch were written (false: duplicate).
+    kept: Vec<bool>,
+    /// Watermarks after the batch.
+    watermarks: BTreeMap<i32, i64>,
+    snapshot_id: Option<i64>,
+}
+
+impl Worker {
+    pub(super) fn new(committer: Box<dyn TableCommitter>, shared: Arc<Shared>) -> Self {
+        Self { committer, shared }
+    }
+
+    pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Message>) {
+        let config = self.shared.config.clone();
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut batch_events = 0usize;
+        let mut batch_bytes = 0usize;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let mut waiters: Vec<oneshot::Sender<Result<()>>> = Vec::new();
+        let mut stop = false;
+        loop {
+            let full = batch_events >= config.max_batch_events || batch_bytes >= config.max_batch_bytes;
+            let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            if !batch.is_empty() && (full || due || !waiters.is_empty() || stop) {
+                let result = self.commit_batch(std::mem::take(&mut batch)).await;
+                batch_events = 0;
+                batch_bytes = 0;
+                deadline = None;
+                for w in waiters.drain(..) {
+                    let _ = w.send(result.as_ref().map(|_| ()).map_err(copy_error));
+                }
+                continue;
+            }
+            for w in waiters.drain(..) {
+                let _ = w.send(Ok(()));
+            }
+            if stop {
+                break;
+            }
+            let message = match deadline {
+                Some(d) => tokio::select! {
+                    m = rx.recv() => m,
+                    () = tokio::time::sleep_until(d) => continue,
+                },
+                None => rx.recv().await,
+            };
+            match message {
+                Some(Message::Emit(pending)) => {
+                    if batch.is_empty() {
+                        deadline = Some(tokio::time::Instant::now() + config.flush_interval);
+                    }
+                    batch_events += pending.batch.len();
+                    batch_bytes += pending.batch.approx_bytes();
+                    batch.push(pending);
+                }
+                Some(Message::Flush(w)) => waiters.push(w),
+                Some(Message::Close(w)) => {
+                    waiters.push(w);
+                    stop = true;
+                }
+                // Every sender is gone: commit what we have and stop.
+                None => stop = true,
+            }
+        }
+        debug!("emitter committer stopped");
+    }
+
+    /// Commits `batch` and answers each of its requests.
+    async fn commit_batch(&mut self, batch: Vec<Pending>) -> Result<()> {
+        let events: usize = batch.iter().map(|p| p.batch.len()).sum();
+        let bytes: usize = batch.iter().map(|p| p.batch.approx_bytes()).sum();
+        let outcome = self.commit_with_retry(&batch).await;
+        let m = &self.shared.metrics;
+        EmitterMetrics::sub(&m.queued_events, events);
+        EmitterMetrics::sub(&m.queued_bytes, bytes);
+        match outcome {
+            Ok(outcome) => {
+                let mut offset = 0;
+                for pending in batch {
+                    let n = pending.batch.len();
+                    let kept = &outcome.kept[offset..offset + n];
+                    offset += n;
+                    let accepted = kept.iter().filter(|k| **k).count();
+                    let shards: BTreeSet<i32> = pending.batch.shard_ids().iter().copied().collect();
+                    let watermarks = shards
+                        .into_iter()
+                        .map(|s| (s, outcome.watermarks.get(&s).copied().unwrap_or(0)))
+                        .collect();
+                    let _ = pending.ack.send(Ok(EmitAck {
+                        accepted,
+                        duplicates: n - accepted,
+                        rejected: pending.rejected,
+                        watermarks,
+                        snapshot_id: outcome.snapshot_id,
+                    }));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                EmitterMetrics::add(&m.commit_failures, 1);
+                EmitterMetrics::add(&m.events_failed, events);
+                warn!(error = %e, events, "giving up on a batch; its callers get the error");
+                for pending in batch {
+                    let _ = pending.ack.send(Err(copy_error(&e)));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn commit_with_retry(&mut self, batch: &[Pending]) -> Result<Outcome> {
+        let shared = Arc::clone(&self.shared);
+        let m = &shared.metrics;
+        let policy = shared.config.retry;
+        let batches: Vec<_> = batch.iter().map(|p| p.batch.record_batch().clone()).collect();
+        let pending = concat_batches(&pending_event_schema(), &batches)?;
+        drop(batches);
+
+        let mut attempts: Vec<CommitPlan> = Vec::new();
+        let mut failures = 0u32;
+        let mut conflicts = 0u32;
+        let mut backoff = policy.initial_backoff;
+        let mut stale = false;
+        loop {
+            if stale {
+                if let Err(e) = self.committer.refresh().await {
+                    failures += 1;
+                    self.note_failure(&e, failures, policy.max_attempts)?;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(policy.max_backoff);
+                    continue;
+                }
+                // An earlier attempt whose outcome we did not see may have landed.
+                if let Some(landed) = attempts
+                    .iter()
+                    .find(|p| self.committer.contains_commit(&p.commit_id))
+                {
+                    info!(commit_id = %landed.commit_id, "an earlier commit attempt had landed");
+                    return Ok(self.landed(landed));
+                }
+            }
+            let started = Instant::now();
+            let plan = plan_commit(&pending, self.committer.state())?;
+            if plan.rows() == 0 {
+                EmitterMetrics::add(&m.events_duplicate, pending.num_rows());
+                return Ok(Outcome {
+                    kept: plan.kept,
+                    watermarks: plan.state.watermarks,
+                    snapshot_id: None,
+                });
+            }
+            match self.committer.commit(&plan).await {
+                Ok(()) => {
+                    let elapsed = started.elapsed();
+                    m.record_commit_latency(elapsed);
+                    shared.health.success();
+                    debug!(
+                        rows = plan.rows(),
+                        files_namespaces = plan.namespaces.len(),
+                        elapsed_ms = elapsed.as_millis() as u64,
+                        "committed"
+                    );
+                    return Ok(self.landed(&plan));
+                }
+                Err(e) if e.kind() == ErrorKind::CommitConflict => {
+                    conflicts += 1;
+                    EmitterMetrics::add(&m.commit_conflicts, 1);
+                    debug!(conflicts, "commit conflict; re-reading watermarks and re-planning");
+                    if conflicts > MAX_CONFLICTS_PER_BATCH {
+                        return Err(e);
+                    }
+                    attempts.push(plan);
+                    stale = true;
+                }
+                Err(e) if e.is_retryable() => {
+                    failures += 1;
+                    EmitterMetrics::add(&m.commit_retries, 1);
+                    attempts.push(plan);
+                    self.note_failure(&e, failures, policy.max_attempts)?;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(policy.max_backoff);
+                    // The commit may or may not have landed: find out first.
+                    stale = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Records a failed attempt; errors out once attempts are exhausted.
+    fn note_failure(&self, e: &Error, failures: u32, max_attempts: u32) -> Result<()> {
+        self.shared.health.failure(&e.to_string());
+        warn!(error = %e, attempt = failures, "commit attempt failed");
+        if failures >= max_attempts {
+            return Err(Error::new(
+                e.kind(),
+                format!("commit failed after {failures} attempts: {e}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The outcome of `plan`, which is now part of the table.
+    fn landed(&self, plan: &CommitPlan) -> Outcome {
+        let m = &self.shared.metrics;
+        let total = plan.kept.len();
+        EmitterMetrics::add(&m.commits, 1);
+        EmitterMetrics::add(&m.events_committed, plan.rows());
+        EmitterMetrics::add(&m.events_duplicate, total - plan.rows());
+        let state = self.committer.state();
+        Outcome {
+            kept: plan.kept.clone(),
+            // The table's watermarks are at least the plan's; report the table's.
+            watermarks: state.watermarks.clone(),
+            snapshot_id: state.snapshot_id,
+        }
+    }
+}
+
+fn copy_error(e: &Error) -> Error {
+    Error::new(e.kind(), e.to_string())
+}

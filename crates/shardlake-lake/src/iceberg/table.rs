@@ -1,0 +1,165 @@
+//! The Iceberg `events` table: created on first use, schema-checked on every
+//! load, and the place where commit state (watermarks, next position) lives.
+//!
+//! Commit state is stored in *table properties*, updated in the same metadata
+//! commit as the snapshot that adds the data. Properties (unlike snapshot
+//! summaries) hold only the current value, survive snapshot expiration, and
+//! cost one map entry per shard, not one per shard per snapshot.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use iceberg::table::Table;
+use iceberg::{Catalog, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::SqlCatalog;
+
+use super::catalog::open_sql_catalog;
+use super::schema::{check_schema, iceberg_schema, partition_spec, sort_order};
+use crate::commit::{CommitState, FIRST_POSITION};
+use crate::error::{Error, ErrorKind, Result};
+use crate::warehouse::Warehouse;
+
+/// Iceberg namespace holding shardlake's tables.
+pub const ICEBERG_NAMESPACE: &str = "shardlake";
+/// Name of the events table.
+pub const EVENTS_TABLE: &str = "events";
+
+/// Table properties written by shardlake.
+pub mod properties {
+    /// JSON object `{"<shard_id>": <highest committed seq>}`.
+    pub const WATERMARKS: &str = "shardlake.watermarks";
+    /// Position the next committed event gets.
+    pub const NEXT_POSITION: &str = "shardlake.next-position";
+    /// Version of shardlake's table layout.
+    pub const LAYOUT_VERSION: &str = "shardlake.layout-version";
+}
+
+/// Snapshot summary properties written by shardlake on each commit.
+pub mod summary {
+    /// Unique id of the commit attempt that produced the snapshot.
+    pub const COMMIT_ID: &str = "shardlake.commit-id";
+    /// Position of the first event of the snapshot.
+    pub const FIRST_POSITION: &str = "shardlake.first-position";
+    /// Position after the last event of the snapshot.
+    pub const NEXT_POSITION: &str = "shardlake.next-position";
+}
+
+/// Handle on the Iceberg `events` table of a warehouse.
+#[derive(Debug, Clone)]
+pub struct IcebergEventsTable {
+    catalog: Arc<SqlCatalog>,
+    ident: TableIdent,
+    warehouse: Warehouse,
+}
+
+impl IcebergEventsTable {
+    /// Opens the table, creating namespace and table on first use, and checks
+    /// its schema. Safe to race with another process doing the same.
+    pub async fn open(warehouse: &Warehouse) -> Result<Self> {
+        let catalog = open_sql_catalog(warehouse).await?;
+        let namespace = NamespaceIdent::new(ICEBERG_NAMESPACE.to_owned());
+        let ident = TableIdent::new(namespace.clone(), EVENTS_TABLE.to_owned());
+        if !catalog.namespace_exists(&namespace).await? {
+            if let Err(e) = catalog.create_namespace(&namespace, HashMap::new()).await {
+                // Lost a race with another opener: fine if it exists now.
+                if !catalog.namespace_exists(&namespace).await? {
+                    return Err(e.into());
+                }
+            }
+        }
+        if !catalog.table_exists(&ident).await? {
+            let creation = TableCreation::builder()
+                .name(EVENTS_TABLE.to_owned())
+                .schema((*iceberg_schema()).clone())
+                .partition_spec(partition_spec()?)
+                .sort_order(sort_order()?)
+                .properties([
+                    ("write.format.default".to_owned(), "parquet".to_owned()),
+                    (
+                        "write.parquet.compression-codec".to_owned(),
+                        "zstd".to_owned(),
+                    ),
+                    (properties::LAYOUT_VERSION.to_owned(), "1".to_owned()),
+                ])
+                .build();
+            if let Err(e) = catalog.create_table(&namespace, creation).await {
+                if !catalog.table_exists(&ident).await? {
+                    return Err(e.into());
+                }
+            }
+        }
+        let table = Self {
+            catalog,
+            ident,
+            warehouse: warehouse.clone(),
+        };
+        table.load().await?;
+        Ok(table)
+    }
+
+    /// Loads the current version of the table and checks its schema.
+    pub async fn load(&self) -> Result<Table> {
+        let table = self.catalog.load_table(&self.ident).await?;
+        check_schema(table.metadata().current_schema())?;
+        Ok(table)
+    }
+
+    /// The catalog the table lives in.
+    pub fn catalog(&self) -> Arc<dyn Catalog> {
+        Arc::clone(&self.catalog) as Arc<dyn Catalog>
+    }
+
+    /// The table's identifier.
+    pub fn ident(&self) -> &TableIdent {
+        &self.ident
+    }
+
+    /// The warehouse the table lives in.
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
+    }
+}
+
+/// Reads the commit state recorded in `table`'s properties.
+pub fn commit_state(table: &Table) -> Result<CommitState> {
+    let props = table.metadata().properties();
+    let watermarks = match props.get(properties::WATERMARKS) {
+        None => BTreeMap::new(),
+        Some(json) => serde_json::from_str(json).map_err(|e| {
+            Error::new(
+                ErrorKind::Unexpected,
+                format!("table property {} is not valid", properties::WATERMARKS),
+            )
+            .with_source(e)
+        })?,
+    };
+    let next_position = match props.get(properties::NEXT_POSITION) {
+        None => FIRST_POSITION,
+        Some(n) => n.parse().map_err(|e| {
+            Error::new(
+                ErrorKind::Unexpected,
+                format!("table property {} is not valid", properties::NEXT_POSITION),
+            )
+            .with_source(e)
+        })?,
+    };
+    Ok(CommitState {
+        watermarks,
+        next_position,
+        snapshot_id: table.metadata().current_snapshot_id(),
+    })
+}
+
+/// Encodes `state` as the table properties [`commit_state`] reads.
+pub fn state_properties(state: &CommitState) -> Result<Vec<(String, String)>> {
+    let watermarks = serde_json::to_string(&state.watermarks).map_err(|e| {
+        Error::new(ErrorKind::Unexpected, "cannot encode watermarks").with_source(e)
+    })?;
+    Ok(vec![
+        (properties::WATERMARKS.to_owned(), watermarks),
+        (
+            properties::NEXT_POSITION.to_owned(),
+            state.next_position.to_string(),
+        ),
+    ])
+}

@@ -1,0 +1,151 @@
+//! Where a lake lives: the object store holding table files, the URL of its
+//! root, and the local directory holding the SQLite catalog.
+//!
+//! One [`Warehouse`] hands the *same* object store to the Iceberg file IO
+//! (through [`crate::storage::ObjectStoreStorage`]) and to DataFusion, so
+//! writes and reads go through one client and one configuration.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use url::Url;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// File name of the SQLite catalog inside the data directory.
+pub const CATALOG_FILE: &str = "catalog.db";
+/// Directory of table files inside the data directory.
+pub const WAREHOUSE_DIR: &str = "warehouse";
+/// Directory of dead-letter records inside the data directory.
+pub const DEAD_LETTER_DIR: &str = "dead-letter";
+
+/// A lake's storage: the object store, the root URL of table files in it, and
+/// the local data directory (catalog database, dead letters).
+#[derive(Debug, Clone)]
+pub struct Warehouse {
+    data_dir: PathBuf,
+    root: Url,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Warehouse {
+    /// The embedded default: everything under one local directory
+    /// (`<dir>/catalog.db`, `<dir>/warehouse/`), created if missing.
+    pub fn local(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir.join(WAREHOUSE_DIR)).map_err(|e| {
+            Error::new(
+                ErrorKind::DataInvalid,
+                format!("cannot create warehouse directory {}", dir.display()),
+            )
+            .with_source(e)
+        })?;
+        let data_dir = dir.canonicalize().map_err(|e| {
+            Error::new(
+                ErrorKind::DataInvalid,
+                format!("cannot resolve warehouse directory {}", dir.display()),
+            )
+            .with_source(e)
+        })?;
+        let root = Url::from_directory_path(data_dir.join(WAREHOUSE_DIR)).map_err(|()| {
+            Error::new(
+                ErrorKind::DataInvalid,
+                format!("warehouse directory {} is not an absolute path", dir.display()),
+            )
+        })?;
+        Ok(Self {
+            data_dir,
+            root,
+            store: Arc::new(LocalFileSystem::new()),
+        })
+    }
+
+    /// The local directory holding the catalog database and dead letters.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// URL of the root of table files, ending in `/`.
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    /// The root URL as Iceberg spells warehouse locations (no trailing `/`).
+    pub fn root_location(&self) -> String {
+        self.root.as_str().trim_end_matches('/').to_owned()
+    }
+
+    /// The object store holding table files.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// The URL (scheme and authority) under which DataFusion must register
+    /// [`Self::store`], e.g. `file:///` or `s3://bucket/`.
+    pub fn store_url(&self) -> Url {
+        let mut url = self.root.clone();
+        url.set_path("/");
+        url
+    }
+
+    /// `sqlite://` URI of the catalog database, created if missing.
+    pub fn catalog_uri(&self) -> String {
+        format!(
+            "sqlite://{}?mode=rwc",
+            self.data_dir.join(CATALOG_FILE).display()
+        )
+    }
+
+    /// Turns a location (URL within this warehouse's store, or an absolute
+    /// local path) into a path inside [`Self::store`].
+    pub fn object_path(&self, location: &str) -> Result<object_store::path::Path> {
+        to_object_path(&self.store_url(), location)
+    }
+}
+
+/// Maps `location` to a path inside the store registered at `store_url`.
+pub(crate) fn to_object_path(
+    store_url: &Url,
+    location: &str,
+) -> Result<object_store::path::Path> {
+    let url = if location.starts_with('/') {
+        Url::from_file_path(location).map_err(|()| {
+            Error::new(ErrorKind::DataInvalid, format!("bad local path {location}"))
+        })?
+    } else {
+        Url::parse(location).map_err(|e| {
+            Error::new(ErrorKind::DataInvalid, format!("bad location {location}")).with_source(e)
+        })?
+    };
+    if url.scheme() != store_url.scheme() || url.host_str() != store_url.host_str() {
+        return Err(Error::new(
+            ErrorKind::DataInvalid,
+            format!("location {location} is outside the warehouse store {store_url}"),
+        ));
+    }
+    object_store::path::Path::from_url_path(url.path()).map_err(|e| {
+        Error::new(ErrorKind::DataInvalid, format!("bad location {location}")).with_source(e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_layout_and_paths() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let w = Warehouse::local(tmp.path().join("lake")).expect("warehouse");
+        assert!(w.data_dir().join(WAREHOUSE_DIR).is_dir());
+        assert!(w.root().as_str().starts_with("file:///"));
+        assert!(w.root().as_str().ends_with("/warehouse/"));
+        assert_eq!(w.store_url().as_str(), "file:///");
+        let loc = format!("{}events/data/x.parquet", w.root());
+        let p = w.object_path(&loc).expect("inside");
+        assert!(p.as_ref().ends_with("warehouse/events/data/x.parquet"), "{p}");
+        assert!(w.object_path("s3://bucket/key").is_err());
+        assert!(w.catalog_uri().starts_with("sqlite://"));
+    }
+}
