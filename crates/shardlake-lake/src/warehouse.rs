@@ -62,6 +62,35 @@ impl Warehouse {
         })
     }
 
+    /// A warehouse whose table files live in `store` under `root` (a
+    /// directory URL inside the store), with catalog and dead letters in the
+    /// local `data_dir`. This is how tests inject a store that fails on cue,
+    /// and how object storage plugs in.
+    pub fn with_store(
+        data_dir: impl AsRef<Path>,
+        root: Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<Self> {
+        let data_dir = data_dir.as_ref();
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            Error::new(
+                ErrorKind::DataInvalid,
+                format!("cannot create data directory {}", data_dir.display()),
+            )
+            .with_source(e)
+        })?;
+        let mut root = root;
+        if !root.path().ends_with('/') {
+            let path = format!("{}/", root.path());
+            root.set_path(&path);
+        }
+        Ok(Self {
+            data_dir: data_dir.to_path_buf(),
+            root,
+            store,
+        })
+    }
+
     /// The local directory holding the catalog database and dead letters.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir

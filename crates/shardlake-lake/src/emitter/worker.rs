@@ -248,3 +248,125 @@ impl Worker {
 fn copy_error(e: &Error) -> Error {
     Error::new(e.kind(), e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use shardlake_core::Event;
+
+    use super::*;
+    use crate::commit::CommitState;
+    use crate::emitter::{EmitterConfig, PipelineEmitter, RetryPolicy};
+
+    /// A table held in memory whose commits can land and still report an
+    /// error (the reply was lost), or fail outright.
+    #[derive(Default)]
+    struct Log {
+        state: CommitState,
+        landed: Vec<(String, usize)>,
+        lose_reply_of_next: u32,
+        fail_next: u32,
+    }
+
+    struct MemoryCommitter(Arc<Mutex<Log>>, CommitState);
+
+    #[async_trait]
+    impl TableCommitter for MemoryCommitter {
+        fn state(&self) -> &CommitState {
+            &self.1
+        }
+
+        async fn refresh(&mut self) -> Result<()> {
+            self.1 = self.0.lock().expect("lock").state.clone();
+            Ok(())
+        }
+
+        async fn commit(&mut self, plan: &CommitPlan) -> Result<()> {
+            let mut log = self.0.lock().expect("lock");
+            if log.fail_next > 0 {
+                log.fail_next -= 1;
+                return Err(Error::new(ErrorKind::Storage, "injected: write failed"));
+            }
+            if log.state != plan.base {
+                return Err(Error::new(ErrorKind::CommitConflict, "table moved"));
+            }
+            log.state = plan.state.clone();
+            log.landed.push((plan.commit_id.clone(), plan.rows()));
+            if log.lose_reply_of_next > 0 {
+                log.lose_reply_of_next -= 1;
+                return Err(Error::new(ErrorKind::Storage, "injected: connection reset after commit"));
+            }
+            self.1 = log.state.clone();
+            Ok(())
+        }
+
+        fn contains_commit(&self, commit_id: &str) -> bool {
+            self.0.lock().expect("lock").landed.iter().any(|(id, _)| id == commit_id)
+        }
+    }
+
+    fn emitter(log: &Arc<Mutex<Log>>) -> PipelineEmitter {
+        let config = EmitterConfig {
+            flush_interval: Duration::from_millis(1),
+            retry: RetryPolicy {
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(1),
+                max_attempts: 5,
+            },
+            ..EmitterConfig::default()
+        };
+        let committer = MemoryCommitter(Arc::clone(log), CommitState::default());
+        PipelineEmitter::start(Box::new(committer), config).expect("start")
+    }
+
+    fn events(n: i64) -> Vec<Event> {
+        let ts = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("ts");
+        (1..=n).map(|seq| Event::new("ns", 1, seq, "k", "thing.created", ts)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_commit_whose_reply_was_lost_is_found_not_repeated() {
+        let log = Arc::new(Mutex::new(Log {
+            lose_reply_of_next: 1,
+            ..Log::default()
+        }));
+        let emitter = emitter(&log);
+        let ack = emitter.emit(&events(10)).await.expect("ack");
+        // Reported as accepted (it is durable), and committed once.
+        assert_eq!((ack.accepted, ack.duplicates), (10, 0));
+        assert_eq!(log.lock().expect("lock").landed.len(), 1);
+        let m = emitter.metrics();
+        assert_eq!((m.commits, m.events_committed, m.commit_retries), (1, 10, 1));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_retried_and_commits_once() {
+        let log = Arc::new(Mutex::new(Log {
+            fail_next: 2,
+            ..Log::default()
+        }));
+        let emitter = emitter(&log);
+        let ack = emitter.emit(&events(4)).await.expect("ack");
+        assert_eq!(ack.accepted, 4);
+        let landed: Vec<usize> = log.lock().expect("lock").landed.iter().map(|l| l.1).collect();
+        assert_eq!(landed, vec![4]);
+        assert_eq!(emitter.metrics().commit_retries, 2);
+    }
+
+    #[tokio::test]
+    async fn exhausted_retries_fail_every_request_of_the_batch() {
+        let log = Arc::new(Mutex::new(Log {
+            fail_next: 100,
+            ..Log::default()
+        }));
+        let emitter = emitter(&log);
+        let err = emitter.emit(&events(3)).await.expect_err("gives up");
+        assert_eq!(err.kind(), ErrorKind::Storage);
+        assert!(err.message().contains("after 5 attempts"), "{err}");
+        assert!(log.lock().expect("lock").landed.is_empty());
+        assert_eq!(emitter.metrics().commit_failures, 1);
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the lake: a real Iceberg table (SQLite catalog,
+//! Parquet files on disk) written by real emitters.
+
+mod common;
+mod emitter;
+mod exactly_once;
+mod faulty;
