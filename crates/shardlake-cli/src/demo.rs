@@ -22,7 +22,11 @@ pub async fn run(warehouse: &Path, events: u64) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let lake = Lake::open_local(warehouse).await?;
     let before = lake.commit_state().await?;
-    writeln!(out, "== shardlake demo: warehouse {}", lake.warehouse().data_dir().display())?;
+    writeln!(
+        out,
+        "== shardlake demo: warehouse {}",
+        lake.warehouse().data_dir().display()
+    )?;
     if before.next_position > 1 {
         writeln!(
             out,
@@ -39,7 +43,10 @@ pub async fn run(warehouse: &Path, events: u64) -> anyhow::Result<()> {
     };
     let mut ndjson = Vec::new();
     write_ndjson(&spec, &mut ndjson)?;
-    let lines: Vec<&[u8]> = ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&[u8]> = ndjson
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
     writeln!(
         out,
         "\n1. generated {events} events from {SHARDS} shards in {NAMESPACES} namespaces ({:.1} MB of NDJSON)",
@@ -86,13 +93,19 @@ pub async fn run(warehouse: &Path, events: u64) -> anyhow::Result<()> {
     )?;
 
     let bad = concat!(
-        r#"{"namespace":"","shard_id":1,"seq":999999,"partition_key":"k","event_type":"x","ts":"2026-01-01T00:00:00Z"}"#, "\n",
-        r#"{"namespace":"tenant-000","shard_id":1,"seq":999999,"partition_key":"k","event_type":"x","ts":"last tuesday"}"#, "\n",
-        r#"{"namespace":"tenant-000","shard_id":1,"seq":-4,"partition_key":"k","event_type":"x","ts":"2026-01-01T00:00:00Z"}"#, "\n",
+        r#"{"namespace":"","shard_id":1,"seq":999999,"partition_key":"k","event_type":"x","ts":"2026-01-01T00:00:00Z"}"#,
+        "\n",
+        r#"{"namespace":"tenant-000","shard_id":1,"seq":999999,"partition_key":"k","event_type":"x","ts":"last tuesday"}"#,
+        "\n",
+        r#"{"namespace":"tenant-000","shard_id":1,"seq":-4,"partition_key":"k","event_type":"x","ts":"2026-01-01T00:00:00Z"}"#,
+        "\n",
         "{not json"
     );
     let ack = emitter.emit(EmitInput::Ndjson(bad.as_bytes())).await?;
-    writeln!(out, "4. sent 4 broken events: each refused alone, with its reason (also in dead-letter/):")?;
+    writeln!(
+        out,
+        "4. sent 4 broken events: each refused alone, with its reason (also in dead-letter/):"
+    )?;
     for r in &ack.rejected {
         writeln!(out, "     line {}: {}: {}", r.index, r.code, r.error)?;
     }
@@ -119,7 +132,12 @@ pub async fn run(warehouse: &Path, events: u64) -> anyhow::Result<()> {
     for (i, (title, sql)) in queries.iter().enumerate() {
         let started = Instant::now();
         let (schema, batches) = query::run(&lake, sql).await?;
-        writeln!(out, "\n{}. {title} ({:.0} ms)\n   {sql}", i + 5, started.elapsed().as_secs_f64() * 1000.0)?;
+        writeln!(
+            out,
+            "\n{}. {title} ({:.0} ms)\n   {sql}",
+            i + 5,
+            started.elapsed().as_secs_f64() * 1000.0
+        )?;
         output::write(&mut out, Format::Table, &schema, &batches, Map::new())?;
     }
     Ok(())

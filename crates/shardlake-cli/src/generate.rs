@@ -33,8 +33,12 @@ const ENTITY_TYPES: [&str; 5] = ["Customer", "Order", "Product", "Invoice", "Sub
 const COUNTRIES: [&str; 8] = ["US", "DE", "FR", "JP", "BR", "IN", "GB", "CA"];
 const TIERS: [&str; 3] = ["free", "pro", "enterprise"];
 const ORDER_STATUS: [&str; 5] = ["pending", "paid", "shipped", "delivered", "refunded"];
-const FIRST: [&str; 8] = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Frances", "Donald"];
-const LAST: [&str; 8] = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Thompson", "Allen", "Knuth"];
+const FIRST: [&str; 8] = [
+    "Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Frances", "Donald",
+];
+const LAST: [&str; 8] = [
+    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Thompson", "Allen", "Knuth",
+];
 
 /// Start of generated time: 2026-01-01T00:00:00Z.
 pub fn epoch() -> DateTime<Utc> {
@@ -55,7 +59,10 @@ struct Entity {
 }
 
 /// Streams the events of `spec` to `sink`, one at a time, in emission order.
-pub fn generate(spec: &GenerateSpec, mut sink: impl FnMut(Event) -> std::io::Result<()>) -> std::io::Result<()> {
+pub fn generate(
+    spec: &GenerateSpec,
+    mut sink: impl FnMut(Event) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut rng = SmallRng::seed_from_u64(spec.seed);
     let shards = spec.shards.max(1);
     let namespaces = spec.namespaces.max(1);
@@ -169,13 +176,24 @@ fn initial_state(kind: usize, id: u64, rng: &mut SmallRng) -> serde_json::Value 
 }
 
 fn update_state(kind: usize, state: &mut serde_json::Value, rng: &mut SmallRng) {
-    let Some(obj) = state.as_object_mut() else { return };
+    let Some(obj) = state.as_object_mut() else {
+        return;
+    };
     match ENTITY_TYPES[kind] {
         "Customer" => {
-            let ltv = obj.get("lifetime_value").and_then(|v| v.as_f64()).unwrap_or(0.0);
-            obj.insert("lifetime_value".into(), json!(ltv + rng.random_range(1..500) as f64));
+            let ltv = obj
+                .get("lifetime_value")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(0.0);
+            obj.insert(
+                "lifetime_value".into(),
+                json!(ltv + rng.random_range(1..500) as f64),
+            );
             if rng.random_bool(0.1) {
-                obj.insert("tier".into(), json!(TIERS[rng.random_range(0..TIERS.len())]));
+                obj.insert(
+                    "tier".into(),
+                    json!(TIERS[rng.random_range(0..TIERS.len())]),
+                );
             }
         }
         "Order" => {
@@ -232,11 +250,18 @@ mod tests {
         };
         let a = collect(&spec);
         assert_eq!(a, collect(&spec));
-        assert_ne!(a, collect(&GenerateSpec { seed: 8, ..spec.clone() }));
+        assert_ne!(
+            a,
+            collect(&GenerateSpec {
+                seed: 8,
+                ..spec.clone()
+            })
+        );
         let mut last: HashMap<i32, i64> = HashMap::new();
         let mut per_ns: HashMap<String, usize> = HashMap::new();
         for e in &a {
-            e.validate(&shardlake_core::EventLimits::default()).expect("valid");
+            e.validate(&shardlake_core::EventLimits::default())
+                .expect("valid");
             let prev = last.insert(e.shard_id, e.seq).unwrap_or(0);
             assert!(e.seq > prev);
             assert_eq!(bucket_of(&e.partition_key, 4) as i32, e.shard_id);
@@ -244,7 +269,12 @@ mod tests {
         }
         // Skew: the first namespace is the largest.
         assert!(per_ns["tenant-000"] > per_ns["tenant-002"]);
-        let types: std::collections::HashSet<&str> = a.iter().map(|e| e.event_type.as_str()).collect();
-        assert!(types.contains("thing.created") && types.contains("thing.updated") && types.contains("thing.deleted"));
+        let types: std::collections::HashSet<&str> =
+            a.iter().map(|e| e.event_type.as_str()).collect();
+        assert!(
+            types.contains("thing.created")
+                && types.contains("thing.updated")
+                && types.contains("thing.deleted")
+        );
     }
 }

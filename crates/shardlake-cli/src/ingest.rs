@@ -12,7 +12,9 @@ use futures::TryStreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use shardlake_core::{EventBatchBuilder, EventLimits, RejectedLine, push_ndjson};
-use shardlake_lake::{AckFuture, EmitInput, EmitterMetricsSnapshot, PipelineEmitter, RejectedEvent};
+use shardlake_lake::{
+    AckFuture, EmitInput, EmitterMetricsSnapshot, PipelineEmitter, RejectedEvent,
+};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Bytes per parse chunk: big enough to amortize task overhead, small
@@ -46,7 +48,11 @@ struct Chunk {
 }
 
 /// Reads NDJSON from `input` (a file path or `-` for stdin) into `emitter`.
-pub async fn ingest(input: &str, emitter: &PipelineEmitter, progress: bool) -> anyhow::Result<IngestSummary> {
+pub async fn ingest(
+    input: &str,
+    emitter: &PipelineEmitter,
+    progress: bool,
+) -> anyhow::Result<IngestSummary> {
     let (reader, total): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) = if input == "-" {
         (Box::new(tokio::io::stdin()), None)
     } else {
@@ -116,7 +122,10 @@ pub async fn ingest(input: &str, emitter: &PipelineEmitter, progress: bool) -> a
     Ok(summary)
 }
 
-fn parse_chunk(chunk: &Chunk, limits: EventLimits) -> (shardlake_core::EventBatch, Vec<RejectedLine>, u64) {
+fn parse_chunk(
+    chunk: &Chunk,
+    limits: EventLimits,
+) -> (shardlake_core::EventBatch, Vec<RejectedLine>, u64) {
     let rows = chunk.bytes.len() / 300 + 16;
     let mut builder = EventBatchBuilder::with_capacity(limits, rows, chunk.bytes.len());
     let rejected = push_ndjson(&mut builder, &chunk.bytes, chunk.first_line);
@@ -174,8 +183,8 @@ fn chunk_stream(
                 }
             }
             st.done = eof;
-            let lines = buf.iter().filter(|b| **b == b'\n').count()
-                + usize::from(!buf.ends_with(b"\n"));
+            let lines =
+                buf.iter().filter(|b| **b == b'\n').count() + usize::from(!buf.ends_with(b"\n"));
             let chunk = Chunk {
                 bytes: buf,
                 first_line: st.next_line,
@@ -202,4 +211,3 @@ fn progress_bar(enabled: bool, total: Option<u64>) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
-

@@ -27,7 +27,12 @@ use crate::output::Format;
 #[command(name = "shardlake", version, about)]
 struct Cli {
     /// Data directory: SQLite catalog plus table files.
-    #[arg(long, global = true, env = "SHARDLAKE_WAREHOUSE", default_value = "./shardlake-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "SHARDLAKE_WAREHOUSE",
+        default_value = "./shardlake-data"
+    )]
     warehouse: PathBuf,
 
     #[command(subcommand)]

@@ -117,9 +117,11 @@ pub fn write(
             writeln!(out)?;
         }
         Format::Csv => {
-            let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut *out);
             if batches.is_empty() {
-                writer.write(&RecordBatch::new_empty(schema.clone()))?;
+                writer.write(&RecordBatch::new_empty(std::sync::Arc::clone(schema)))?;
             }
             for batch in batches {
                 writer.write(batch)?;
@@ -128,4 +130,3 @@ pub fn write(
     }
     Ok(())
 }
-

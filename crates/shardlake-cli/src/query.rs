@@ -9,7 +9,9 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::prelude::SessionContext;
 use shardlake_core::event_schema;
 use shardlake_lake::Lake;
@@ -23,13 +25,17 @@ pub async fn run(lake: &Lake, sql: &str) -> anyhow::Result<(SchemaRef, Vec<Recor
     let table = lake.events_table().load().await?;
     let files = current_data_files(&table).await?;
     if files.is_empty() {
-        ctx.register_table("events", Arc::new(MemTable::try_new(event_schema(), vec![vec![]])?))?;
+        ctx.register_table(
+            "events",
+            Arc::new(MemTable::try_new(event_schema(), vec![vec![]])?),
+        )?;
     } else {
         let urls = files
             .iter()
             .map(|f| ListingTableUrl::parse(f.file_path()))
             .collect::<Result<Vec<_>, _>>()?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
             .with_schema(event_schema());

@@ -210,7 +210,11 @@ impl EventBatchBuilder {
             Some(k) => self.idempotency_key.append_value(k),
             None => {
                 // Written straight into the builder's buffer: no String per row.
-                let _ = write!(self.idempotency_key, "{}:{}:{}", e.namespace, e.shard_id, e.seq);
+                let _ = write!(
+                    self.idempotency_key,
+                    "{}:{}:{}",
+                    e.namespace, e.shard_id, e.seq
+                );
                 self.idempotency_key.append_value("");
             }
         }
@@ -305,8 +309,13 @@ pub fn push_json_array(
     builder: &mut EventBatchBuilder,
     body: &[u8],
 ) -> std::result::Result<Vec<RejectedLine>, EventError> {
-    let elements: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body)
-        .map_err(|e| EventError::new(EventErrorCode::MalformedJson, format!("not a JSON array of events: {e}")))?;
+    let elements: Vec<&serde_json::value::RawValue> =
+        serde_json::from_slice(body).map_err(|e| {
+            EventError::new(
+                EventErrorCode::MalformedJson,
+                format!("not a JSON array of events: {e}"),
+            )
+        })?;
     let mut rejected = Vec::new();
     for (i, element) in elements.iter().enumerate() {
         let bytes = element.get().as_bytes();
@@ -329,14 +338,14 @@ pub fn events_from_batch(batch: &RecordBatch) -> Result<Vec<Event>> {
         })
     };
     let string = |name: &str| -> Result<_> {
-        col(name)?.as_string_opt::<i32>().ok_or_else(|| {
-            Error::new(ErrorKind::DataInvalid, format!("`{name}` is not Utf8"))
-        })
+        col(name)?
+            .as_string_opt::<i32>()
+            .ok_or_else(|| Error::new(ErrorKind::DataInvalid, format!("`{name}` is not Utf8")))
     };
     let int64 = |name: &str| -> Result<_> {
-        col(name)?.as_primitive_opt::<Int64Type>().ok_or_else(|| {
-            Error::new(ErrorKind::DataInvalid, format!("`{name}` is not Int64"))
-        })
+        col(name)?
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| Error::new(ErrorKind::DataInvalid, format!("`{name}` is not Int64")))
     };
     let namespace = string(columns::NAMESPACE)?;
     let shard_id = col(columns::SHARD_ID)?
@@ -357,7 +366,8 @@ pub fn events_from_batch(batch: &RecordBatch) -> Result<Vec<Event>> {
         Some(_) => Some(int64(columns::POSITION)?),
         None => None,
     };
-    let opt = |a: &arrow::array::StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_owned());
+    let opt =
+        |a: &arrow::array::StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_owned());
     (0..batch.num_rows())
         .map(|i| {
             let ts_micros = ts.value(i);
@@ -390,7 +400,11 @@ pub fn with_positions(pending: &RecordBatch, positions: ArrayRef) -> Result<Reco
     let mut columns = pending.columns().to_vec();
     columns.push(positions);
     RecordBatch::try_new(event_schema(), columns).map_err(|e| {
-        Error::new(ErrorKind::Unexpected, "cannot add positions to a pending batch").with_source(e)
+        Error::new(
+            ErrorKind::Unexpected,
+            "cannot add positions to a pending batch",
+        )
+        .with_source(e)
     })
 }
 
@@ -435,11 +449,20 @@ mod tests {
     #[test]
     fn seq_must_increase_per_shard_within_a_request() {
         let mut b = EventBatchBuilder::new(EventLimits::default());
-        let text = [line("a", 1, 5), line("a", 2, 1), line("a", 1, 5), line("a", 1, 4), line("a", 1, 6)]
-            .join("\n");
+        let text = [
+            line("a", 1, 5),
+            line("a", 2, 1),
+            line("a", 1, 5),
+            line("a", 1, 4),
+            line("a", 1, 6),
+        ]
+        .join("\n");
         let rejected = push_ndjson(&mut b, text.as_bytes(), 1);
         assert_eq!(
-            rejected.iter().map(|r| (r.index, r.error.code)).collect::<Vec<_>>(),
+            rejected
+                .iter()
+                .map(|r| (r.index, r.error.code))
+                .collect::<Vec<_>>(),
             vec![
                 (3, EventErrorCode::SeqNotIncreasing),
                 (4, EventErrorCode::SeqNotIncreasing)
@@ -453,7 +476,11 @@ mod tests {
     #[test]
     fn json_arrays_are_judged_element_by_element() {
         let mut b = EventBatchBuilder::new(EventLimits::default());
-        let body = format!("[{}, {{\"namespace\": 1}}, {}]", line("a", 1, 1), line("a", 1, 2));
+        let body = format!(
+            "[{}, {{\"namespace\": 1}}, {}]",
+            line("a", 1, 1),
+            line("a", 1, 2)
+        );
         let rejected = push_json_array(&mut b, body.as_bytes()).expect("an array");
         assert_eq!(rejected.len(), 1);
         assert_eq!(rejected[0].index, 1);

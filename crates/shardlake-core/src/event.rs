@@ -228,7 +228,9 @@ impl ValidEvent<'_> {
             + self.entity_type.map_or(0, str::len)
             + self.entity_id.map_or(0, str::len)
             + self.event_type.len()
-            + self.idempotency_key.map_or(self.namespace.len() + 24, str::len)
+            + self
+                .idempotency_key
+                .map_or(self.namespace.len() + 24, str::len)
             + self.payload.as_deref().map_or(0, str::len)
     }
 }
@@ -243,7 +245,7 @@ fn required<'s>(
             EventErrorCode::MissingField,
             format!("`{field}` is required"),
         )),
-        Some(s) if s.is_empty() => Err(EventError::new(
+        Some("") => Err(EventError::new(
             EventErrorCode::EmptyField,
             format!("`{field}` must not be empty"),
         )),
@@ -259,7 +261,11 @@ fn optional<'s>(
     value.map(|s| bounded(s, field, limits)).transpose()
 }
 
-fn bounded<'s>(s: &'s str, field: &'static str, limits: &EventLimits) -> Result<&'s str, EventError> {
+fn bounded<'s>(
+    s: &'s str,
+    field: &'static str,
+    limits: &EventLimits,
+) -> Result<&'s str, EventError> {
     if s.len() > limits.max_field_bytes {
         return Err(EventError::new(
             EventErrorCode::FieldTooLong,
@@ -413,12 +419,15 @@ impl<'a> Fields<'a> {
                     "`shard_id` is required",
                 ));
             }
-            Some(id) => i32::try_from(id).ok().filter(|id| *id >= 0).ok_or_else(|| {
-                EventError::new(
-                    EventErrorCode::InvalidShardId,
-                    format!("`shard_id` {id} must be between 0 and {}", i32::MAX),
-                )
-            })?,
+            Some(id) => i32::try_from(id)
+                .ok()
+                .filter(|id| *id >= 0)
+                .ok_or_else(|| {
+                    EventError::new(
+                        EventErrorCode::InvalidShardId,
+                        format!("`shard_id` {id} must be between 0 and {}", i32::MAX),
+                    )
+                })?,
         };
         let seq = match self.seq {
             None => {
@@ -669,18 +678,51 @@ mod tests {
     #[test]
     fn each_rule_has_its_own_code() {
         let cases = [
-            (r#"{"shard_id":1,"seq":1,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z"}"#, EventErrorCode::MissingField),
-            (r#"{"namespace":"","shard_id":1,"seq":1,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z"}"#, EventErrorCode::EmptyField),
-            (r#"{"namespace":"a/b","shard_id":1,"seq":1,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z"}"#, EventErrorCode::InvalidNamespace),
-            (r#"{"namespace":"a","shard_id":-1,"seq":1,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z"}"#, EventErrorCode::InvalidShardId),
-            (r#"{"namespace":"a","shard_id":1,"seq":0,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z"}"#, EventErrorCode::InvalidSeq),
-            (r#"{"namespace":"a","shard_id":1,"seq":1,"partition_key":"k","event_type":"e","ts":"yesterday"}"#, EventErrorCode::InvalidTimestamp),
-            (r#"{"namespace":"a","shard_id":1,"seq":1,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z","payload":"not json"}"#, EventErrorCode::InvalidPayload),
-            (r#"{"namespace":"a","shard_id":1,"seq":1,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z","payload":[1]}"#, EventErrorCode::InvalidPayload),
-            (r#"{"namespace":"a","shard_id":1,"seq":1,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z","bogus":1}"#, EventErrorCode::MalformedJson),
-            (r#"{"namespace":"a","shard_id":1,"seq":"x"}"#, EventErrorCode::MalformedJson),
+            (
+                r#"{"shard_id":1,"seq":1,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z"}"#,
+                EventErrorCode::MissingField,
+            ),
+            (
+                r#"{"namespace":"","shard_id":1,"seq":1,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z"}"#,
+                EventErrorCode::EmptyField,
+            ),
+            (
+                r#"{"namespace":"a/b","shard_id":1,"seq":1,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z"}"#,
+                EventErrorCode::InvalidNamespace,
+            ),
+            (
+                r#"{"namespace":"a","shard_id":-1,"seq":1,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z"}"#,
+                EventErrorCode::InvalidShardId,
+            ),
+            (
+                r#"{"namespace":"a","shard_id":1,"seq":0,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z"}"#,
+                EventErrorCode::InvalidSeq,
+            ),
+            (
+                r#"{"namespace":"a","shard_id":1,"seq":1,"partition_key":"k","event_type":"e","ts":"yesterday"}"#,
+                EventErrorCode::InvalidTimestamp,
+            ),
+            (
+                r#"{"namespace":"a","shard_id":1,"seq":1,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z","payload":"not json"}"#,
+                EventErrorCode::InvalidPayload,
+            ),
+            (
+                r#"{"namespace":"a","shard_id":1,"seq":1,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z","payload":[1]}"#,
+                EventErrorCode::InvalidPayload,
+            ),
+            (
+                r#"{"namespace":"a","shard_id":1,"seq":1,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z","bogus":1}"#,
+                EventErrorCode::MalformedJson,
+            ),
+            (
+                r#"{"namespace":"a","shard_id":1,"seq":"x"}"#,
+                EventErrorCode::MalformedJson,
+            ),
             ("not json at all", EventErrorCode::MalformedJson),
-            (r#"{"namespace":"a","shard_id":1,"seq":1,"event_type":"e","ts":"2026-01-01T00:00:00Z"}"#, EventErrorCode::MissingField),
+            (
+                r#"{"namespace":"a","shard_id":1,"seq":1,"event_type":"e","ts":"2026-01-01T00:00:00Z"}"#,
+                EventErrorCode::MissingField,
+            ),
         ];
         for (json, code) in cases {
             let err = line(json).expect_err(json);
@@ -726,7 +768,10 @@ mod tests {
             .with_payload(&serde_json::json!({"total": 12.5}));
         let text = serde_json::to_string(&e).expect("serializes");
         assert!(text.contains(r#""payload":{"total":12.5}"#), "{text}");
-        assert!(text.contains(r#""ts":"2026-03-04T05:06:07.000008Z""#), "{text}");
+        assert!(
+            text.contains(r#""ts":"2026-03-04T05:06:07.000008Z""#),
+            "{text}"
+        );
         let back: Event = serde_json::from_str(&text).expect("parses");
         assert_eq!(back, e);
         // The owned form and the wire form agree on validity.
@@ -734,7 +779,9 @@ mod tests {
         assert_eq!(v.ts_micros, ts.timestamp_micros());
         let bad = Event::new("", 2, 9, "k", "t", ts);
         assert_eq!(
-            bad.validate(&EventLimits::default()).expect_err("empty ns").code,
+            bad.validate(&EventLimits::default())
+                .expect_err("empty ns")
+                .code,
             EventErrorCode::EmptyField
         );
     }

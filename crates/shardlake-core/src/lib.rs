@@ -21,8 +21,8 @@ pub mod hash;
 pub mod schema;
 
 pub use batch::{
-    EventBatch, EventBatchBuilder, MAX_REJECTED_RAW_BYTES, RejectedLine, events_from_batch, push_json_array, push_ndjson,
-    with_positions,
+    EventBatch, EventBatchBuilder, MAX_REJECTED_RAW_BYTES, RejectedLine, events_from_batch,
+    push_json_array, push_ndjson, with_positions,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use event::{

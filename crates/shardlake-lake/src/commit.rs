@@ -326,8 +326,7 @@ mod tests {
             ("b", 1, 3, "k1"),
         ]);
         let plan = plan_commit(&batch, &CommitState::default()).expect("plan");
-        let got: Vec<(String, String)> =
-            rows(&plan).into_iter().map(|r| (r.0, r.3)).collect();
+        let got: Vec<(String, String)> = rows(&plan).into_iter().map(|r| (r.0, r.3)).collect();
         assert_eq!(
             got,
             vec![

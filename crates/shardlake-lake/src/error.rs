@@ -92,7 +92,10 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind,
-            ErrorKind::Storage | ErrorKind::CommitConflict | ErrorKind::QueueFull | ErrorKind::Timeout
+            ErrorKind::Storage
+                | ErrorKind::CommitConflict
+                | ErrorKind::QueueFull
+                | ErrorKind::Timeout
         )
     }
 }

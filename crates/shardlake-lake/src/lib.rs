@@ -85,7 +85,8 @@ impl Lake {
     /// `<data dir>/dead-letter/` unless the config says otherwise.
     pub async fn emitter(&self, mut config: EmitterConfig) -> Result<PipelineEmitter> {
         if config.dead_letter_dir.is_none() {
-            config.dead_letter_dir = Some(self.warehouse.data_dir().join(warehouse::DEAD_LETTER_DIR));
+            config.dead_letter_dir =
+                Some(self.warehouse.data_dir().join(warehouse::DEAD_LETTER_DIR));
         }
         let committer = IcebergCommitter::new(self.table.clone(), self.writer.clone()).await?;
         PipelineEmitter::start(Box::new(committer), config)

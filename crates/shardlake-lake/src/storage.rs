@@ -65,9 +65,8 @@ impl ObjectStoreStorage {
     }
 
     fn path(&self, location: &str) -> iceberg::Result<Path> {
-        to_object_path(&self.store_url, location).map_err(|e| {
-            iceberg::Error::new(iceberg::ErrorKind::DataInvalid, e.to_string())
-        })
+        to_object_path(&self.store_url, location)
+            .map_err(|e| iceberg::Error::new(iceberg::ErrorKind::DataInvalid, e.to_string()))
     }
 }
 
@@ -256,15 +255,29 @@ mod tests {
         assert!(!io.exists(&loc).await.expect("exists"));
         let out = io.new_output(&loc).expect("output");
         let mut writer = out.writer().await.expect("writer");
-        writer.write(Bytes::from_static(b"hello ")).await.expect("write");
-        writer.write(Bytes::from_static(b"world")).await.expect("write");
+        writer
+            .write(Bytes::from_static(b"hello "))
+            .await
+            .expect("write");
+        writer
+            .write(Bytes::from_static(b"world"))
+            .await
+            .expect("write");
         writer.close().await.expect("close");
         let input = io.new_input(&loc).expect("input");
         assert_eq!(input.metadata().await.expect("meta").size, 11);
-        assert_eq!(input.read().await.expect("read"), Bytes::from_static(b"hello world"));
+        assert_eq!(
+            input.read().await.expect("read"),
+            Bytes::from_static(b"hello world")
+        );
         let reader = input.reader().await.expect("reader");
-        assert_eq!(reader.read(6..11).await.expect("range"), Bytes::from_static(b"world"));
-        io.delete_prefix(format!("{}t", w.root())).await.expect("delete");
+        assert_eq!(
+            reader.read(6..11).await.expect("range"),
+            Bytes::from_static(b"world")
+        );
+        io.delete_prefix(format!("{}t", w.root()))
+            .await
+            .expect("delete");
         assert!(!io.exists(&loc).await.expect("exists"));
     }
 }

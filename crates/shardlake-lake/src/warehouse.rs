@@ -52,7 +52,10 @@ impl Warehouse {
         let root = Url::from_directory_path(data_dir.join(WAREHOUSE_DIR)).map_err(|()| {
             Error::new(
                 ErrorKind::DataInvalid,
-                format!("warehouse directory {} is not an absolute path", dir.display()),
+                format!(
+                    "warehouse directory {} is not an absolute path",
+                    dir.display()
+                ),
             )
         })?;
         Ok(Self {
@@ -135,10 +138,7 @@ impl Warehouse {
 }
 
 /// Maps `location` to a path inside the store registered at `store_url`.
-pub(crate) fn to_object_path(
-    store_url: &Url,
-    location: &str,
-) -> Result<object_store::path::Path> {
+pub(crate) fn to_object_path(store_url: &Url, location: &str) -> Result<object_store::path::Path> {
     let url = if location.starts_with('/') {
         Url::from_file_path(location).map_err(|()| {
             Error::new(ErrorKind::DataInvalid, format!("bad local path {location}"))
@@ -173,7 +173,10 @@ mod tests {
         assert_eq!(w.store_url().as_str(), "file:///");
         let loc = format!("{}events/data/x.parquet", w.root());
         let p = w.object_path(&loc).expect("inside");
-        assert!(p.as_ref().ends_with("warehouse/events/data/x.parquet"), "{p}");
+        assert!(
+            p.as_ref().ends_with("warehouse/events/data/x.parquet"),
+            "{p}"
+        );
         assert!(w.object_path("s3://bucket/key").is_err());
         assert!(w.catalog_uri().starts_with("sqlite://"));
     }

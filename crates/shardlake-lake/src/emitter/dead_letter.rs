@@ -88,10 +88,10 @@ impl DeadLetters {
                 }
             }
         }
-        if let Some((_, file)) = guard.as_mut() {
-            if let Err(e) = file.write_all(text.as_bytes()) {
-                warn!(error = %e, "cannot write dead letters");
-            }
+        if let Some((_, file)) = guard.as_mut()
+            && let Err(e) = file.write_all(text.as_bytes())
+        {
+            warn!(error = %e, "cannot write dead letters");
         }
     }
 }

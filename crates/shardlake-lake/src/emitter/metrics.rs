@@ -140,7 +140,10 @@ pub(crate) struct HealthCell(Mutex<Health>);
 
 impl HealthCell {
     pub(crate) fn get(&self) -> Health {
-        self.0.lock().map(|h| h.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.0
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     pub(crate) fn update(&self, f: impl FnOnce(&mut Health)) {

@@ -32,8 +32,8 @@ use tokio::task::JoinHandle;
 
 pub use self::dead_letter::DeadLetterRecord;
 use self::dead_letter::DeadLetters;
-pub use self::metrics::{EmitterMetrics, EmitterMetricsSnapshot, Health, HealthStatus};
 use self::metrics::HealthCell;
+pub use self::metrics::{EmitterMetrics, EmitterMetricsSnapshot, Health, HealthStatus};
 use crate::commit::TableCommitter;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -211,7 +211,10 @@ impl Future for AckFuture {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.state {
             AckState::Ready(ack) => Poll::Ready(ack.take().unwrap_or_else(|| {
-                Err(Error::new(ErrorKind::Unexpected, "ack polled after completion"))
+                Err(Error::new(
+                    ErrorKind::Unexpected,
+                    "ack polled after completion",
+                ))
             })),
             AckState::Waiting(rx) => Pin::new(rx).poll(cx).map(|r| {
                 r.unwrap_or_else(|_| {
@@ -274,7 +277,7 @@ impl PipelineEmitter {
                     .map_err(|_| closed())?,
             ),
         };
-        self.enqueue(batch, rejected, permit)
+        self.enqueue(batch, &rejected, permit)
     }
 
     /// Like [`Self::emit`] but refuses with [`ErrorKind::QueueFull`] instead
@@ -295,7 +298,7 @@ impl PipelineEmitter {
                     })?,
             ),
         };
-        self.enqueue(batch, rejected, permit)
+        self.enqueue(batch, &rejected, permit)
     }
 
     /// Commits everything emitted before this call; resolves when it is durable.
@@ -321,7 +324,9 @@ impl PipelineEmitter {
         worker.await.map_err(|e| {
             Error::new(ErrorKind::Unexpected, "the committer task panicked").with_source(e)
         })?;
-        self.shared.health.update(|h| h.status = HealthStatus::Stopped);
+        self.shared
+            .health
+            .update(|h| h.status = HealthStatus::Stopped);
         flushed
     }
 
@@ -353,7 +358,8 @@ impl PipelineEmitter {
                 (b.finish(), rejected)
             }
             EmitInput::Events(events) => {
-                let mut b = EventBatchBuilder::with_capacity(limits, events.len(), events.len() * 256);
+                let mut b =
+                    EventBatchBuilder::with_capacity(limits, events.len(), events.len() * 256);
                 let rejected = events
                     .iter()
                     .enumerate()
@@ -366,15 +372,16 @@ impl PipelineEmitter {
                 (b.finish(), rejected)
             }
             EmitInput::Ndjson(body) => {
-                let mut b = EventBatchBuilder::with_capacity(limits, body.len() / 256 + 1, body.len());
+                let mut b =
+                    EventBatchBuilder::with_capacity(limits, body.len() / 256 + 1, body.len());
                 let rejected = push_ndjson(&mut b, body, 1);
                 (b.finish(), rejected)
             }
             EmitInput::JsonArray(body) => {
-                let mut b = EventBatchBuilder::with_capacity(limits, body.len() / 256 + 1, body.len());
-                let rejected = push_json_array(&mut b, body).map_err(|e| {
-                    Error::new(ErrorKind::DataInvalid, e.message.clone())
-                })?;
+                let mut b =
+                    EventBatchBuilder::with_capacity(limits, body.len() / 256 + 1, body.len());
+                let rejected = push_json_array(&mut b, body)
+                    .map_err(|e| Error::new(ErrorKind::DataInvalid, e.message.clone()))?;
                 (b.finish(), rejected)
             }
         };
@@ -397,7 +404,7 @@ impl PipelineEmitter {
     fn enqueue(
         &self,
         batch: EventBatch,
-        rejected: Vec<RejectedLine>,
+        rejected: &[RejectedLine],
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<AckFuture> {
         let rejected: Vec<RejectedEvent> = rejected.iter().map(RejectedEvent::from).collect();

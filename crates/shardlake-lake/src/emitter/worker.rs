@@ -47,7 +47,8 @@ impl Worker {
         let mut waiters: Vec<oneshot::Sender<Result<()>>> = Vec::new();
         let mut stop = false;
         loop {
-            let full = batch_events >= config.max_batch_events || batch_bytes >= config.max_batch_bytes;
+            let full =
+                batch_events >= config.max_batch_events || batch_bytes >= config.max_batch_bytes;
             let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
             if !batch.is_empty() && (full || due || !waiters.is_empty() || stop) {
                 let result = self.commit_batch(std::mem::take(&mut batch)).await;
@@ -140,7 +141,10 @@ impl Worker {
         let shared = Arc::clone(&self.shared);
         let m = &shared.metrics;
         let policy = shared.config.retry;
-        let batches: Vec<_> = batch.iter().map(|p| p.batch.record_batch().clone()).collect();
+        let batches: Vec<_> = batch
+            .iter()
+            .map(|p| p.batch.record_batch().clone())
+            .collect();
         let pending = concat_batches(&pending_event_schema(), &batches)?;
         drop(batches);
 
@@ -193,7 +197,10 @@ impl Worker {
                 Err(e) if e.kind() == ErrorKind::CommitConflict => {
                     conflicts += 1;
                     EmitterMetrics::add(&m.commit_conflicts, 1);
-                    debug!(conflicts, "commit conflict; re-reading watermarks and re-planning");
+                    debug!(
+                        conflicts,
+                        "commit conflict; re-reading watermarks and re-planning"
+                    );
                     if conflicts > MAX_CONFLICTS_PER_BATCH {
                         return Err(e);
                     }
@@ -297,14 +304,22 @@ mod tests {
             log.landed.push((plan.commit_id.clone(), plan.rows()));
             if log.lose_reply_of_next > 0 {
                 log.lose_reply_of_next -= 1;
-                return Err(Error::new(ErrorKind::Storage, "injected: connection reset after commit"));
+                return Err(Error::new(
+                    ErrorKind::Storage,
+                    "injected: connection reset after commit",
+                ));
             }
             self.1 = log.state.clone();
             Ok(())
         }
 
         fn contains_commit(&self, commit_id: &str) -> bool {
-            self.0.lock().expect("lock").landed.iter().any(|(id, _)| id == commit_id)
+            self.0
+                .lock()
+                .expect("lock")
+                .landed
+                .iter()
+                .any(|(id, _)| id == commit_id)
         }
     }
 
@@ -324,7 +339,9 @@ mod tests {
 
     fn events(n: i64) -> Vec<Event> {
         let ts = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("ts");
-        (1..=n).map(|seq| Event::new("ns", 1, seq, "k", "thing.created", ts)).collect()
+        (1..=n)
+            .map(|seq| Event::new("ns", 1, seq, "k", "thing.created", ts))
+            .collect()
     }
 
     #[tokio::test]
@@ -339,7 +356,10 @@ mod tests {
         assert_eq!((ack.accepted, ack.duplicates), (10, 0));
         assert_eq!(log.lock().expect("lock").landed.len(), 1);
         let m = emitter.metrics();
-        assert_eq!((m.commits, m.events_committed, m.commit_retries), (1, 10, 1));
+        assert_eq!(
+            (m.commits, m.events_committed, m.commit_retries),
+            (1, 10, 1)
+        );
     }
 
     #[tokio::test]
@@ -351,7 +371,13 @@ mod tests {
         let emitter = emitter(&log);
         let ack = emitter.emit(&events(4)).await.expect("ack");
         assert_eq!(ack.accepted, 4);
-        let landed: Vec<usize> = log.lock().expect("lock").landed.iter().map(|l| l.1).collect();
+        let landed: Vec<usize> = log
+            .lock()
+            .expect("lock")
+            .landed
+            .iter()
+            .map(|l| l.1)
+            .collect();
         assert_eq!(landed, vec![4]);
         assert_eq!(emitter.metrics().commit_retries, 2);
     }

@@ -94,7 +94,11 @@ pub fn arrow_schema_with_field_ids() -> ArrowSchemaRef {
 pub fn partition_spec() -> Result<UnboundPartitionSpec> {
     Ok(UnboundPartitionSpec::builder()
         .with_spec_id(0)
-        .add_partition_field(field_ids::NAMESPACE, columns::NAMESPACE, Transform::Identity)?
+        .add_partition_field(
+            field_ids::NAMESPACE,
+            columns::NAMESPACE,
+            Transform::Identity,
+        )?
         .build())
 }
 
@@ -134,7 +138,11 @@ pub fn check_schema(actual: &Schema) -> Result<()> {
                         want.id,
                         want.name,
                         want.field_type,
-                        if want.required { "required" } else { "optional" },
+                        if want.required {
+                            "required"
+                        } else {
+                            "optional"
+                        },
                         got.name,
                         got.field_type,
                         if got.required { "required" } else { "optional" },
@@ -185,8 +193,13 @@ mod tests {
     fn a_different_schema_is_refused_with_details() {
         assert!(check_schema(&iceberg_schema()).is_ok());
         let mut changed = fields();
-        changed[2] = NestedField::optional(field_ids::SEQ, "seq", Type::Primitive(PrimitiveType::Int));
-        changed.push(NestedField::optional(99, "extra", Type::Primitive(PrimitiveType::String)));
+        changed[2] =
+            NestedField::optional(field_ids::SEQ, "seq", Type::Primitive(PrimitiveType::Int));
+        changed.push(NestedField::optional(
+            99,
+            "extra",
+            Type::Primitive(PrimitiveType::String),
+        ));
         let schema = Schema::builder()
             .with_fields(changed.into_iter().map(Arc::new))
             .build()

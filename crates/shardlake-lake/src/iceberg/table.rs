@@ -59,13 +59,12 @@ impl IcebergEventsTable {
         let catalog = open_sql_catalog(warehouse).await?;
         let namespace = NamespaceIdent::new(ICEBERG_NAMESPACE.to_owned());
         let ident = TableIdent::new(namespace.clone(), EVENTS_TABLE.to_owned());
-        if !catalog.namespace_exists(&namespace).await? {
-            if let Err(e) = catalog.create_namespace(&namespace, HashMap::new()).await {
-                // Lost a race with another opener: fine if it exists now.
-                if !catalog.namespace_exists(&namespace).await? {
-                    return Err(e.into());
-                }
-            }
+        // Losing a creation race with another opener is fine: check again.
+        if !catalog.namespace_exists(&namespace).await?
+            && let Err(e) = catalog.create_namespace(&namespace, HashMap::new()).await
+            && !catalog.namespace_exists(&namespace).await?
+        {
+            return Err(e.into());
         }
         if !catalog.table_exists(&ident).await? {
             let creation = TableCreation::builder()
@@ -82,10 +81,10 @@ impl IcebergEventsTable {
                     (properties::LAYOUT_VERSION.to_owned(), "1".to_owned()),
                 ])
                 .build();
-            if let Err(e) = catalog.create_table(&namespace, creation).await {
-                if !catalog.table_exists(&ident).await? {
-                    return Err(e.into());
-                }
+            if let Err(e) = catalog.create_table(&namespace, creation).await
+                && !catalog.table_exists(&ident).await?
+            {
+                return Err(e.into());
             }
         }
         let table = Self {

@@ -89,8 +89,10 @@ impl WriterConfig {
         }
         // The payload is JSON text: min/max statistics on it are large and
         // never prune anything.
-        builder = builder
-            .set_column_statistics_enabled(ColumnPath::from(columns::PAYLOAD), EnabledStatistics::None);
+        builder = builder.set_column_statistics_enabled(
+            ColumnPath::from(columns::PAYLOAD),
+            EnabledStatistics::None,
+        );
         Ok(builder.build())
     }
 }
@@ -130,13 +132,23 @@ pub(crate) fn content_digest(batch: &RecordBatch) -> u128 {
                 }
             }
             DataType::Int32 => {
-                for (i, v) in column.as_primitive::<Int32Type>().values().iter().enumerate() {
+                for (i, v) in column
+                    .as_primitive::<Int32Type>()
+                    .values()
+                    .iter()
+                    .enumerate()
+                {
                     h.update(&[u8::from(!is_null(i))]);
                     h.update(&v.to_le_bytes());
                 }
             }
             DataType::Int64 => {
-                for (i, v) in column.as_primitive::<Int64Type>().values().iter().enumerate() {
+                for (i, v) in column
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .iter()
+                    .enumerate()
+                {
                     h.update(&[u8::from(!is_null(i))]);
                     h.update(&v.to_le_bytes());
                 }
@@ -168,14 +180,17 @@ pub(crate) async fn write_data_files(
         .namespaces
         .iter()
         .enumerate()
-        .map(|(i, (namespace, range))| (i, namespace.clone(), batch.slice(range.start, range.len())))
+        .map(|(i, (namespace, range))| {
+            (i, namespace.clone(), batch.slice(range.start, range.len()))
+        })
         .collect();
     let written: Vec<Vec<DataFile>> = futures::stream::iter(jobs)
         .map(|(i, namespace, slice)| {
             let props = props.clone();
             async move {
                 let files =
-                    write_namespace(table, &namespace, slice, first_position, props, config).await?;
+                    write_namespace(table, &namespace, slice, first_position, props, config)
+                        .await?;
                 if i == 0 {
                     crashpoint::hit(crashpoint::BETWEEN_FILES);
                 }
@@ -236,12 +251,11 @@ mod tests {
     fn digest_sees_every_value() {
         let a = arrow::array::StringArray::from(vec![Some("x"), None, Some("y")]);
         let b = arrow::array::StringArray::from(vec![Some("x"), Some(""), Some("y")]);
-        let schema = Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
-            "s",
-            DataType::Utf8,
-            true,
-        )]));
-        let batch = |arr| RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(arr)]).expect("batch");
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("s", DataType::Utf8, true),
+        ]));
+        let batch =
+            |arr| RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(arr)]).expect("batch");
         let da = content_digest(&batch(a.clone()));
         assert_eq!(da, content_digest(&batch(a)));
         assert_ne!(da, content_digest(&batch(b)));

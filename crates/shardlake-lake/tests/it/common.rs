@@ -62,8 +62,15 @@ pub async fn assert_exactly(lake: &Lake, expected: &[Event]) {
     assert_eq!(unique.len(), got.len(), "a (shard_id, seq) appears twice");
     let want: HashSet<(i32, i64)> = expected.iter().map(|e| (e.shard_id, e.seq)).collect();
     assert_eq!(unique, want, "the lake holds other events than expected");
-    let mut positions: Vec<i64> = rows.iter().map(|(_, e)| e.position.expect("position")).collect();
+    let mut positions: Vec<i64> = rows
+        .iter()
+        .map(|(_, e)| e.position.expect("position"))
+        .collect();
     positions.sort_unstable();
     let n = positions.len() as i64;
-    assert_eq!(positions, (1..=n).collect::<Vec<_>>(), "positions are not 1..=n");
+    assert_eq!(
+        positions,
+        (1..=n).collect::<Vec<_>>(),
+        "positions are not 1..=n"
+    );
 }

@@ -79,19 +79,30 @@ async fn bad_events_are_rejected_alone_and_dead_lettered() {
     let lake = Lake::open_local(tmp.path()).await.expect("open");
     let emitter = lake.emitter(quick()).await.expect("emitter");
     let body = concat!(
-        r#"{"namespace":"a","shard_id":1,"seq":1,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z"}"#, "\n",
-        r#"{"namespace":"a","shard_id":1,"seq":2,"partition_key":"k","event_type":"e","ts":"never"}"#, "\n",
+        r#"{"namespace":"a","shard_id":1,"seq":1,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z"}"#,
         "\n",
-        r#"{"namespace":"a","shard_id":1,"seq":3,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z","payload":"nope"}"#, "\n",
-        r#"{"namespace":"a","shard_id":1,"seq":4,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z","payload":{"ok":true}}"#, "\n",
+        r#"{"namespace":"a","shard_id":1,"seq":2,"partition_key":"k","event_type":"e","ts":"never"}"#,
+        "\n",
+        "\n",
+        r#"{"namespace":"a","shard_id":1,"seq":3,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z","payload":"nope"}"#,
+        "\n",
+        r#"{"namespace":"a","shard_id":1,"seq":4,"partition_key":"k","event_type":"e","ts":"2026-01-01T00:00:00Z","payload":{"ok":true}}"#,
+        "\n",
         "{\"namespace\":",
     );
-    let ack = emitter.emit(EmitInput::Ndjson(body.as_bytes())).await.expect("emit");
+    let ack = emitter
+        .emit(EmitInput::Ndjson(body.as_bytes()))
+        .await
+        .expect("emit");
     assert_eq!(ack.accepted, 2);
     let rejected: Vec<(usize, &str)> = ack.rejected.iter().map(|r| (r.index, r.code)).collect();
     assert_eq!(
         rejected,
-        vec![(2, "invalid_timestamp"), (4, "invalid_payload"), (6, "malformed_json")]
+        vec![
+            (2, "invalid_timestamp"),
+            (4, "invalid_payload"),
+            (6, "malformed_json")
+        ]
     );
     // The good events are in the lake; seq 2 and 3 are not (a later valid
     // seq 2 would now be a duplicate: rejected seqs are the shard's to fix).
@@ -110,7 +121,12 @@ async fn bad_events_are_rejected_alone_and_dead_lettered() {
         .collect();
     assert_eq!(records.len(), 3);
     assert_eq!(records[0]["code"], "invalid_timestamp");
-    assert!(records[0]["raw"].as_str().expect("raw").contains("\"never\""));
+    assert!(
+        records[0]["raw"]
+            .as_str()
+            .expect("raw")
+            .contains("\"never\"")
+    );
     assert_eq!(records[2]["raw"], "{\"namespace\":");
 
     // A single owned event that breaks a rule is reported the same way.
@@ -132,7 +148,9 @@ async fn try_emit_refuses_when_the_queue_is_full_and_emit_waits() {
         })
         .await
         .expect("emitter");
-    let first = emitter.try_emit(&events(0..1, 5, 1)).expect("room for one request");
+    let first = emitter
+        .try_emit(&events(0..1, 5, 1))
+        .expect("room for one request");
     let err = emitter
         .try_emit(&events(1..2, 5, 1))
         .err()
@@ -143,7 +161,9 @@ async fn try_emit_refuses_when_the_queue_is_full_and_emit_waits() {
     let second = emitter.emit(&second_events);
     tokio::pin!(second);
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), &mut second).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(200), &mut second)
+            .await
+            .is_err(),
         "emit must wait for room"
     );
     emitter.flush().await.expect("flush");
@@ -199,7 +219,11 @@ async fn commits_batch_requests_across_shards() {
     let all = events(0..16, 10, 3);
     let mut acks = Vec::new();
     for shard in 0..16 {
-        let mine: Vec<Event> = all.iter().filter(|e| e.shard_id == shard).cloned().collect();
+        let mine: Vec<Event> = all
+            .iter()
+            .filter(|e| e.shard_id == shard)
+            .cloned()
+            .collect();
         acks.push(emitter.send(&mine).await.expect("send"));
     }
     emitter.flush().await.expect("flush");
@@ -238,13 +262,19 @@ async fn files_are_partitioned_by_namespace_and_sorted_by_key_then_position() {
     for (file, rows) in by_file {
         let ns = &rows[0].namespace;
         assert!(file.contains(&format!("/data/namespace={ns}/")), "{file}");
-        assert!(rows.iter().all(|e| &e.namespace == ns), "one namespace per file");
+        assert!(
+            rows.iter().all(|e| &e.namespace == ns),
+            "one namespace per file"
+        );
         let keys: Vec<(String, i64)> = rows
             .iter()
             .map(|e| (e.partition_key.clone(), e.position.expect("position")))
             .collect();
         let mut sorted = keys.clone();
         sorted.sort();
-        assert_eq!(keys, sorted, "{file} is not sorted by (partition_key, position)");
+        assert_eq!(
+            keys, sorted,
+            "{file} is not sorted by (partition_key, position)"
+        );
     }
 }

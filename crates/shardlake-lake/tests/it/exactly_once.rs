@@ -10,7 +10,9 @@ use iceberg::{Catalog, NamespaceIdent, TableCreation};
 use object_store::local::LocalFileSystem;
 use shardlake_core::Event;
 use shardlake_lake::iceberg::open_sql_catalog;
-use shardlake_lake::{EmitterConfig, ErrorKind, HealthStatus, Lake, PipelineEmitter, RetryPolicy, Warehouse};
+use shardlake_lake::{
+    EmitterConfig, ErrorKind, HealthStatus, Lake, PipelineEmitter, RetryPolicy, Warehouse,
+};
 
 use crate::common::{assert_exactly, events};
 use crate::faulty::FaultyStore;
@@ -28,7 +30,12 @@ fn config() -> EmitterConfig {
 }
 
 /// Sends `events` in requests of `chunk` events, `in_flight` at a time.
-async fn send_all(emitter: &PipelineEmitter, events: &[Event], chunk: usize, in_flight: usize) -> (usize, usize) {
+async fn send_all(
+    emitter: &PipelineEmitter,
+    events: &[Event],
+    chunk: usize,
+    in_flight: usize,
+) -> (usize, usize) {
     let mut acks = Vec::new();
     for group in events.chunks(chunk * in_flight) {
         let mut pending = Vec::new();
@@ -66,7 +73,11 @@ async fn two_committers_on_one_table_lose_and_duplicate_nothing() {
     let shared = events(8..12, 50, 2);
     let ((acc_a, dup_a), (acc_b, dup_b)) =
         tokio::join!(send_all(&ea, &shared, 9, 1), send_all(&eb, &shared, 13, 1));
-    assert_eq!(acc_a + acc_b, 200, "each event accepted by exactly one committer");
+    assert_eq!(
+        acc_a + acc_b,
+        200,
+        "each event accepted by exactly one committer"
+    );
     assert_eq!(dup_a + dup_b, 200, "and reported duplicate by the other");
     expected.extend(shared);
     assert_exactly(&a, &expected).await;
@@ -158,7 +169,13 @@ async fn a_table_with_another_schema_is_refused_not_rewritten() {
         .build()
         .expect("schema");
     catalog
-        .create_table(&ns, TableCreation::builder().name("events".into()).schema(schema).build())
+        .create_table(
+            &ns,
+            TableCreation::builder()
+                .name("events".into())
+                .schema(schema)
+                .build(),
+        )
         .await
         .expect("table");
     let before = catalog

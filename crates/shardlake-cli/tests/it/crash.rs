@@ -1,0 +1,114 @@
+//! Crash safety: an ingesting process is killed with SIGKILL at each crash
+//! point of the commit path (and at arbitrary moments); after a restart that
+//! re-sends everything, every event is in the lake exactly once.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::{assert_exactly_n, generate, run_ok, shardlake};
+
+const EVENTS: u64 = 40_000;
+
+fn spawn_ingest(warehouse: &Path, file: &Path, crash_at: Option<&str>) -> Child {
+    let mut cmd = shardlake();
+    cmd.arg("--warehouse")
+        .arg(warehouse)
+        .args([
+            "ingest",
+            "--quiet",
+            "--batch-events",
+            "5000",
+            "--flush-ms",
+            "20",
+        ])
+        .arg(file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(point) = crash_at {
+        cmd.env("SHARDLAKE_CRASH_AT", point);
+    }
+    cmd.spawn().expect("spawn ingest")
+}
+
+/// Waits until the child reports reaching its crash point, then SIGKILLs it.
+fn kill_at_crash_point(mut child: Child, point: &str) {
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("crash point") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("crash point {point} never reached"));
+    assert!(
+        line.contains(point.split(':').next().unwrap_or(point)),
+        "{line}"
+    );
+    // Child::kill sends SIGKILL on Unix: no destructors, no flushing.
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("reap");
+    assert!(!status.success());
+}
+
+#[test]
+fn sigkill_at_every_crash_point_then_resend_yields_exactly_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = generate(tmp.path(), EVENTS, 8, 4, 11);
+    // `:2` crashes in the second commit, after a first commit landed.
+    let points = [
+        "commit.before_write:2",
+        "write.mid_file",
+        "write.mid_file:3",
+        "write.between_files:2",
+        "commit.before_catalog",
+        "commit.before_catalog:2",
+        "commit.after_catalog",
+        "commit.after_catalog:2",
+    ];
+    for point in points {
+        let wh = tmp
+            .path()
+            .join(format!("lake-{}", point.replace([':', '.'], "-")));
+        kill_at_crash_point(spawn_ingest(&wh, &file, Some(point)), point);
+        // Restart and re-send everything, as a shard that never got its ack would.
+        let out = run_ok(
+            &wh,
+            &["ingest", "--quiet", "--json", file.to_str().expect("path")],
+        );
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
+        let accepted = summary["accepted"].as_u64().expect("accepted");
+        let duplicates = summary["duplicates"].as_u64().expect("duplicates");
+        assert_eq!(accepted + duplicates, EVENTS, "{point}: {summary}");
+        if point.starts_with("commit.after_catalog") {
+            assert!(
+                duplicates > 0,
+                "{point}: the crashed commit had landed: {summary}"
+            );
+        }
+        assert_exactly_n(&wh, EVENTS);
+    }
+}
+
+#[test]
+fn sigkill_at_arbitrary_moments_then_resend_yields_exactly_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = generate(tmp.path(), EVENTS, 8, 4, 12);
+    let wh = tmp.path().join("lake");
+    // Deterministic "random" delays spread over an ingest's lifetime.
+    for delay_ms in [30u64, 120, 250, 400, 700] {
+        let mut child = spawn_ingest(&wh, &file, None);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    run_ok(&wh, &["ingest", "--quiet", file.to_str().expect("path")]);
+    assert_exactly_n(&wh, EVENTS);
+}

@@ -1,0 +1,109 @@
+//! `generate`, `ingest`, `query` and `demo` as a user runs them.
+
+use crate::{assert_exactly_n, generate, query_json, run_ok};
+
+#[test]
+fn ingesting_the_same_file_twice_keeps_one_copy() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let wh = tmp.path().join("lake");
+    let file = generate(tmp.path(), 30_000, 8, 4, 1);
+    let file = file.to_str().expect("utf-8 path");
+
+    let first = run_ok(&wh, &["ingest", file, "--json"]);
+    let first: serde_json::Value = serde_json::from_slice(&first.stdout).expect("summary");
+    assert_eq!(first["accepted"], 30_000);
+    assert_eq!(first["duplicates"], 0);
+    assert_eq!(first["rejected"], 0);
+
+    let second = run_ok(&wh, &["ingest", file, "--json"]);
+    let second: serde_json::Value = serde_json::from_slice(&second.stdout).expect("summary");
+    assert_eq!(second["accepted"], 0);
+    assert_eq!(second["duplicates"], 30_000);
+    assert_eq!(second["emitter"]["commits"], 0, "nothing new, no snapshot");
+
+    assert_exactly_n(&wh, 30_000);
+}
+
+#[test]
+fn bad_lines_are_reported_by_number_and_good_ones_land() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let wh = tmp.path().join("lake");
+    let file = tmp.path().join("mixed.ndjson");
+    std::fs::write(
+        &file,
+        concat!(
+            r#"{"namespace":"a","shard_id":0,"seq":1,"partition_key":"k1","event_type":"thing.created","ts":"2026-01-01T00:00:00Z"}"#, "\n",
+            r#"{"namespace":"a","shard_id":0,"seq":2,"partition_key":"k1","event_type":"thing.updated","ts":"2026-01-01T00:00:01Z","payload":[1,2]}"#, "\n",
+            "garbage\n",
+            r#"{"namespace":"b","shard_id":1,"seq":1,"partition_key":"k2","event_type":"thing.created","ts":"2026-01-01T00:00:02Z"}"#, "\n",
+        ),
+    )
+    .expect("write");
+    let out = run_ok(&wh, &["ingest", file.to_str().expect("path"), "--json"]);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
+    assert_eq!(summary["accepted"], 2);
+    assert_eq!(summary["rejected"], 2);
+    let examples = summary["rejected_examples"].as_array().expect("examples");
+    assert_eq!(examples[0]["index"], 2);
+    assert_eq!(examples[0]["code"], "invalid_payload");
+    assert_eq!(examples[1]["index"], 3);
+    assert_eq!(examples[1]["code"], "malformed_json");
+    let doc = query_json(
+        &wh,
+        "SELECT namespace, count(*) FROM events GROUP BY namespace ORDER BY namespace",
+    );
+    assert_eq!(doc["rows"], serde_json::json!([["a", 1], ["b", 1]]));
+}
+
+#[test]
+fn query_formats_for_people_and_scripts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let wh = tmp.path().join("lake");
+    let file = generate(tmp.path(), 2_000, 4, 3, 9);
+    run_ok(&wh, &["ingest", file.to_str().expect("path"), "--quiet"]);
+    let sql = "SELECT namespace, count(*) AS n FROM events GROUP BY namespace ORDER BY namespace";
+
+    let doc = query_json(&wh, sql);
+    assert_eq!(doc["columns"][0]["name"], "namespace");
+    assert_eq!(doc["columns"][1]["type"], "Int64");
+    let rows = doc["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 3);
+    let total: u64 = rows.iter().map(|r| r[1].as_u64().expect("count")).sum();
+    assert_eq!(total, 2_000);
+
+    let csv = run_ok(&wh, &["query", "--format", "csv", sql]);
+    let csv = String::from_utf8(csv.stdout).expect("utf-8");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "namespace,n");
+    assert_eq!(lines.len(), 4);
+    assert!(lines[1].starts_with("tenant-000,"));
+
+    let table = run_ok(&wh, &["query", sql]);
+    let table = String::from_utf8(table.stdout).expect("utf-8");
+    assert!(table.contains("| namespace  | n "), "{table}");
+    assert!(table.contains("(3 rows)"), "{table}");
+
+    let bad = crate::shardlake()
+        .arg("--warehouse")
+        .arg(&wh)
+        .args(["query", "SELECT nope FROM events"])
+        .output()
+        .expect("spawn");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("nope"));
+}
+
+#[test]
+fn demo_runs_on_an_empty_warehouse() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let wh = tmp.path().join("lake");
+    let out = run_ok(&wh, &["demo", "--events", "5000"]);
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(text.contains("5000 accepted, 0 duplicates"), "{text}");
+    assert!(
+        text.contains("0 accepted, 500 dropped as duplicates"),
+        "{text}"
+    );
+    assert!(text.contains("invalid_timestamp"), "{text}");
+    assert_exactly_n(&wh, 5_000);
+}

@@ -1,0 +1,74 @@
+//! End-to-end tests of the `shardlake` binary: real processes, real files,
+//! real SIGKILLs.
+
+mod crash;
+mod ingest;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The binary under test.
+pub fn shardlake() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shardlake"))
+}
+
+/// Runs the binary with `args` against `warehouse`, expecting success.
+pub fn run_ok(warehouse: &Path, args: &[&str]) -> Output {
+    let out = shardlake()
+        .arg("--warehouse")
+        .arg(warehouse)
+        .args(args)
+        .output()
+        .expect("spawn shardlake");
+    assert!(
+        out.status.success(),
+        "shardlake {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Writes `shardlake generate` output to a file and returns its path.
+pub fn generate(dir: &Path, events: u64, shards: u32, namespaces: u32, seed: u64) -> PathBuf {
+    let out = shardlake()
+        .args([
+            "generate",
+            "--events",
+            &events.to_string(),
+            "--shards",
+            &shards.to_string(),
+            "--namespaces",
+            &namespaces.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .output()
+        .expect("spawn generate");
+    assert!(out.status.success());
+    let path = dir.join(format!("events-{events}-{seed}.ndjson"));
+    std::fs::write(&path, &out.stdout).expect("write events");
+    path
+}
+
+/// Runs SQL and returns the JSON document `--format json` prints.
+pub fn query_json(warehouse: &Path, sql: &str) -> serde_json::Value {
+    let out = run_ok(warehouse, &["query", "--format", "json", sql]);
+    serde_json::from_slice(&out.stdout).expect("json output")
+}
+
+/// Checks the lake holds exactly `n` events, each `(shard_id, seq)` once,
+/// with positions 1..=n.
+pub fn assert_exactly_n(warehouse: &Path, n: u64) {
+    let doc = query_json(
+        warehouse,
+        "SELECT count(*) AS total, count(DISTINCT (shard_id, seq)) AS distinct_events, \
+         count(DISTINCT position) AS positions, min(position) AS first, max(position) AS last FROM events",
+    );
+    let row = &doc["rows"][0];
+    assert_eq!(row[0], n, "rows: {doc}");
+    assert_eq!(row[1], n, "distinct (shard_id, seq): {doc}");
+    assert_eq!(row[2], n, "distinct positions: {doc}");
+    assert_eq!(row[3], 1, "first position: {doc}");
+    assert_eq!(row[4], n, "last position: {doc}");
+}
