@@ -20,6 +20,7 @@ pub mod commit;
 pub mod crashpoint;
 pub mod emitter;
 mod error;
+pub mod file_meta;
 pub mod iceberg;
 pub mod storage;
 pub mod warehouse;

@@ -45,7 +45,7 @@ impl TableCommitter for IcebergCommitter {
     }
 
     async fn refresh(&mut self) -> Result<()> {
-        let current = self.table.load().await?;
+        let current = self.table.refresh(&self.current).await?;
         self.state = commit_state(&current)?;
         self.current = current;
         Ok(())

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use iceberg::table::Table;
 use iceberg::{Catalog, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_sql::SqlCatalog;
+use sqlx::SqlitePool;
 
-use super::catalog::open_sql_catalog;
+use super::catalog::{CATALOG_NAME, open_sql_catalog};
 use super::schema::{check_schema, iceberg_schema, partition_spec, sort_order};
 use crate::commit::{CommitState, FIRST_POSITION};
 use crate::error::{Error, ErrorKind, Result};
@@ -48,6 +49,10 @@ pub mod summary {
 #[derive(Debug, Clone)]
 pub struct IcebergEventsTable {
     catalog: Arc<SqlCatalog>,
+    // A direct connection to the catalog database, for the one cheap question
+    // the Iceberg catalog API cannot answer without reading and parsing the
+    // metadata file: "which metadata file is current?".
+    pool: SqlitePool,
     ident: TableIdent,
     warehouse: Warehouse,
 }
@@ -87,8 +92,14 @@ impl IcebergEventsTable {
                 return Err(e.into());
             }
         }
+        let pool = SqlitePool::connect(&warehouse.catalog_uri())
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Storage, "cannot open the catalog database").with_source(e)
+            })?;
         let table = Self {
             catalog,
+            pool,
             ident,
             warehouse: warehouse.clone(),
         };
@@ -101,6 +112,40 @@ impl IcebergEventsTable {
         let table = self.catalog.load_table(&self.ident).await?;
         check_schema(table.metadata().current_schema())?;
         Ok(table)
+    }
+
+    /// Location of the table's current metadata file: one indexed catalog
+    /// lookup, no file I/O. Changes with every commit.
+    pub async fn current_metadata_location(&self) -> Result<String> {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT metadata_location FROM iceberg_tables \
+             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ?",
+        )
+        .bind(CATALOG_NAME)
+        .bind(self.ident.namespace().join("."))
+        .bind(self.ident.name())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Storage, "catalog lookup failed").with_source(e))?;
+        row.and_then(|(location,)| location).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Storage,
+                format!(
+                    "table {} has no metadata location in the catalog",
+                    self.ident
+                ),
+            )
+        })
+    }
+
+    /// The current version of the table: `known` itself if nothing was
+    /// committed since it was loaded, else a fresh (schema-checked) load.
+    pub async fn refresh(&self, known: &Table) -> Result<Table> {
+        let current = self.current_metadata_location().await?;
+        if known.metadata_location() == Some(current.as_str()) {
+            return Ok(known.clone());
+        }
+        self.load().await
     }
 
     /// The catalog the table lives in.

@@ -1,8 +1,10 @@
-//! Writing the rows of one commit as Iceberg data files: one rolling Parquet
-//! writer per namespace partition, namespaces written concurrently.
+//! Writing the rows of one commit as Iceberg data files: each namespace's rows
+//! are cut into files of about the target size, files written concurrently.
+//! Every file records in its footer which shards' events it holds
+//! ([`crate::file_meta`]).
 //!
-//! File names are content-addressed: `<first position>-<digest>-<n>.parquet`,
-//! where the digest covers every value of the namespace's rows. A retry after
+//! File names are content-addressed: `<first position>-<digest>.parquet`,
+//! where the digest covers every value of the file's rows. A retry after
 //! a crash rewrites the same names (no orphan pile-up), and two committers
 //! racing from the same base can only produce the same name with identical
 //! bytes, so neither can corrupt a file the other committed.
@@ -23,6 +25,7 @@ use iceberg::writer::file_writer::location_generator::{
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use shardlake_core::schema::columns;
@@ -30,13 +33,16 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::schema::arrow_schema_with_field_ids;
 use crate::commit::CommitPlan;
-use crate::crashpoint;
 use crate::error::{Error, ErrorKind, Result};
+use crate::{crashpoint, file_meta};
 
 /// How data files are laid out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriterConfig {
-    /// A file rolls over to the next once it holds this many bytes.
+    /// Target size of a data file in bytes. Each namespace's rows of a
+    /// commit are cut into files of about this size before writing
+    /// (estimated from their uncompressed size), so a file never mixes
+    /// namespaces and its footer can say exactly which shards it holds.
     pub target_file_size: usize,
     /// Rows per Parquet row group (the unit of row-group pruning).
     pub row_group_rows: usize,
@@ -60,8 +66,13 @@ impl Default for WriterConfig {
     }
 }
 
+/// Uncompressed bytes per byte of zstd-1 Parquet for typical event data
+/// (measured on generated events: about 4); used to cut files near the
+/// target size before they are written.
+const EXPECTED_COMPRESSION: usize = 4;
+
 impl WriterConfig {
-    fn writer_properties(&self) -> Result<WriterProperties> {
+    fn writer_properties(&self, metadata: Vec<KeyValue>) -> Result<WriterProperties> {
         let level = ZstdLevel::try_new(self.zstd_level).map_err(|e| {
             Error::new(
                 ErrorKind::DataInvalid,
@@ -74,7 +85,8 @@ impl WriterConfig {
             .set_compression(Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(self.row_group_rows))
             .set_data_page_row_count_limit(self.page_rows)
-            .set_statistics_enabled(EnabledStatistics::Page);
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_key_value_metadata(Some(metadata));
         // Near-unique columns gain nothing from dictionaries; skipping them
         // saves the encoder building and then discarding one.
         for col in [
@@ -97,18 +109,52 @@ impl WriterConfig {
     }
 }
 
-/// File names `<prefix>-<n>.parquet`, `n` counting files of one writer.
+/// The name of a file whose content is already decided. The writer never
+/// rolls (files are cut beforehand), so it asks once; a second request
+/// (which would be a bug) still gets a distinct name.
 #[derive(Debug, Clone)]
-struct ContentFileNames {
-    prefix: String,
+struct FixedFileName {
+    stem: String,
     count: Arc<AtomicU64>,
 }
 
-impl FileNameGenerator for ContentFileNames {
+impl FileNameGenerator for FixedFileName {
     fn generate_file_name(&self) -> String {
-        let n = self.count.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n:05}.{}", self.prefix, DataFileFormat::Parquet)
+        match self.count.fetch_add(1, Ordering::Relaxed) {
+            0 => format!("{}.{}", self.stem, DataFileFormat::Parquet),
+            n => format!("{}-{n}.{}", self.stem, DataFileFormat::Parquet),
+        }
     }
+}
+
+/// Cuts `rows` into slices of at most `max_bytes` uncompressed bytes (at
+/// least one row each).
+fn cut(rows: &RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
+    let string_bytes = |i: usize| -> Vec<usize> {
+        let a = rows.column(i).as_string::<i32>();
+        let o = a.value_offsets();
+        (0..a.len()).map(|r| (o[r + 1] - o[r]) as usize).collect()
+    };
+    // Fixed-width columns plus the variable ones that dominate.
+    let variable: Vec<Vec<usize>> = [0, 3, 4, 5, 6, 9, 10]
+        .into_iter()
+        .map(string_bytes)
+        .collect();
+    let mut out = Vec::new();
+    let (mut start, mut acc) = (0, 0);
+    for r in 0..rows.num_rows() {
+        let row = 36 + variable.iter().map(|v| v[r]).sum::<usize>();
+        if acc + row > max_bytes && r > start {
+            out.push(rows.slice(start, r - start));
+            start = r;
+            acc = 0;
+        }
+        acc += row;
+    }
+    if start < rows.num_rows() {
+        out.push(rows.slice(start, rows.num_rows() - start));
+    }
+    out
 }
 
 /// A 128-bit digest of every value of `batch` (nulls included).
@@ -173,44 +219,39 @@ pub(crate) async fn write_data_files(
     plan: &CommitPlan,
     config: &WriterConfig,
 ) -> Result<Vec<DataFile>> {
-    let props = config.writer_properties()?;
     let batch = RecordBatch::try_new(arrow_schema_with_field_ids(), plan.batch.columns().to_vec())?;
     let first_position = plan.first_position();
-    let jobs: Vec<(usize, String, RecordBatch)> = plan
+    let max_bytes = config.target_file_size.saturating_mul(EXPECTED_COMPRESSION);
+    let jobs: Vec<(String, RecordBatch)> = plan
         .namespaces
         .iter()
-        .enumerate()
-        .map(|(i, (namespace, range))| {
-            (i, namespace.clone(), batch.slice(range.start, range.len()))
+        .flat_map(|(namespace, range)| {
+            cut(&batch.slice(range.start, range.len()), max_bytes)
+                .into_iter()
+                .map(move |rows| (namespace.clone(), rows))
         })
         .collect();
-    let written: Vec<Vec<DataFile>> = futures::stream::iter(jobs)
-        .map(|(i, namespace, slice)| {
-            let props = props.clone();
-            async move {
-                let files =
-                    write_namespace(table, &namespace, slice, first_position, props, config)
-                        .await?;
-                if i == 0 {
-                    crashpoint::hit(crashpoint::BETWEEN_FILES);
-                }
-                Ok::<_, Error>(files)
+    let written: Vec<DataFile> = futures::stream::iter(jobs.into_iter().enumerate())
+        .map(|(i, (namespace, rows))| async move {
+            let file = write_file(table, &namespace, rows, first_position, config).await?;
+            if i == 0 {
+                crashpoint::hit(crashpoint::BETWEEN_FILES);
             }
+            Ok::<_, Error>(file)
         })
         .buffer_unordered(config.parallelism.max(1))
         .try_collect()
         .await?;
-    Ok(written.into_iter().flatten().collect())
+    Ok(written)
 }
 
-async fn write_namespace(
+async fn write_file(
     table: &Table,
     namespace: &str,
     rows: RecordBatch,
     first_position: i64,
-    props: WriterProperties,
     config: &WriterConfig,
-) -> Result<Vec<DataFile>> {
+) -> Result<DataFile> {
     let metadata = table.metadata();
     let schema = Arc::clone(metadata.current_schema());
     let spec = (**metadata.default_partition_spec()).clone();
@@ -219,16 +260,20 @@ async fn write_namespace(
         Arc::clone(&schema),
         Struct::from_iter([Some(Literal::string(namespace))]),
     );
-    let names = ContentFileNames {
-        prefix: format!("{first_position:020}-{:032x}", content_digest(&rows)),
+    let shards = KeyValue::new(
+        file_meta::SHARDS_KEY.to_owned(),
+        file_meta::encode(&file_meta::shard_ranges(&rows)),
+    );
+    let name = FixedFileName {
+        stem: format!("{first_position:020}-{:032x}", content_digest(&rows)),
         count: Arc::new(AtomicU64::new(0)),
     };
     let rolling = RollingFileWriterBuilder::new(
-        ParquetWriterBuilder::new(props, schema),
-        config.target_file_size,
+        ParquetWriterBuilder::new(config.writer_properties(vec![shards])?, schema),
+        usize::MAX,
         table.file_io().clone(),
         DefaultLocationGenerator::new(metadata)?,
-        names,
+        name,
     );
     let mut writer = DataFileWriterBuilder::new(rolling)
         .build(Some(partition))
@@ -240,12 +285,37 @@ async fn write_namespace(
         writer.write(rows.slice(offset, len)).await?;
         offset += len;
     }
-    Ok(writer.close().await?)
+    let mut files = writer.close().await?;
+    match (files.pop(), files.is_empty()) {
+        (Some(file), true) => Ok(file),
+        _ => Err(Error::new(
+            ErrorKind::Unexpected,
+            "a data file writer produced other than one file",
+        )),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_are_cut_by_uncompressed_size() {
+        let mut b = shardlake_core::EventBatchBuilder::new(shardlake_core::EventLimits::default());
+        let ts = chrono::DateTime::from_timestamp(0, 0).expect("ts");
+        for seq in 1..=100 {
+            let e = shardlake_core::Event::new("ns", 1, seq, "k", "e", ts)
+                .with_payload(&serde_json::json!({"pad": "x".repeat(100)}));
+            b.push_event(&e).expect("valid");
+        }
+        let rows = b.finish().into_record_batch();
+        let pieces = cut(&rows, 2_000);
+        assert!(pieces.len() > 5, "{}", pieces.len());
+        assert_eq!(pieces.iter().map(RecordBatch::num_rows).sum::<usize>(), 100);
+        assert_eq!(cut(&rows, usize::MAX).len(), 1);
+        // A row larger than the limit still gets a file of its own.
+        assert_eq!(cut(&rows.slice(0, 3), 1).len(), 3);
+    }
 
     #[test]
     fn digest_sees_every_value() {

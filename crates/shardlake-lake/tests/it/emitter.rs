@@ -260,6 +260,37 @@ async fn files_are_partitioned_by_namespace_and_sorted_by_key_then_position() {
     // 3 commits x 3 namespaces.
     assert_eq!(by_file.len(), 9);
     for (file, rows) in by_file {
+        // The footer says exactly which shards' events the file holds.
+        let path = url::Url::parse(&file)
+            .expect("url")
+            .to_file_path()
+            .expect("path");
+        let reader = parquet::file::reader::SerializedFileReader::new(
+            std::fs::File::open(&path).expect("open"),
+        )
+        .expect("parquet");
+        let kv = parquet::file::reader::FileReader::metadata(&reader)
+            .file_metadata()
+            .key_value_metadata()
+            .cloned()
+            .unwrap_or_default();
+        let shards = kv
+            .iter()
+            .find(|k| k.key == shardlake_lake::file_meta::SHARDS_KEY)
+            .and_then(|k| k.value.clone())
+            .expect("shard metadata");
+        let mut want: BTreeMap<i32, (i64, i64, u64)> = BTreeMap::new();
+        for e in &rows {
+            let w = want.entry(e.shard_id).or_insert((i64::MAX, i64::MIN, 0));
+            *w = (w.0.min(e.seq), w.1.max(e.seq), w.2 + 1);
+        }
+        let got: BTreeMap<i32, (i64, i64, u64)> = shardlake_lake::file_meta::decode(&shards)
+            .expect("decodes")
+            .into_iter()
+            .map(|r| (r.shard_id, (r.min_seq, r.max_seq, r.events)))
+            .collect();
+        assert_eq!(got, want, "{file}");
+
         let ns = &rows[0].namespace;
         assert!(file.contains(&format!("/data/namespace={ns}/")), "{file}");
         assert!(
