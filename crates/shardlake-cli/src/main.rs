@@ -66,8 +66,10 @@ enum Command {
         /// Hide the progress bar.
         #[arg(long)]
         quiet: bool,
-        /// Largest batch committed as one snapshot, in events.
-        #[arg(long, default_value_t = 1_000_000)]
+        /// Largest batch committed as one snapshot, in events. Smaller
+        /// batches let parsing and committing overlap; larger ones make
+        /// fewer, bigger files.
+        #[arg(long, default_value_t = 250_000)]
         batch_events: usize,
         /// Longest wait before a partial batch is committed, in milliseconds.
         #[arg(long, default_value_t = 2_000)]

@@ -12,7 +12,6 @@
 //!    (compare-and-swap); otherwise the caller re-reads and re-plans.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Int64Array, RecordBatch, UInt32Array};
@@ -57,23 +56,36 @@ impl CommitState {
     }
 }
 
-/// The rows of one commit, sorted and stamped, ready to be written.
+/// The rows of one commit: which input rows are kept, their positions, and
+/// which namespace each belongs to. The rows of a namespace are materialized
+/// (sorted, stamped) by [`CommitPlan::namespace_batch`], so that work can run
+/// per namespace in parallel while files are written.
 #[derive(Debug, Clone)]
 pub struct CommitPlan {
     /// Unique id of this commit attempt, recorded with the commit so an
     /// ambiguous failure can be resolved by looking for it.
     pub commit_id: String,
-    /// The rows, in the table's schema, sorted by
-    /// `(namespace, partition_key, position)`.
-    pub batch: RecordBatch,
-    /// Row range of each namespace in `batch`.
-    pub namespaces: Vec<(String, Range<usize>)>,
+    /// The input rows, pending schema, arrival order (kept or not).
+    pub pending: RecordBatch,
+    /// Position of each input row (meaningless where not kept).
+    pub positions: Vec<i64>,
+    /// Kept rows of each namespace (input row indices), namespaces by name.
+    pub namespaces: Vec<NamespaceRows>,
     /// The state this plan was made against (the commit's precondition).
     pub base: CommitState,
     /// The state after the commit (full watermarks, next position).
     pub state: CommitState,
     /// Which input rows are written (`false`: duplicate).
     pub kept: Vec<bool>,
+}
+
+/// The kept rows of one namespace in a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceRows {
+    /// The namespace.
+    pub namespace: String,
+    /// Input row indices, in arrival order.
+    pub rows: Vec<u32>,
 }
 
 impl CommitPlan {
@@ -84,7 +96,45 @@ impl CommitPlan {
 
     /// Number of rows written.
     pub fn rows(&self) -> usize {
-        self.batch.num_rows()
+        (self.state.next_position - self.base.next_position) as usize
+    }
+
+    /// The rows of namespace `i` in the table's schema, sorted by
+    /// `(partition_key, position)`: the table's write order.
+    pub fn namespace_batch(&self, i: usize) -> Result<RecordBatch> {
+        let ns = self.namespaces.get(i).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unexpected,
+                format!("no namespace {i} in the plan"),
+            )
+        })?;
+        let partition_key = column(&self.pending, columns::PARTITION_KEY)?
+            .as_string_opt::<i32>()
+            .ok_or_else(|| schema_error(columns::PARTITION_KEY))?;
+        let mut order = ns.rows.clone();
+        let positions = &self.positions;
+        order.sort_unstable_by(|&a, &b| {
+            let (a, b) = (a as usize, b as usize);
+            partition_key
+                .value(a)
+                .cmp(partition_key.value(b))
+                .then_with(|| positions[a].cmp(&positions[b]))
+        });
+        let stamped: Int64Array = order.iter().map(|&r| positions[r as usize]).collect();
+        let sorted = take_record_batch(&self.pending, &UInt32Array::from(order))?;
+        Ok(with_positions(&sorted, Arc::new(stamped))?)
+    }
+
+    /// Every namespace's rows, concatenated in namespace order (for tests
+    /// and small commits).
+    pub fn sorted_batch(&self) -> Result<RecordBatch> {
+        let parts = (0..self.namespaces.len())
+            .map(|i| self.namespace_batch(i))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(arrow::compute::concat_batches(
+            &shardlake_core::event_schema(),
+            &parts,
+        )?)
     }
 }
 
@@ -97,8 +147,8 @@ impl CommitPlan {
 ///   in arrival order, except that each shard's events are placed in `seq`
 ///   order among the slots its events occupy: position order never
 ///   contradicts a shard's own order, and otherwise follows arrival.
-/// - Rows are sorted by `(namespace, partition_key, position)`, the table's
-///   write order.
+/// - Kept rows are grouped by namespace; [`CommitPlan::namespace_batch`]
+///   sorts a namespace's rows by `(partition_key, position)`.
 ///
 /// Returns the plan with `kept` all false and no rows if everything was a
 /// duplicate.
@@ -149,7 +199,6 @@ pub fn plan_commit(pending: &RecordBatch, base: &CommitState) -> Result<CommitPl
     }
 
     // 2. Positions: slots in arrival order, filled per shard in seq order.
-    let kept_count = kept_in_seq_order.len();
     let mut position_of_row = vec![0i64; n];
     let mut cursor: HashMap<i32, usize> = shard_ranges.iter().map(|(s, r)| (*s, r.0)).collect();
     let mut next = base.next_position;
@@ -166,42 +215,31 @@ pub fn plan_commit(pending: &RecordBatch, base: &CommitState) -> Result<CommitPl
     }
     state.next_position = next;
 
-    // 3. Write order: (namespace, partition_key, position).
+    // 3. Group kept rows by namespace.
     let namespace = column(pending, columns::NAMESPACE)?
         .as_string_opt::<i32>()
         .ok_or_else(|| schema_error(columns::NAMESPACE))?;
-    let partition_key = column(pending, columns::PARTITION_KEY)?
-        .as_string_opt::<i32>()
-        .ok_or_else(|| schema_error(columns::PARTITION_KEY))?;
-    let mut order = kept_in_seq_order;
-    order.sort_unstable_by(|&a, &b| {
-        let (a, b) = (a as usize, b as usize);
-        namespace
-            .value(a)
-            .cmp(namespace.value(b))
-            .then_with(|| partition_key.value(a).cmp(partition_key.value(b)))
-            .then_with(|| position_of_row[a].cmp(&position_of_row[b]))
-    });
-    let positions: Int64Array = order.iter().map(|&r| position_of_row[r as usize]).collect();
-    let sorted = take_record_batch(pending, &UInt32Array::from(order))?;
-    let batch = with_positions(&sorted, Arc::new(positions))?;
-
-    let sorted_ns = batch
-        .column(0)
-        .as_string_opt::<i32>()
-        .ok_or_else(|| schema_error(columns::NAMESPACE))?;
-    let mut namespaces: Vec<(String, Range<usize>)> = Vec::new();
-    for row in 0..kept_count {
-        let ns = sorted_ns.value(row);
-        match namespaces.last_mut() {
-            Some((last, range)) if last == ns => range.end = row + 1,
-            _ => namespaces.push((ns.to_owned(), row..row + 1)),
+    let mut by_namespace: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (row, k) in kept.iter().enumerate() {
+        if *k {
+            by_namespace
+                .entry(namespace.value(row))
+                .or_default()
+                .push(row as u32);
         }
     }
+    let namespaces = by_namespace
+        .into_iter()
+        .map(|(ns, rows)| NamespaceRows {
+            namespace: ns.to_owned(),
+            rows,
+        })
+        .collect();
 
     Ok(CommitPlan {
         commit_id: Uuid::new_v4().to_string(),
-        batch,
+        pending: pending.clone(),
+        positions: position_of_row,
         namespaces,
         base: base.clone(),
         state,
@@ -234,7 +272,7 @@ pub trait TableCommitter: Send {
     /// only if the table is still at `plan.base`. Fails with
     /// [`ErrorKind::CommitConflict`] if another committer moved the table on;
     /// any other error leaves it unknown whether the commit landed.
-    async fn commit(&mut self, plan: &CommitPlan) -> Result<()>;
+    async fn commit(&mut self, plan: &Arc<CommitPlan>) -> Result<()>;
 
     /// Whether a commit with this id is part of the table (after [`Self::refresh`]).
     fn contains_commit(&self, commit_id: &str) -> bool;
@@ -264,7 +302,7 @@ mod tests {
     }
 
     fn rows(plan: &CommitPlan) -> Vec<(String, i32, i64, String, i64)> {
-        events_from_batch(&plan.batch)
+        events_from_batch(&plan.sorted_batch().expect("sorted"))
             .expect("events")
             .into_iter()
             .map(|e| {
@@ -337,10 +375,12 @@ mod tests {
                 ("b".into(), "k2".into()),
             ]
         );
-        assert_eq!(
-            plan.namespaces,
-            vec![("a".to_owned(), 0..2), ("b".to_owned(), 2..5)]
-        );
+        let ns: Vec<(&str, usize)> = plan
+            .namespaces
+            .iter()
+            .map(|n| (n.namespace.as_str(), n.rows.len()))
+            .collect();
+        assert_eq!(ns, vec![("a", 2), ("b", 3)]);
         // Within (b, k1), position order holds.
         let r = rows(&plan);
         assert!(r[2].4 < r[3].4);

@@ -148,7 +148,7 @@ impl Worker {
         let pending = concat_batches(&pending_event_schema(), &batches)?;
         drop(batches);
 
-        let mut attempts: Vec<CommitPlan> = Vec::new();
+        let mut attempts: Vec<Arc<CommitPlan>> = Vec::new();
         let mut failures = 0u32;
         let mut conflicts = 0u32;
         let mut backoff = policy.initial_backoff;
@@ -172,12 +172,23 @@ impl Worker {
                 }
             }
             let started = Instant::now();
-            let plan = plan_commit(&pending, self.committer.state())?;
+            let (input, base) = (pending.clone(), self.committer.state().clone());
+            let plan = tokio::task::spawn_blocking(move || plan_commit(&input, &base))
+                .await
+                .map_err(|e| {
+                    Error::new(ErrorKind::Unexpected, "planning task failed").with_source(e)
+                })??;
+            let plan = Arc::new(plan);
+            debug!(
+                rows = plan.rows(),
+                plan_ms = started.elapsed().as_secs_f64() * 1e3,
+                "planned"
+            );
             if plan.rows() == 0 {
                 EmitterMetrics::add(&m.events_duplicate, pending.num_rows());
                 return Ok(Outcome {
-                    kept: plan.kept,
-                    watermarks: plan.state.watermarks,
+                    kept: plan.kept.clone(),
+                    watermarks: plan.state.watermarks.clone(),
                     snapshot_id: None,
                 });
             }
@@ -188,7 +199,7 @@ impl Worker {
                     shared.health.success();
                     debug!(
                         rows = plan.rows(),
-                        files_namespaces = plan.namespaces.len(),
+                        namespaces = plan.namespaces.len(),
                         elapsed_ms = elapsed.as_millis() as u64,
                         "committed"
                     );
@@ -291,7 +302,7 @@ mod tests {
             Ok(())
         }
 
-        async fn commit(&mut self, plan: &CommitPlan) -> Result<()> {
+        async fn commit(&mut self, plan: &Arc<CommitPlan>) -> Result<()> {
             let mut log = self.0.lock().expect("lock");
             if log.fail_next > 0 {
                 log.fail_next -= 1;

@@ -3,6 +3,7 @@
 //! metadata update, conditional on the snapshot the plan was made against.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use iceberg::table::Table;
@@ -51,7 +52,7 @@ impl TableCommitter for IcebergCommitter {
         Ok(())
     }
 
-    async fn commit(&mut self, plan: &CommitPlan) -> Result<()> {
+    async fn commit(&mut self, plan: &Arc<CommitPlan>) -> Result<()> {
         if plan.base != self.state {
             return Err(Error::new(
                 ErrorKind::Unexpected,
@@ -59,7 +60,9 @@ impl TableCommitter for IcebergCommitter {
             ));
         }
         crashpoint::hit(crashpoint::BEFORE_WRITE);
+        let started = std::time::Instant::now();
         let files = write_data_files(&self.current, plan, &self.writer).await?;
+        let written = started.elapsed();
         crashpoint::hit(crashpoint::BEFORE_CATALOG);
 
         let mut snapshot_props = HashMap::new();
@@ -92,6 +95,12 @@ impl TableCommitter for IcebergCommitter {
         let pinned = PinnedCatalog::new(self.table.catalog(), self.current.clone());
         let table = tx.commit(&pinned).await?;
         crashpoint::hit(crashpoint::AFTER_CATALOG);
+        tracing::debug!(
+            rows = plan.rows(),
+            write_ms = written.as_secs_f64() * 1e3,
+            catalog_ms = (started.elapsed() - written).as_secs_f64() * 1e3,
+            "iceberg commit"
+        );
         self.state = commit_state(&table)?;
         self.current = table;
         Ok(())

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMicrosecondType};
-use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey, Struct};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
@@ -29,6 +28,8 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use shardlake_core::schema::columns;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::schema::arrow_schema_with_field_ids;
@@ -214,34 +215,57 @@ pub(crate) fn content_digest(batch: &RecordBatch) -> u128 {
 
 /// Writes the rows of `plan` into data files of `table`, one partition per
 /// namespace, and returns them for the commit.
+///
+/// Each namespace is a task of its own (sorting, hashing and Parquet
+/// encoding are CPU work), up to `config.parallelism` at a time, so a commit
+/// uses every core.
 pub(crate) async fn write_data_files(
     table: &Table,
-    plan: &CommitPlan,
+    plan: &Arc<CommitPlan>,
     config: &WriterConfig,
 ) -> Result<Vec<DataFile>> {
-    let batch = RecordBatch::try_new(arrow_schema_with_field_ids(), plan.batch.columns().to_vec())?;
-    let first_position = plan.first_position();
     let max_bytes = config.target_file_size.saturating_mul(EXPECTED_COMPRESSION);
-    let jobs: Vec<(String, RecordBatch)> = plan
-        .namespaces
-        .iter()
-        .flat_map(|(namespace, range)| {
-            cut(&batch.slice(range.start, range.len()), max_bytes)
-                .into_iter()
-                .map(move |rows| (namespace.clone(), rows))
-        })
-        .collect();
-    let written: Vec<DataFile> = futures::stream::iter(jobs.into_iter().enumerate())
-        .map(|(i, (namespace, rows))| async move {
-            let file = write_file(table, &namespace, rows, first_position, config).await?;
-            if i == 0 {
+    let slots = Arc::new(Semaphore::new(config.parallelism.max(1)));
+    let mut tasks = JoinSet::new();
+    for i in 0..plan.namespaces.len() {
+        let (plan, table, config, slots) = (
+            Arc::clone(plan),
+            table.clone(),
+            config.clone(),
+            Arc::clone(&slots),
+        );
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await.map_err(|e| {
+                Error::new(ErrorKind::Unexpected, "writer slots closed").with_source(e)
+            })?;
+            let sorter = Arc::clone(&plan);
+            let rows = tokio::task::spawn_blocking(move || sorter.namespace_batch(i))
+                .await
+                .map_err(|e| {
+                    Error::new(ErrorKind::Unexpected, "sort task failed").with_source(e)
+                })??;
+            let rows =
+                RecordBatch::try_new(arrow_schema_with_field_ids(), rows.columns().to_vec())?;
+            let namespace = &plan.namespaces[i].namespace;
+            let mut files = Vec::new();
+            for chunk in cut(&rows, max_bytes) {
+                files.push(
+                    write_file(&table, namespace, chunk, plan.first_position(), &config).await?,
+                );
                 crashpoint::hit(crashpoint::BETWEEN_FILES);
             }
-            Ok::<_, Error>(file)
-        })
-        .buffer_unordered(config.parallelism.max(1))
-        .try_collect()
-        .await?;
+            Ok::<_, Error>(files)
+        });
+    }
+    let mut written = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        let files = result.map_err(|e| {
+            Error::new(ErrorKind::Unexpected, "writer task failed").with_source(e)
+        })??;
+        written.extend(files);
+    }
+    // Manifest order follows namespace order, whatever order tasks finished in.
+    written.sort_by(|a, b| a.file_path().cmp(b.file_path()));
     Ok(written)
 }
 
