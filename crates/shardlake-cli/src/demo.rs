@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Map;
 use shardlake_lake::{EmitAck, EmitInput, EmitterConfig, Lake};
+use shardlake_query::{CrossShardQuery, QueryConfig};
 
 use crate::generate::{GenerateSpec, write_ndjson};
 use crate::output::{self, Format};
-use crate::query;
 
 const SHARDS: u32 = 8;
 const NAMESPACES: u32 = 6;
@@ -117,6 +117,10 @@ pub async fn run(warehouse: &Path, events: u64) -> anyhow::Result<()> {
             "SELECT namespace, count(*) AS events, count(DISTINCT shard_id) AS shards FROM events GROUP BY namespace ORDER BY events DESC",
         ),
         (
+            "one namespace: the other partitions are pruned",
+            "SELECT event_type, count(*) AS events, count(DISTINCT entity_id) AS entities FROM events WHERE namespace = 'tenant-003' GROUP BY event_type ORDER BY event_type",
+        ),
+        (
             "event types",
             "SELECT event_type, count(*) AS events FROM events GROUP BY event_type ORDER BY events DESC",
         ),
@@ -125,20 +129,33 @@ pub async fn run(warehouse: &Path, events: u64) -> anyhow::Result<()> {
             "SELECT partition_key, count(*) AS events, max(version) AS latest_version FROM events GROUP BY partition_key ORDER BY events DESC, partition_key LIMIT 5",
         ),
         (
+            "current state of entities (the `things` table)",
+            "SELECT \"type\", count(*) AS live, max(version) AS max_version FROM things GROUP BY \"type\" ORDER BY \"type\"",
+        ),
+        (
             "exactly once: rows vs distinct (shard_id, seq)",
-            "SELECT count(*) AS rows, count(DISTINCT (shard_id, seq)) AS distinct_events, max(position) AS last_position FROM events",
+            "SELECT count(*) AS rows, count(DISTINCT shard_id * 1000000000 + seq) AS distinct_events, max(position) AS last_position FROM events",
         ),
     ];
+    let engine = CrossShardQuery::open(&lake, QueryConfig::default()).await?;
     for (i, (title, sql)) in queries.iter().enumerate() {
-        let started = Instant::now();
-        let (schema, batches) = query::run(&lake, sql).await?;
-        writeln!(
-            out,
-            "\n{}. {title} ({:.0} ms)\n   {sql}",
-            i + 5,
-            started.elapsed().as_secs_f64() * 1000.0
+        let result = engine.sql(*sql).await?;
+        writeln!(out, "\n{}. {title}\n   {sql}", i + 5)?;
+        output::write(
+            &mut out,
+            Format::Table,
+            &result.schema,
+            &result.batches,
+            Map::new(),
         )?;
-        output::write(&mut out, Format::Table, &schema, &batches, Map::new())?;
+        writeln!(out, "   stats: {}", result.stats.summary())?;
     }
+    let again = engine.sql(queries[0].1).await?;
+    writeln!(
+        out,
+        "\n{}. the first query again: {}",
+        queries.len() + 5,
+        again.stats.summary()
+    )?;
     Ok(())
 }

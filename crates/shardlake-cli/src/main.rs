@@ -75,13 +75,16 @@ enum Command {
         #[arg(long, default_value_t = 2_000)]
         flush_ms: u64,
     },
-    /// Run SQL over the `events` table.
+    /// Run SQL over the `events` and `things` tables.
     Query {
         /// The SQL statement.
         sql: String,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Cancel the query after this many milliseconds.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
     },
     /// Generate, ingest, re-send duplicates and query: a tour in under a minute.
     Demo {
@@ -167,14 +170,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Query { sql, format } => {
+        Command::Query {
+            sql,
+            format,
+            timeout_ms,
+        } => {
             let lake = Lake::open_local(&cli.warehouse).await?;
-            let (schema, batches) = query::run(&lake, &sql).await?;
+            let result = query::run(&lake, &sql, timeout_ms.map(Duration::from_millis)).await?;
             let mut out = std::io::stdout().lock();
-            output::write(&mut out, format, &schema, &batches, Map::new())?;
+            let mut extra = Map::new();
+            extra.insert("stats".into(), serde_json::to_value(&result.stats)?);
+            output::write(&mut out, format, &result.schema, &result.batches, extra)?;
             if format == Format::Table {
-                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-                writeln!(out, "({rows} rows)")?;
+                writeln!(out, "{}", result.stats.summary())?;
             }
             Ok(())
         }

@@ -70,6 +70,16 @@ fn query_formats_for_people_and_scripts() {
     assert_eq!(rows.len(), 3);
     let total: u64 = rows.iter().map(|r| r[1].as_u64().expect("count")).sum();
     assert_eq!(total, 2_000);
+    // Scan statistics ride along with the rows.
+    assert_eq!(doc["stats"]["rows_returned"], 3);
+    assert_eq!(doc["stats"]["partitions_total"], 3);
+    assert_eq!(doc["stats"]["cache_hit"], false);
+    let filtered = query_json(
+        &wh,
+        "SELECT count(DISTINCT entity_id) FROM events WHERE namespace = 'tenant-001'",
+    );
+    assert_eq!(filtered["stats"]["partitions_scanned"], 1);
+    assert_eq!(filtered["stats"]["partitions_pruned"], 2);
 
     let csv = run_ok(&wh, &["query", "--format", "csv", sql]);
     let csv = String::from_utf8(csv.stdout).expect("utf-8");
@@ -81,7 +91,8 @@ fn query_formats_for_people_and_scripts() {
     let table = run_ok(&wh, &["query", sql]);
     let table = String::from_utf8(table.stdout).expect("utf-8");
     assert!(table.contains("| namespace  | n "), "{table}");
-    assert!(table.contains("(3 rows)"), "{table}");
+    assert!(table.contains("3 rows in"), "{table}");
+    assert!(table.contains("of 3 partitions"), "{table}");
 
     let bad = crate::shardlake()
         .arg("--warehouse")

@@ -62,7 +62,7 @@ pub fn query_json(warehouse: &Path, sql: &str) -> serde_json::Value {
 pub fn assert_exactly_n(warehouse: &Path, n: u64) {
     let doc = query_json(
         warehouse,
-        "SELECT count(*) AS total, count(DISTINCT (shard_id, seq)) AS distinct_events, \
+        "SELECT count(*) AS total, count(DISTINCT shard_id * 1000000000 + seq) AS distinct_events, \
          count(DISTINCT position) AS positions, min(position) AS first, max(position) AS last FROM events",
     );
     let row = &doc["rows"][0];

@@ -15,7 +15,7 @@ pub async fn live_data_files(table: &Table, snapshot: &Snapshot) -> Result<Vec<D
     let file_io = table.file_io();
     let bytes = file_io.new_input(snapshot.manifest_list())?.read().await?;
     let list = ManifestList::parse_with_version(&bytes, table.metadata().format_version())?;
-    let per_manifest: Vec<Vec<DataFile>> = futures::stream::iter(list.consume_entries())
+    let per_manifest: Vec<Vec<DataFile>> = futures::stream::iter(list.entries().to_vec())
         .map(|manifest_file| async move {
             let manifest = manifest_file.load_manifest(file_io).await?;
             Ok::<_, crate::Error>(

@@ -1,0 +1,554 @@
+//! `CrossShardQuery`: one DataFusion engine over the lake, with per-query
+//! snapshot pinning, scope, timeouts, memory bounds, scan statistics and the
+//! result cache.
+
+use std::future::IntoFuture;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::config::Dialect;
+use datafusion::execution::SessionState;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::{
+    ExecutionPlan, SendableRecordBatchStream, collect, execute_stream,
+};
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement;
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use shardlake_lake::Lake;
+
+use crate::cache::{CacheConfig, CacheKey, CacheMetrics, CachedResult, ResultCache};
+use crate::context::QueryContext;
+use crate::error::{Error, ErrorKind, Result};
+use crate::provider::{EventsTable, THINGS_SQL};
+use crate::recorder::ScanRecorder;
+use crate::scope::Scope;
+use crate::snapshot::{LakeSnapshots, SnapshotFiles};
+use crate::stats::ScanStats;
+use crate::typed::{self, AggregateQuery, EventsQuery, ThingsQuery};
+
+/// Engine settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryConfig {
+    /// Partitions (parallel streams) per query; defaults to the core count.
+    pub target_partitions: usize,
+    /// Bytes of memory all running queries may use together; operators that
+    /// can spill (sorts, aggregations, joins) spill to disk beyond it, the
+    /// rest fail with `resources_exhausted`.
+    pub memory_limit: usize,
+    /// Timeout of a query that does not set its own (`None`: no limit).
+    pub default_timeout: Option<Duration>,
+    /// Result cache.
+    pub cache: CacheConfig,
+    /// Parsed manifests kept in memory.
+    pub manifest_cache_entries: u64,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            memory_limit: 1024 * 1024 * 1024,
+            default_timeout: Some(Duration::from_secs(60)),
+            cache: CacheConfig::default(),
+            manifest_cache_entries: 100_000,
+        }
+    }
+}
+
+/// A query's answer: schema, rows and what it took.
+#[derive(Debug, Clone)]
+pub struct QueryResult {
+    /// Result schema.
+    pub schema: SchemaRef,
+    /// Result rows.
+    pub batches: Vec<RecordBatch>,
+    /// Scan statistics.
+    pub stats: ScanStats,
+}
+
+impl QueryResult {
+    /// Number of rows.
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// Engine-wide counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineMetrics {
+    /// Result cache counters.
+    pub cache: CacheMetrics,
+    /// Bytes currently reserved in the memory pool.
+    pub memory_reserved: usize,
+    /// The memory pool's limit.
+    pub memory_limit: usize,
+}
+
+struct Inner {
+    config: QueryConfig,
+    snapshots: Arc<LakeSnapshots>,
+    base: SessionState,
+    cache: ResultCache,
+}
+
+/// Global SQL over all shards' events. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct CrossShardQuery {
+    inner: Arc<Inner>,
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone)]
+enum Request {
+    Sql(String),
+    Things(ThingsQuery),
+    Events(EventsQuery),
+    Aggregate(AggregateQuery),
+}
+
+impl CrossShardQuery {
+    /// An engine over `lake`.
+    pub async fn open(lake: &Lake, config: QueryConfig) -> Result<Self> {
+        let warehouse = lake.warehouse();
+        let snapshots = Arc::new(LakeSnapshots::new(
+            lake.events_table().clone(),
+            config.manifest_cache_entries,
+        ));
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(config.memory_limit)))
+            .build_arc()?;
+        runtime.register_object_store(&warehouse.store_url(), warehouse.store());
+        let store_url = ObjectStoreUrl::parse(warehouse.store_url().as_str())?;
+        let session = SessionConfig::new()
+            .with_target_partitions(config.target_partitions.max(1))
+            .with_information_schema(true);
+        let mut ctx = SessionContext::new_with_config_rt(session, runtime);
+        datafusion_functions_json::register_all(&mut ctx)?;
+        ctx.register_table(
+            "events",
+            Arc::new(EventsTable::new(Arc::clone(&snapshots), store_url)),
+        )?;
+        let things = ctx.sql(THINGS_SQL).await?.into_view();
+        ctx.register_table("things", things)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cache: ResultCache::new(config.cache.clone()),
+                config,
+                snapshots,
+                base: ctx.state(),
+            }),
+        })
+    }
+
+    /// A SQL query, configured with the builder's methods and run by
+    /// awaiting it (or [`SqlQuery::stream`]).
+    pub fn sql(&self, sql: impl Into<String>) -> SqlQuery {
+        self.request(Request::Sql(sql.into()))
+    }
+
+    /// Current state of entities (seed 001's `queryThings`).
+    pub fn query_things(&self, query: ThingsQuery) -> SqlQuery {
+        self.request(Request::Things(query))
+    }
+
+    /// Events matching conditions (seed 001's `queryEvents`).
+    pub fn query_events(&self, query: EventsQuery) -> SqlQuery {
+        self.request(Request::Events(query))
+    }
+
+    /// Grouped aggregates (seed 001's `aggregate`).
+    pub fn aggregate(&self, query: AggregateQuery) -> SqlQuery {
+        self.request(Request::Aggregate(query))
+    }
+
+    /// Empties the result cache.
+    pub async fn clear_cache(&self) {
+        self.inner.cache.clear().await;
+    }
+
+    /// Cache and memory counters.
+    pub async fn metrics(&self) -> EngineMetrics {
+        EngineMetrics {
+            cache: self.inner.cache.metrics().await,
+            memory_reserved: self.inner.base.runtime_env().memory_pool.reserved(),
+            memory_limit: self.inner.config.memory_limit,
+        }
+    }
+
+    /// The live files of the current snapshot (for `/v1/tables`-style views).
+    pub async fn current_snapshot(&self) -> Result<Arc<SnapshotFiles>> {
+        self.inner.snapshots.pin().await
+    }
+
+    fn request(&self, request: Request) -> SqlQuery {
+        SqlQuery {
+            engine: self.clone(),
+            request,
+            timeout: self.inner.config.default_timeout,
+            use_cache: self.inner.config.cache.enabled,
+            scope: Scope::All,
+        }
+    }
+
+    /// A session for one query: the engine's template plus the query's context.
+    fn session(
+        &self,
+        snapshot: &Arc<SnapshotFiles>,
+        scope: &Scope,
+    ) -> (SessionContext, Arc<ScanRecorder>) {
+        let recorder = Arc::new(ScanRecorder::default());
+        let mut state = self.inner.base.clone();
+        state.config_mut().set_extension(Arc::new(QueryContext {
+            snapshot: Arc::clone(snapshot),
+            recorder: Arc::clone(&recorder),
+            scope: scope.clone(),
+        }));
+        (SessionContext::new_with_state(state), recorder)
+    }
+}
+
+/// Allows queries only: SELECT, EXPLAIN (of a query), SHOW and DESCRIBE.
+/// Everything that defines, changes or reads anything but the lake's
+/// tables (DDL, DML, COPY, SET, CREATE EXTERNAL TABLE) is refused before
+/// planning, and planning re-checks with DataFusion's own `SQLOptions`.
+///
+/// Returns the statement in canonical form (the result cache's key):
+/// keywords and whitespace as the parser prints them, and unquoted
+/// identifiers and function names in lower case, which is how DataFusion
+/// resolves them anyway.
+fn normalize_read_only(state: &SessionState, sql: &str) -> Result<String> {
+    let mut statement = state.sql_to_statement(sql, &Dialect::Generic)?;
+    let allowed = match &statement {
+        Statement::Statement(s) => {
+            use datafusion::sql::sqlparser::ast::Statement as S;
+            match s.as_ref() {
+                S::Query(_)
+                | S::ShowTables { .. }
+                | S::ShowColumns { .. }
+                | S::ExplainTable { .. } => true,
+                S::Explain { statement, .. } => matches!(statement.as_ref(), S::Query(_)),
+                _ => false,
+            }
+        }
+        Statement::Explain(explain) => matches!(
+            explain.statement.as_ref(),
+            Statement::Statement(s) if matches!(s.as_ref(), datafusion::sql::sqlparser::ast::Statement::Query(_))
+        ),
+        _ => false,
+    };
+    if !allowed {
+        let kind = statement.to_string();
+        let first = kind
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ");
+        return Err(Error::new(
+            ErrorKind::NotAllowed,
+            format!("only queries can run here; `{first} ...` is not allowed"),
+        ));
+    }
+    if let Statement::Statement(s) = &mut statement {
+        lowercase_identifiers(s.as_mut());
+    }
+    Ok(statement.to_string())
+}
+
+fn lowercase_identifiers(statement: &mut datafusion::sql::sqlparser::ast::Statement) {
+    use std::ops::ControlFlow;
+
+    use datafusion::sql::sqlparser::ast::{
+        Expr, Ident, ObjectNamePart, visit_expressions_mut, visit_relations_mut,
+    };
+    fn lower(ident: &mut Ident) {
+        if ident.quote_style.is_none() {
+            ident.value = ident.value.to_lowercase();
+        }
+    }
+    fn lower_parts(parts: &mut [ObjectNamePart]) {
+        for part in parts {
+            if let ObjectNamePart::Identifier(ident) = part {
+                lower(ident);
+            }
+        }
+    }
+    let _ = visit_expressions_mut(statement, |expr| {
+        match expr {
+            Expr::Identifier(ident) => lower(ident),
+            Expr::CompoundIdentifier(idents) => idents.iter_mut().for_each(lower),
+            Expr::Function(f) => lower_parts(&mut f.name.0),
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let _ = visit_relations_mut(statement, |name| {
+        lower_parts(&mut name.0);
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// A query being configured. Await it for the whole result, or call
+/// [`SqlQuery::stream`] for record batches as they are produced.
+#[must_use = "a query does nothing until awaited or streamed"]
+pub struct SqlQuery {
+    engine: CrossShardQuery,
+    request: Request,
+    timeout: Option<Duration>,
+    use_cache: bool,
+    scope: Scope,
+}
+
+impl SqlQuery {
+    /// Cancels the query if it runs longer than `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Neither reads nor fills the result cache.
+    pub fn without_cache(mut self) -> Self {
+        self.use_cache = false;
+        self
+    }
+
+    /// Restricts the query to `scope`'s namespaces.
+    pub fn with_scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// Plans the request in `ctx` and returns its logical plan.
+    async fn plan(&self, ctx: &SessionContext) -> Result<LogicalPlan> {
+        let df = match &self.request {
+            Request::Sql(sql) => {
+                normalize_read_only(&ctx.state(), sql)?;
+                ctx.sql_with_options(sql, read_only()).await.map_err(|e| {
+                    let e = Error::from(e);
+                    if e.message().contains("not supported") {
+                        Error::new(ErrorKind::NotAllowed, e.message().to_owned())
+                    } else {
+                        e
+                    }
+                })?
+            }
+            Request::Things(q) => typed::things(ctx, q).await?,
+            Request::Events(q) => typed::events(ctx, q).await?,
+            Request::Aggregate(q) => typed::aggregate(ctx, q).await?,
+        };
+        Ok(df.into_unoptimized_plan())
+    }
+
+    fn cache_text(&self, ctx: &SessionContext) -> Result<String> {
+        Ok(match &self.request {
+            Request::Sql(sql) => normalize_read_only(&ctx.state(), sql)?,
+            Request::Things(q) => {
+                format!("things:{}", serde_json::to_string(q).unwrap_or_default())
+            }
+            Request::Events(q) => {
+                format!("events:{}", serde_json::to_string(q).unwrap_or_default())
+            }
+            Request::Aggregate(q) => {
+                format!("aggregate:{}", serde_json::to_string(q).unwrap_or_default())
+            }
+        })
+    }
+
+    async fn physical(&self, ctx: &SessionContext) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = self.plan(ctx).await?;
+        Ok(ctx.state().create_physical_plan(&plan).await?)
+    }
+
+    /// Runs the query to completion.
+    pub async fn execute(self) -> Result<QueryResult> {
+        let started = Instant::now();
+        let work = self.execute_inner(started);
+        match self.timeout {
+            Some(limit) => tokio::time::timeout(limit, work)
+                .await
+                .map_err(|_| timeout_error(limit))?,
+            None => work.await,
+        }
+    }
+
+    async fn execute_inner(&self, started: Instant) -> Result<QueryResult> {
+        let engine = &self.engine;
+        let snapshot = engine.inner.snapshots.pin().await?;
+        let (ctx, recorder) = engine.session(&snapshot, &self.scope);
+        let compute = async {
+            let plan = self.physical(&ctx).await?;
+            let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await?;
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            let stats = ScanStats::from_execution(
+                &recorder.findings(),
+                &plan,
+                rows as u64,
+                started.elapsed().as_secs_f64() * 1e3,
+            );
+            let bytes = batches
+                .iter()
+                .map(|b| b.get_array_memory_size() as u64)
+                .sum();
+            Ok::<_, Error>(CachedResult {
+                schema: plan.schema(),
+                batches,
+                stats,
+                bytes,
+            })
+        };
+        if !(self.use_cache && engine.inner.cache.enabled()) {
+            let result = compute.await?;
+            return Ok(QueryResult {
+                schema: result.schema,
+                batches: result.batches,
+                stats: result.stats,
+            });
+        }
+        let key = CacheKey {
+            scope: self.scope.clone(),
+            query: self.cache_text(&ctx)?,
+            snapshot_ids: snapshot.snapshot_id.into_iter().collect(),
+        };
+        let (result, hit) = engine.inner.cache.get_or_compute(key, compute).await?;
+        let stats = if hit {
+            result
+                .stats
+                .served_from_cache(started.elapsed().as_secs_f64() * 1e3)
+        } else {
+            result.stats.clone()
+        };
+        Ok(QueryResult {
+            schema: Arc::clone(&result.schema),
+            batches: result.batches.clone(),
+            stats,
+        })
+    }
+
+    /// Runs the query and streams record batches as they are produced. The
+    /// result cache is not used. Statistics are available from the stream
+    /// once it has ended.
+    pub async fn stream(self) -> Result<QueryStream> {
+        let started = Instant::now();
+        let deadline = self.timeout.map(|t| (t, tokio::time::Instant::now() + t));
+        let engine = self.engine.clone();
+        let snapshot = engine.inner.snapshots.pin().await?;
+        let (ctx, recorder) = engine.session(&snapshot, &self.scope);
+        let plan = match deadline {
+            Some((limit, at)) => tokio::time::timeout_at(at, self.physical(&ctx))
+                .await
+                .map_err(|_| timeout_error(limit))??,
+            None => self.physical(&ctx).await?,
+        };
+        let inner = execute_stream(Arc::clone(&plan), ctx.task_ctx())?;
+        Ok(QueryStream {
+            schema: plan.schema(),
+            inner: Some(inner),
+            plan,
+            recorder,
+            started,
+            rows: 0,
+            deadline: deadline.map(|(limit, at)| (limit, Box::pin(tokio::time::sleep_until(at)))),
+            stats: None,
+        })
+    }
+}
+
+fn timeout_error(limit: Duration) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!(
+            "the query ran longer than its {} ms timeout and was cancelled",
+            limit.as_millis()
+        ),
+    )
+}
+
+impl IntoFuture for SqlQuery {
+    type Output = Result<QueryResult>;
+    type IntoFuture = BoxFuture<'static, Result<QueryResult>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.execute())
+    }
+}
+
+/// Record batches of a running query, in production order. Dropping the
+/// stream cancels the query.
+pub struct QueryStream {
+    schema: SchemaRef,
+    inner: Option<SendableRecordBatchStream>,
+    plan: Arc<dyn ExecutionPlan>,
+    recorder: Arc<ScanRecorder>,
+    started: Instant,
+    rows: u64,
+    deadline: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    stats: Option<ScanStats>,
+}
+
+impl QueryStream {
+    /// The result schema.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    /// Scan statistics, once the stream has ended.
+    pub fn stats(&self) -> Option<&ScanStats> {
+        self.stats.as_ref()
+    }
+}
+
+impl Stream for QueryStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some((limit, sleep)) = this.deadline.as_mut()
+            && sleep.as_mut().poll(cx).is_ready()
+            && this.inner.is_some()
+        {
+            // Dropping the DataFusion stream stops its tasks.
+            this.inner = None;
+            return Poll::Ready(Some(Err(timeout_error(*limit))));
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(batch))) => {
+                this.rows += batch.num_rows() as u64;
+                Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.inner = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.inner = None;
+                this.stats = Some(ScanStats::from_execution(
+                    &this.recorder.findings(),
+                    &this.plan,
+                    this.rows,
+                    this.started.elapsed().as_secs_f64() * 1e3,
+                ));
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

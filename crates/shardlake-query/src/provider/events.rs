@@ -1,0 +1,272 @@
+//! The `events` table: a DataFusion `TableProvider` that plans files from
+//! Iceberg metadata and scans them with DataFusion's own Parquet scan.
+//!
+//! Per scan: take the query's pinned snapshot, drop files that the filters
+//! (and the caller's namespace scope) rule out from manifest statistics,
+//! spread the rest over `target_partitions` file groups balanced by size,
+//! and hand them to `ParquetSource` with filter pushdown, page index and
+//! per-file statistics. The scope, when restricted, is also pushed into the
+//! scan as a row filter, so it holds even for a file that lied about its
+//! partition.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::stats::Precision;
+use datafusion::common::{ColumnStatistics, DFSchema, ScalarValue, Statistics};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType, col, lit};
+use datafusion::physical_optimizer::pruning::PruningPredicate;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_datasource::compute_all_files_statistics;
+use shardlake_core::event_schema;
+use shardlake_core::schema::columns;
+
+use super::pruning::FileStatistics;
+use crate::context::QueryContext;
+use crate::error::to_df;
+use crate::recorder::{RecordingReaderFactory, ScanRecorder};
+use crate::scope::Scope;
+use crate::snapshot::{LakeFile, LakeSnapshots};
+
+/// The `events` table over the lake.
+#[derive(Debug)]
+pub struct EventsTable {
+    snapshots: Arc<LakeSnapshots>,
+    store_url: ObjectStoreUrl,
+}
+
+impl EventsTable {
+    /// The table over `snapshots`, whose files live in the store at `store_url`.
+    pub fn new(snapshots: Arc<LakeSnapshots>, store_url: ObjectStoreUrl) -> Self {
+        Self {
+            snapshots,
+            store_url,
+        }
+    }
+}
+
+/// Splits files into `n` groups of about equal bytes (largest first onto the
+/// lightest group), each group in path order.
+fn balance(mut files: Vec<Arc<LakeFile>>, n: usize) -> Vec<Vec<Arc<LakeFile>>> {
+    let n = n.clamp(1, files.len().max(1));
+    files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
+    let mut groups: Vec<(u64, Vec<Arc<LakeFile>>)> = vec![(0, Vec::new()); n];
+    for f in files {
+        if let Some(lightest) = groups.iter_mut().min_by_key(|(bytes, _)| *bytes) {
+            lightest.0 += f.size;
+            lightest.1.push(f);
+        }
+    }
+    groups
+        .into_iter()
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(_, mut g)| {
+            g.sort_by(|a, b| a.path.cmp(&b.path));
+            g
+        })
+        .collect()
+}
+
+/// DataFusion statistics of one file from its manifest entry. Integer
+/// bounds come from Parquet statistics and are exact; string bounds may be
+/// truncated, so they are only upper/lower estimates.
+fn file_statistics(file: &LakeFile, schema: &SchemaRef) -> Statistics {
+    let column_statistics = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, field)| {
+            if i == 0 {
+                let ns = ScalarValue::Utf8(Some(file.namespace.clone()));
+                return ColumnStatistics {
+                    null_count: Precision::Exact(0),
+                    max_value: Precision::Exact(ns.clone()),
+                    min_value: Precision::Exact(ns),
+                    distinct_count: Precision::Exact(1),
+                    ..ColumnStatistics::new_unknown()
+                };
+            }
+            let Some(bounds) = file.columns.get(i) else {
+                return ColumnStatistics::new_unknown();
+            };
+            let exact = !matches!(field.data_type(), DataType::Utf8);
+            let precision = |v: &Option<ScalarValue>| match v {
+                Some(v) if exact => Precision::Exact(v.clone()),
+                Some(v) => Precision::Inexact(v.clone()),
+                None => Precision::Absent,
+            };
+            ColumnStatistics {
+                null_count: bounds
+                    .nulls
+                    .map_or(Precision::Absent, |n| Precision::Exact(n as usize)),
+                max_value: precision(&bounds.max),
+                min_value: precision(&bounds.min),
+                ..ColumnStatistics::new_unknown()
+            }
+        })
+        .collect();
+    Statistics {
+        num_rows: Precision::Exact(file.rows as usize),
+        total_byte_size: Precision::Inexact(file.size as usize),
+        column_statistics,
+    }
+}
+
+#[async_trait]
+impl TableProvider for EventsTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        event_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Used for file pruning and pushed into the Parquet scan, but the
+        // scan's row filter is not guaranteed exact: DataFusion keeps its
+        // own filter above.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = event_schema();
+        let context = state.config().get_extension::<QueryContext>();
+        let (snapshot, recorder, scope) = match context {
+            Some(c) => (
+                Arc::clone(&c.snapshot),
+                Arc::clone(&c.recorder),
+                c.scope.clone(),
+            ),
+            None => (
+                self.snapshots.pin().await.map_err(to_df)?,
+                Arc::new(ScanRecorder::default()),
+                Scope::All,
+            ),
+        };
+
+        // 1. Prune files from metadata: scope, then the query's filters.
+        let mut keep: Vec<bool> = snapshot
+            .files
+            .iter()
+            .map(|f| scope.allows(&f.namespace))
+            .collect();
+        let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+        if let Some(filter) = conjunction(filters.iter().cloned()) {
+            let physical = state.create_physical_expr(filter, &df_schema)?;
+            let predicate = PruningPredicate::try_new(physical, Arc::clone(&schema))?;
+            let stats = FileStatistics::new(Arc::clone(&schema), &snapshot.files);
+            for (k, matches) in keep.iter_mut().zip(predicate.prune(&stats)?) {
+                *k &= matches;
+            }
+        }
+        let kept: Vec<Arc<LakeFile>> = snapshot
+            .files
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(f, _)| Arc::clone(f))
+            .collect();
+        recorder.planned(&snapshot, &kept);
+
+        // 2. File groups with per-file statistics.
+        let groups: Vec<FileGroup> = balance(kept, state.config().target_partitions())
+            .into_iter()
+            .map(|group| {
+                FileGroup::new(
+                    group
+                        .iter()
+                        .map(|f| {
+                            PartitionedFile::new(f.path.to_string(), f.size)
+                                .with_statistics(Arc::new(file_statistics(f, &schema)))
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let (groups, table_statistics) =
+            compute_all_files_statistics(groups, Arc::clone(&schema), true, false)?;
+
+        // 3. DataFusion's Parquet scan, reading through the recorder.
+        let store = state.runtime_env().object_store(&self.store_url)?;
+        let reader = CachedParquetFileReaderFactory::new(
+            store,
+            state.runtime_env().cache_manager.get_file_metadata_cache(),
+        );
+        let mut source = ParquetSource::new(TableSchema::new(Arc::clone(&schema), vec![]))
+            .with_table_parquet_options(state.default_table_options().parquet.clone())
+            .with_pushdown_filters(true)
+            .with_reorder_filters(true)
+            .with_enable_page_index(true)
+            .with_parquet_file_reader_factory(Arc::new(RecordingReaderFactory::new(
+                Arc::new(reader),
+                recorder,
+            )));
+        if let Scope::Namespaces(allowed) = &scope {
+            let list: Vec<Expr> = allowed.iter().map(|ns| lit(ns.as_str())).collect();
+            let guard = col(columns::NAMESPACE).in_list(list, false);
+            source = source.with_predicate(state.create_physical_expr(guard, &df_schema)?);
+        }
+        let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
+            .with_file_groups(groups)
+            .with_statistics(table_statistics)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::ColumnBounds;
+
+    fn file(name: &str, size: u64) -> Arc<LakeFile> {
+        Arc::new(LakeFile {
+            location: format!("file:///{name}"),
+            path: object_store::path::Path::from(name),
+            size,
+            namespace: "ns".into(),
+            rows: 1,
+            columns: vec![ColumnBounds::default(); 12],
+        })
+    }
+
+    #[test]
+    fn groups_balance_bytes() {
+        let files = vec![file("a", 100), file("b", 60), file("c", 50), file("d", 10)];
+        let groups = balance(files, 2);
+        let totals: Vec<u64> = groups
+            .iter()
+            .map(|g| g.iter().map(|f| f.size).sum())
+            .collect();
+        assert_eq!(totals, vec![110, 110]);
+        assert_eq!(balance(vec![file("a", 1)], 8).len(), 1);
+        assert!(balance(vec![], 4).is_empty());
+    }
+}

@@ -1,0 +1,210 @@
+//! Recording what a query's scans really did, file by file.
+//!
+//! The table provider records what it planned (the pinned snapshot, its
+//! files and partitions, the files it kept after metadata pruning). A thin
+//! wrapper around DataFusion's Parquet reader records, for every file the
+//! scan opens, the shards its footer lists and the bytes fetched: column
+//! chunk data arrives through `get_byte_ranges`, footers and page indexes
+//! through `get_metadata` and `get_bytes`. A file counts as *scanned* once
+//! column data was fetched from it, so a file opened only to learn that all
+//! of its row groups can be skipped is not.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use object_store::path::Path;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::file::metadata::ParquetMetaData;
+use shardlake_lake::file_meta;
+
+use crate::snapshot::{LakeFile, SnapshotFiles};
+
+#[derive(Debug, Default)]
+struct State {
+    snapshot_ids: BTreeSet<i64>,
+    files_total: HashSet<Path>,
+    namespaces_total: BTreeSet<String>,
+    namespace_of: HashMap<Path, String>,
+    shards_of: HashMap<Path, Vec<i32>>,
+    data_bytes: HashMap<Path, u64>,
+    bytes_fetched: u64,
+}
+
+/// What the scans of one query planned and read.
+#[derive(Debug, Default)]
+pub struct ScanRecorder {
+    state: Mutex<State>,
+}
+
+/// The recorder's findings, the file-level part of the scan statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileFindings {
+    /// Snapshots the query's tables were pinned to.
+    pub snapshot_ids: Vec<i64>,
+    /// Live files in the pinned snapshots.
+    pub files_total: usize,
+    /// Files column data was read from.
+    pub files_scanned: usize,
+    /// Namespaces (partitions) in the pinned snapshots.
+    pub partitions_total: usize,
+    /// Namespaces of the files scanned.
+    pub partitions_scanned: usize,
+    /// Distinct shards listed in the footers of the files scanned.
+    pub shards_queried: usize,
+    /// Bytes the scans fetched from storage: column data and page indexes.
+    /// Footers are read once per file and kept in the metadata cache; they
+    /// are not counted.
+    pub bytes_scanned: u64,
+}
+
+impl ScanRecorder {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A table scan was planned against `snapshot`, keeping `kept`.
+    pub fn planned(&self, snapshot: &SnapshotFiles, kept: &[Arc<LakeFile>]) {
+        let mut s = self.lock();
+        s.snapshot_ids.extend(snapshot.snapshot_id);
+        s.namespaces_total
+            .extend(snapshot.namespaces.iter().cloned());
+        for f in &snapshot.files {
+            s.files_total.insert(f.path.clone());
+        }
+        for f in kept {
+            s.namespace_of.insert(f.path.clone(), f.namespace.clone());
+        }
+    }
+
+    fn opened(&self, path: &Path, metadata: &ParquetMetaData) {
+        let shards = metadata
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|k| k.key == file_meta::SHARDS_KEY))
+            .and_then(|k| k.value.as_deref())
+            .and_then(|v| file_meta::decode(v).ok())
+            .map(|ranges| ranges.iter().map(|r| r.shard_id).collect())
+            .unwrap_or_default();
+        self.lock().shards_of.insert(path.clone(), shards);
+    }
+
+    fn fetched(&self, path: &Path, bytes: u64, data: bool) {
+        let mut s = self.lock();
+        s.bytes_fetched += bytes;
+        if data {
+            *s.data_bytes.entry(path.clone()).or_default() += bytes;
+        }
+    }
+
+    /// Everything recorded so far.
+    pub fn findings(&self) -> FileFindings {
+        let s = self.lock();
+        let scanned: Vec<&Path> = s
+            .data_bytes
+            .iter()
+            .filter(|(_, b)| **b > 0)
+            .map(|(p, _)| p)
+            .collect();
+        let partitions: HashSet<&String> = scanned
+            .iter()
+            .filter_map(|p| s.namespace_of.get(*p))
+            .collect();
+        let shards: HashSet<i32> = scanned
+            .iter()
+            .filter_map(|p| s.shards_of.get(*p))
+            .flatten()
+            .copied()
+            .collect();
+        FileFindings {
+            snapshot_ids: s.snapshot_ids.iter().copied().collect(),
+            files_total: s.files_total.len(),
+            files_scanned: scanned.len(),
+            partitions_total: s.namespaces_total.len(),
+            partitions_scanned: partitions.len(),
+            shards_queried: shards.len(),
+            bytes_scanned: s.bytes_fetched,
+        }
+    }
+}
+
+/// A Parquet reader factory that records each file's footer and fetches.
+#[derive(Debug)]
+pub struct RecordingReaderFactory {
+    inner: Arc<dyn ParquetFileReaderFactory>,
+    recorder: Arc<ScanRecorder>,
+}
+
+impl RecordingReaderFactory {
+    /// Wraps `inner`, recording into `recorder`.
+    pub fn new(inner: Arc<dyn ParquetFileReaderFactory>, recorder: Arc<ScanRecorder>) -> Self {
+        Self { inner, recorder }
+    }
+}
+
+impl ParquetFileReaderFactory for RecordingReaderFactory {
+    fn create_reader(
+        &self,
+        partition_index: usize,
+        partitioned_file: PartitionedFile,
+        metadata_size_hint: Option<usize>,
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> datafusion::error::Result<Box<dyn AsyncFileReader + Send>> {
+        let path = partitioned_file.object_meta.location.clone();
+        let inner = self.inner.create_reader(
+            partition_index,
+            partitioned_file,
+            metadata_size_hint,
+            metrics,
+        )?;
+        Ok(Box::new(RecordingReader {
+            inner,
+            path,
+            recorder: Arc::clone(&self.recorder),
+        }))
+    }
+}
+
+struct RecordingReader {
+    inner: Box<dyn AsyncFileReader + Send>,
+    path: Path,
+    recorder: Arc<ScanRecorder>,
+}
+
+impl AsyncFileReader for RecordingReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        // Single ranges are how the metadata loader fetches page indexes.
+        self.recorder
+            .fetched(&self.path, range.end - range.start, false);
+        self.inner.get_bytes(range)
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        // Column chunk data of the row groups being decoded.
+        let total = ranges.iter().map(|r| r.end - r.start).sum();
+        self.recorder.fetched(&self.path, total, true);
+        self.inner.get_byte_ranges(ranges)
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let metadata = self.inner.get_metadata(options).await?;
+            self.recorder.opened(&self.path, &metadata);
+            Ok(metadata)
+        }
+        .boxed()
+    }
+}

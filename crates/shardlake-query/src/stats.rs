@@ -1,0 +1,129 @@
+//! Scan statistics returned with every result, computed from what the
+//! planner pinned and pruned and what the scans recorded while executing.
+//! Nothing here is estimated.
+
+use std::sync::Arc;
+
+use datafusion::physical_plan::ExecutionPlan;
+use serde::{Deserialize, Serialize};
+
+use crate::recorder::FileFindings;
+
+/// What a query did. See `docs/query.md` for the precise definitions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScanStats {
+    /// Distinct shards with events in the files the query read data from,
+    /// as listed in those files' footers.
+    pub shards_queried: usize,
+    /// Namespaces (partitions) in the pinned snapshot.
+    pub partitions_total: usize,
+    /// Namespaces of the files the query read data from.
+    pub partitions_scanned: usize,
+    /// `partitions_total - partitions_scanned`.
+    pub partitions_pruned: usize,
+    /// Live data files in the pinned snapshot.
+    pub files_total: usize,
+    /// Files column data was read from.
+    pub files_scanned: usize,
+    /// `files_total - files_scanned`: ruled out from metadata, file
+    /// statistics or row-group statistics without reading their data.
+    pub files_pruned: usize,
+    /// Bytes fetched from storage: column chunks and page indexes.
+    pub bytes_scanned: u64,
+    /// Rows decoded by the Parquet scans after row-group and page pruning
+    /// (rows the scans emitted plus rows their pushed-down filters dropped).
+    pub rows_scanned: u64,
+    /// Rows in the result.
+    pub rows_returned: u64,
+    /// Whether the result came from the result cache (then nothing was scanned).
+    pub cache_hit: bool,
+    /// The snapshots the query was pinned to.
+    pub snapshot_ids: Vec<i64>,
+    /// Wall time from request to last row, milliseconds.
+    pub elapsed_ms: f64,
+}
+
+impl ScanStats {
+    /// Statistics of an executed plan.
+    pub(crate) fn from_execution(
+        findings: &FileFindings,
+        plan: &Arc<dyn ExecutionPlan>,
+        rows_returned: u64,
+        elapsed_ms: f64,
+    ) -> Self {
+        Self {
+            shards_queried: findings.shards_queried,
+            partitions_total: findings.partitions_total,
+            partitions_scanned: findings.partitions_scanned,
+            partitions_pruned: findings.partitions_total - findings.partitions_scanned,
+            files_total: findings.files_total,
+            files_scanned: findings.files_scanned,
+            files_pruned: findings.files_total - findings.files_scanned,
+            bytes_scanned: findings.bytes_scanned,
+            rows_scanned: rows_scanned(plan),
+            rows_returned,
+            cache_hit: false,
+            snapshot_ids: findings.snapshot_ids.clone(),
+            elapsed_ms,
+        }
+    }
+
+    /// The statistics of serving `self`'s result again from the cache:
+    /// the same snapshot and totals, nothing scanned.
+    pub(crate) fn served_from_cache(&self, elapsed_ms: f64) -> Self {
+        Self {
+            shards_queried: 0,
+            partitions_scanned: 0,
+            partitions_pruned: 0,
+            files_scanned: 0,
+            files_pruned: 0,
+            bytes_scanned: 0,
+            rows_scanned: 0,
+            cache_hit: true,
+            elapsed_ms,
+            ..self.clone()
+        }
+    }
+
+    /// One line for people: `3 of 12 files, 1 of 4 partitions, 2 shards, 1.2 MB, 10000 rows scanned ...`.
+    pub fn summary(&self) -> String {
+        if self.cache_hit {
+            return format!(
+                "{} rows from cache (snapshot {:?}) in {:.1} ms",
+                self.rows_returned, self.snapshot_ids, self.elapsed_ms
+            );
+        }
+        format!(
+            "{} rows in {:.1} ms; scanned {} of {} files, {} of {} partitions, {} shards, {:.2} MB, {} rows (snapshot {:?})",
+            self.rows_returned,
+            self.elapsed_ms,
+            self.files_scanned,
+            self.files_total,
+            self.partitions_scanned,
+            self.partitions_total,
+            self.shards_queried,
+            self.bytes_scanned as f64 / 1e6,
+            self.rows_scanned,
+            self.snapshot_ids,
+        )
+    }
+}
+
+/// Rows the Parquet scans of `plan` decoded: what they emitted plus what
+/// their row filters dropped.
+fn rows_scanned(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+    let mut total = 0u64;
+    let mut stack = vec![Arc::clone(plan)];
+    while let Some(node) = stack.pop() {
+        if node.name() == "DataSourceExec"
+            && let Some(metrics) = node.metrics()
+        {
+            total += metrics.output_rows().unwrap_or(0) as u64;
+            total += metrics
+                .sum_by_name("pushdown_rows_pruned")
+                .map_or(0, |v| v.as_usize() as u64);
+        }
+        stack.extend(node.children().into_iter().cloned());
+    }
+    total
+}

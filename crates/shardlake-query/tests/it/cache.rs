@@ -1,0 +1,139 @@
+//! The result cache: hits, invalidation by commit, single flight, limits.
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use futures::future::join_all;
+use shardlake_core::Event;
+use shardlake_lake::EmitterConfig;
+use shardlake_query::{CacheConfig, QueryConfig, Scope};
+
+use crate::fixture::{Fixture, config};
+
+const SQL: &str =
+    "SELECT namespace, count(*) AS n FROM events GROUP BY namespace ORDER BY namespace";
+
+#[tokio::test]
+async fn a_repeat_is_served_from_cache_until_a_commit() {
+    let fixture = Fixture::build(2).await;
+    let engine = fixture.engine(config()).await;
+    let cold = engine.sql(SQL).await.expect("cold");
+    assert!(!cold.stats.cache_hit);
+    // Whitespace and keyword case do not matter: the query is normalized.
+    let warm = engine
+        .sql("select namespace, COUNT(*) as n\n FROM events  GROUP BY namespace ORDER BY namespace")
+        .await
+        .expect("warm");
+    assert!(warm.stats.cache_hit);
+    assert_eq!(warm.batches, cold.batches);
+    assert_eq!(warm.stats.snapshot_ids, cold.stats.snapshot_ids);
+    assert_eq!(warm.stats.bytes_scanned, 0);
+
+    // Another scope never sees the cached answer.
+    let scoped = engine
+        .sql(SQL)
+        .with_scope(Scope::namespaces(["tenant-000"]))
+        .await
+        .expect("scoped");
+    assert!(!scoped.stats.cache_hit);
+    assert_eq!(scoped.num_rows(), 1);
+
+    // A commit moves the snapshot: the next identical query misses.
+    let emitter = fixture
+        .lake
+        .emitter(EmitterConfig {
+            flush_interval: Duration::from_millis(1),
+            ..EmitterConfig::default()
+        })
+        .await
+        .expect("emitter");
+    let event = Event::new(
+        "tenant-009",
+        99,
+        1,
+        "k",
+        "thing.created",
+        chrono::Utc::now(),
+    );
+    emitter.emit(event).await.expect("emit");
+    let after = engine.sql(SQL).await.expect("after commit");
+    assert!(!after.stats.cache_hit);
+    assert_ne!(after.stats.snapshot_ids, cold.stats.snapshot_ids);
+    assert_eq!(after.num_rows(), 5, "the new namespace is visible");
+
+    let m = engine.metrics().await.cache;
+    assert_eq!((m.hits, m.misses), (1, 3));
+    assert!(m.entries >= 2 && m.bytes > 0);
+    engine.clear_cache().await;
+    assert_eq!(engine.metrics().await.cache.entries, 0);
+}
+
+#[tokio::test]
+async fn identical_concurrent_queries_execute_once() {
+    let fixture = Fixture::build(2).await;
+    let engine = fixture.engine(config()).await;
+    let results = join_all((0..8).map(|_| engine.sql(SQL).into_future())).await;
+    let first = results[0].as_ref().expect("ok");
+    for r in &results {
+        assert_eq!(r.as_ref().expect("ok").batches, first.batches);
+    }
+    let m = engine.metrics().await.cache;
+    assert_eq!(m.misses, 1, "one execution");
+    assert_eq!(m.hits, 7, "seven waited for it");
+}
+
+#[tokio::test]
+async fn large_results_are_not_cached_and_without_cache_skips_it() {
+    let fixture = Fixture::build(1).await;
+    let engine = fixture
+        .engine(QueryConfig {
+            cache: CacheConfig {
+                max_result_bytes: 1024,
+                ..CacheConfig::default()
+            },
+            ..config()
+        })
+        .await;
+    let big = "SELECT * FROM events";
+    assert!(!engine.sql(big).await.expect("1").stats.cache_hit);
+    assert!(!engine.sql(big).await.expect("2").stats.cache_hit);
+    assert_eq!(engine.metrics().await.cache.oversize, 2);
+
+    let small = "SELECT count(*) FROM events WHERE shard_id = 1";
+    assert!(
+        !engine
+            .sql(small)
+            .without_cache()
+            .await
+            .expect("a")
+            .stats
+            .cache_hit
+    );
+    assert!(!engine.sql(small).await.expect("b").stats.cache_hit);
+    assert!(engine.sql(small).await.expect("c").stats.cache_hit);
+}
+
+#[tokio::test]
+async fn capacity_bounds_bytes_and_entries() {
+    let fixture = Fixture::build(1).await;
+    let engine = fixture
+        .engine(QueryConfig {
+            cache: CacheConfig {
+                max_entries: 3,
+                ..CacheConfig::default()
+            },
+            ..config()
+        })
+        .await;
+    for shard in 0..6 {
+        engine
+            .sql(format!(
+                "SELECT count(*) FROM events WHERE shard_id = {shard}"
+            ))
+            .await
+            .expect("query");
+    }
+    let m = engine.metrics().await.cache;
+    assert!(m.entries <= 3, "{m:?}");
+    assert!(m.evictions >= 3, "{m:?}");
+}

@@ -1,0 +1,84 @@
+//! Timeouts cancel work; memory is bounded by the pool.
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use shardlake_query::{ErrorKind, QueryConfig};
+
+use crate::fixture::{Fixture, config};
+
+/// Far too much work to finish, and it holds memory while it runs: a
+/// distinct count over ten billion generated values, joined to the lake.
+const ENDLESS: &str = "SELECT count(DISTINCT r.value + e.seq) FROM range(10000000000) r \
+                       JOIN (SELECT seq FROM events WHERE shard_id = 1 LIMIT 1) e ON true";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_stops_the_query_not_just_the_wait() {
+    let fixture = Fixture::build(1).await;
+    let engine = fixture.engine(config()).await;
+    let started = std::time::Instant::now();
+    let running = tokio::spawn(
+        engine
+            .sql(ENDLESS)
+            .with_timeout(Duration::from_millis(1500))
+            .into_future(),
+    );
+    // While it runs, its hash table holds memory from the pool...
+    let mut held = 0;
+    while held == 0 && !running.is_finished() {
+        held = engine.metrics().await.memory_reserved;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        held > 0,
+        "the query never reserved memory; the check below would prove nothing"
+    );
+    let err = running.await.expect("task").expect_err("times out");
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // ...and once it is really stopped, its operators are dropped and the
+    // pool is empty again. An abandoned query would keep growing it.
+    let mut released = false;
+    for _ in 0..100 {
+        if engine.metrics().await.memory_reserved == 0 {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        released,
+        "operators still hold memory: the query kept running"
+    );
+
+    // Streams time out too.
+    let mut stream = engine
+        .sql(ENDLESS)
+        .with_timeout(Duration::from_millis(300))
+        .stream()
+        .await
+        .expect("stream starts");
+    let item = futures::StreamExt::next(&mut stream)
+        .await
+        .expect("an item");
+    assert_eq!(item.expect_err("timeout").kind(), ErrorKind::Timeout);
+}
+
+#[tokio::test]
+async fn a_query_over_its_memory_budget_fails_cleanly() {
+    let fixture = Fixture::build(1).await;
+    let engine = fixture
+        .engine(QueryConfig {
+            memory_limit: 64 * 1024,
+            ..config()
+        })
+        .await;
+    let err = engine
+        .sql("SELECT partition_key, array_agg(payload) FROM events GROUP BY partition_key")
+        .without_cache()
+        .await
+        .expect_err("over budget");
+    assert_eq!(err.kind(), ErrorKind::ResourcesExhausted, "{err}");
+    // The engine is fine afterwards.
+    engine.sql("SELECT 1").await.expect("still serving");
+}

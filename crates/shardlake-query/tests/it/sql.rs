@@ -1,0 +1,270 @@
+//! What users run: read-only SQL, clear errors, `things`, JSON payloads,
+//! the typed calls and streaming.
+
+use std::collections::BTreeMap;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int64Type;
+use futures::StreamExt;
+use shardlake_query::{
+    AggregateFunction, AggregateQuery, Aggregation, Condition, ErrorKind, EventsQuery, Op, OrderBy,
+    ThingsQuery,
+};
+
+use crate::fixture::{Fixture, config};
+
+#[tokio::test]
+async fn anything_but_a_query_is_refused_before_it_runs() {
+    let fixture = Fixture::build(1).await;
+    let engine = fixture.engine(config()).await;
+    let outside = fixture.dir.path().join("escape.csv");
+    let refused = [
+        "CREATE TABLE t AS SELECT 1".to_owned(),
+        "CREATE VIEW v AS SELECT * FROM events".to_owned(),
+        "DROP TABLE events".to_owned(),
+        "INSERT INTO events SELECT * FROM events".to_owned(),
+        "DELETE FROM events".to_owned(),
+        format!("COPY (SELECT * FROM events) TO '{}'", outside.display()),
+        format!(
+            "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '{}'",
+            outside.display()
+        ),
+        "SET datafusion.execution.batch_size = 1".to_owned(),
+        "EXPLAIN ANALYZE INSERT INTO events SELECT * FROM events".to_owned(),
+    ];
+    for sql in refused {
+        let err = engine.sql(&sql).await.expect_err(&sql);
+        assert_eq!(err.kind(), ErrorKind::NotAllowed, "{sql}: {err}");
+    }
+    assert!(!outside.exists(), "nothing was written outside the lake");
+    // Queries, EXPLAIN and SHOW are fine.
+    engine
+        .sql("EXPLAIN SELECT * FROM events WHERE namespace = 'a'")
+        .await
+        .expect("explain");
+    engine.sql("SHOW TABLES").await.expect("show");
+}
+
+#[tokio::test]
+async fn bad_sql_is_an_invalid_query_with_a_useful_message() {
+    let fixture = Fixture::build(1).await;
+    let engine = fixture.engine(config()).await;
+    for (sql, needle) in [
+        ("SELECT nope FROM events", "nope"),
+        ("SELEC 1", "SELEC"),
+        ("SELECT * FROM missing_table", "missing_table"),
+        ("SELECT 1; SELECT 2", "statement"),
+    ] {
+        let err = engine.sql(sql).await.expect_err(sql);
+        assert!(
+            matches!(err.kind(), ErrorKind::InvalidQuery | ErrorKind::NotAllowed),
+            "{sql}: {err}"
+        );
+        assert!(
+            err.message()
+                .to_lowercase()
+                .contains(&needle.to_lowercase()),
+            "{sql}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn things_is_the_latest_state_of_live_entities_and_prunes_by_namespace() {
+    let fixture = Fixture::build(3).await;
+    let engine = fixture.engine(config()).await;
+    let truth = fixture.things();
+    let ns = "tenant-001";
+    let result = engine
+        .sql(format!(
+            "SELECT namespace, \"type\", id, version, payload FROM things WHERE namespace = '{ns}' ORDER BY \"type\", id"
+        ))
+        .await
+        .expect("things");
+    let want: Vec<_> = truth.iter().filter(|((n, _, _), _)| n == ns).collect();
+    assert_eq!(result.num_rows(), want.len());
+    let mut i = 0;
+    for batch in &result.batches {
+        let (types, ids) = (
+            batch.column(1).as_string::<i32>(),
+            batch.column(2).as_string::<i32>(),
+        );
+        let versions = batch.column(3).as_primitive::<Int64Type>();
+        let payloads = batch.column(4).as_string::<i32>();
+        for r in 0..batch.num_rows() {
+            let ((_, t, id), e) = want[i];
+            assert_eq!((types.value(r), ids.value(r)), (t.as_str(), id.as_str()));
+            assert_eq!(Some(versions.value(r)), e.version);
+            assert_eq!(
+                payloads.is_valid(r).then(|| payloads.value(r)),
+                e.payload.as_deref()
+            );
+            i += 1;
+        }
+    }
+    // Deleted entities are gone; pruning still applies through the view.
+    assert_eq!(result.stats.partitions_scanned, 1);
+    assert_eq!(result.stats.partitions_pruned, 3);
+}
+
+#[tokio::test]
+async fn json_payload_fields_are_queryable() {
+    let fixture = Fixture::build(1).await;
+    let engine = fixture.engine(config()).await;
+    let truth = fixture
+        .events
+        .iter()
+        .filter(|e| e.entity_type.as_deref() == Some("Order"))
+        .filter_map(|e| e.payload.as_deref())
+        .filter(|p| p.contains(r#""status":"paid""#))
+        .count();
+    let result = engine
+        .sql(
+            "SELECT count(*) FROM events WHERE entity_type = 'Order' \
+             AND json_get_str(payload, 'status') = 'paid'",
+        )
+        .await
+        .expect("json");
+    let n = result.batches[0]
+        .column(0)
+        .as_primitive::<Int64Type>()
+        .value(0);
+    assert_eq!(n as usize, truth);
+    let arrow = engine
+        .sql("SELECT count(*) FROM events WHERE (payload->>'status') = 'paid' AND entity_type = 'Order'")
+        .await
+        .expect("->> operator");
+    assert_eq!(arrow.batches, result.batches);
+}
+
+#[tokio::test]
+async fn typed_calls_build_plans_not_sql() {
+    let fixture = Fixture::build(2).await;
+    let engine = fixture.engine(config()).await;
+    let truth = fixture.things();
+
+    // A value that would break naive string concatenation is just a literal.
+    let hostile = engine
+        .query_things(ThingsQuery {
+            namespace: Some("x' OR '1'='1".into()),
+            ..ThingsQuery::default()
+        })
+        .await
+        .expect("query");
+    assert_eq!(hostile.num_rows(), 0);
+
+    let customers = engine
+        .query_things(ThingsQuery {
+            entity_type: Some("Customer".into()),
+            namespace: Some("tenant-000".into()),
+            conditions: vec![Condition::new("payload.tier", Op::Eq, "pro")],
+            order_by: vec![OrderBy::asc("id")],
+            limit: Some(5),
+            offset: Some(1),
+        })
+        .await
+        .expect("things");
+    let want: Vec<&String> = truth
+        .iter()
+        .filter(|((ns, t, _), e)| {
+            ns == "tenant-000"
+                && t == "Customer"
+                && e.payload
+                    .as_deref()
+                    .is_some_and(|p| p.contains(r#""tier":"pro""#))
+        })
+        .map(|((_, _, id), _)| id)
+        .skip(1)
+        .take(5)
+        .collect();
+    let got: Vec<String> = customers
+        .batches
+        .iter()
+        .flat_map(|b| {
+            let ids = b
+                .column_by_name("id")
+                .expect("id")
+                .as_string::<i32>()
+                .clone();
+            (0..b.num_rows()).map(move |i| ids.value(i).to_owned())
+        })
+        .collect();
+    assert_eq!(got.iter().collect::<Vec<_>>(), want);
+    assert_eq!(customers.stats.partitions_scanned, 1);
+
+    let deleted = engine
+        .query_events(EventsQuery {
+            event_type: Some("thing.deleted".into()),
+            shard_id: Some(2),
+            ..EventsQuery::default()
+        })
+        .await
+        .expect("events");
+    let want = fixture
+        .events
+        .iter()
+        .filter(|e| e.event_type == "thing.deleted" && e.shard_id == 2)
+        .count();
+    assert_eq!(deleted.num_rows(), want);
+
+    let per_type = engine
+        .aggregate(AggregateQuery {
+            group_by: vec!["entity_type".into()],
+            aggregations: vec![
+                Aggregation {
+                    function: AggregateFunction::Count,
+                    field: None,
+                    alias: "events".into(),
+                },
+                Aggregation {
+                    function: AggregateFunction::Max,
+                    field: Some("version".into()),
+                    alias: "max_version".into(),
+                },
+            ],
+            having: vec![Condition::new("events", Op::Gt, 100)],
+            order_by: vec![OrderBy::desc("events")],
+            ..AggregateQuery::default()
+        })
+        .await
+        .expect("aggregate");
+    let mut want: BTreeMap<String, i64> = BTreeMap::new();
+    for e in &fixture.events {
+        *want
+            .entry(e.entity_type.clone().unwrap_or_default())
+            .or_default() += 1;
+    }
+    want.retain(|_, n| *n > 100);
+    assert_eq!(per_type.num_rows(), want.len());
+
+    let err = engine
+        .query_things(ThingsQuery {
+            conditions: vec![Condition::new("no_such_field", Op::Eq, 1)],
+            ..ThingsQuery::default()
+        })
+        .await
+        .expect_err("unknown field");
+    assert_eq!(err.kind(), ErrorKind::InvalidQuery);
+    assert!(err.message().contains("no_such_field"));
+}
+
+#[tokio::test]
+async fn streaming_yields_batches_and_then_stats() {
+    let fixture = Fixture::build(2).await;
+    let engine = fixture.engine(config()).await;
+    let mut stream = engine
+        .sql("SELECT * FROM events WHERE namespace = 'tenant-000'")
+        .stream()
+        .await
+        .expect("stream");
+    assert_eq!(stream.schema().fields().len(), 12);
+    assert!(stream.stats().is_none());
+    let mut rows = 0;
+    while let Some(batch) = stream.next().await {
+        rows += batch.expect("batch").num_rows();
+    }
+    assert_eq!(rows, fixture.in_namespace("tenant-000").len());
+    let stats = stream.stats().expect("stats after the end");
+    assert_eq!(stats.rows_returned, rows as u64);
+    assert_eq!(stats.partitions_scanned, 1);
+}
