@@ -4,7 +4,8 @@
 //! Values print as DataFusion displays them (`NULL` for nulls, `(empty)` for
 //! empty strings). `EXPLAIN` plans print one line per row, with the
 //! warehouse path replaced by `<warehouse>` and file lists collapsed to
-//! their group count, so plans are stable across machines.
+//! their group count and required guarantees (printed in hash order)
+//! dropped, so plans are stable across machines and runs.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
@@ -35,6 +36,10 @@ impl std::fmt::Display for SltError {
 
 impl std::error::Error for SltError {}
 
+// DataFusion prints required guarantees from a hash map: order varies.
+static GUARANTEES: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r", required_guarantees=\[[^\]]*\]").expect("regex"));
+
 static FILE_GROUPS: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"file_groups=\{(\d+) groups?: \[.*?\]\]\}").expect("regex"));
 
@@ -50,6 +55,10 @@ fn cell(array: &dyn Array, formatter: &ArrayFormatter<'_>, row: usize) -> String
     }
 }
 
+fn is_explain(sql: &str) -> bool {
+    sql.trim_start().to_ascii_uppercase().starts_with("EXPLAIN")
+}
+
 fn column_type(t: &DataType) -> DefaultColumnType {
     if t.is_integer() {
         DefaultColumnType::Integer
@@ -63,6 +72,7 @@ fn column_type(t: &DataType) -> DefaultColumnType {
 impl LakeDb {
     fn normalize(&self, text: &str) -> String {
         let text = text.replace(&self.warehouse, "<warehouse>");
+        let text = GUARANTEES.replace_all(&text, "");
         FILE_GROUPS
             .replace_all(&text, "file_groups={$1 groups}")
             .into_owned()
@@ -70,7 +80,7 @@ impl LakeDb {
 
     fn rows(&self, sql: &str, batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, SltError> {
         let options = FormatOptions::default();
-        let explain = sql.trim_start().to_ascii_uppercase().starts_with("EXPLAIN");
+        let explain = is_explain(sql);
         let mut rows = Vec::new();
         for batch in batches {
             let formatters = batch
@@ -87,14 +97,15 @@ impl LakeDb {
                     .map(|(c, f)| cell(c.as_ref(), f, r))
                     .collect();
                 if explain {
-                    // [plan_type, plan] -> one row per plan line.
+                    // [plan_type, plan] -> one row per plan line, the first
+                    // line led by its plan type.
                     for (i, line) in cells[1].lines().enumerate() {
-                        let kind = if i == 0 {
-                            cells[0].clone()
+                        let line = self.normalize(line);
+                        rows.push(vec![if i == 0 {
+                            format!("{} {line}", cells[0])
                         } else {
-                            String::new()
-                        };
-                        rows.push(vec![kind, self.normalize(line)]);
+                            line
+                        }]);
                     }
                 } else {
                     rows.push(cells);
@@ -116,13 +127,18 @@ impl sqllogictest::AsyncDB for LakeDb {
             .sql(sql)
             .await
             .map_err(|e| SltError(e.to_string()))?;
-        Ok(DBOutput::Rows {
-            types: result
+        let types = if is_explain(sql) {
+            vec![DefaultColumnType::Text]
+        } else {
+            result
                 .schema
                 .fields()
                 .iter()
                 .map(|f| column_type(f.data_type()))
-                .collect(),
+                .collect()
+        };
+        Ok(DBOutput::Rows {
+            types,
             rows: self.rows(sql, &result.batches)?,
         })
     }
