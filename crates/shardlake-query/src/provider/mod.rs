@@ -14,7 +14,12 @@ pub use events::EventsTable;
 /// An aggregate rather than a window: `first_value`/`last_value` keep their
 /// ordering key per group, so no sort is needed, and filters on the group
 /// keys (`namespace`, `type`, `id`) are pushed below the aggregate into the
-/// `events` scan, where they prune partitions and files.
+/// `events` scan, where they prune partitions and files. Only primitive
+/// values are carried through ordered aggregates (DataFusion has a fast
+/// per-group accumulator for those); deletion is detected by comparing
+/// positions, not by carrying the last `event_type` string. `payload` is the
+/// one string carried, and the optimizer drops it when a query does not
+/// select it.
 pub const THINGS_SQL: &str = r#"
 SELECT
     entity_id AS id,
@@ -29,5 +34,5 @@ SELECT
 FROM events
 WHERE entity_type IS NOT NULL AND entity_id IS NOT NULL
 GROUP BY namespace, entity_type, entity_id
-HAVING last_value(event_type ORDER BY position) <> 'thing.deleted'
+HAVING max(CASE WHEN event_type = 'thing.deleted' THEN position END) IS DISTINCT FROM max(position)
 "#;

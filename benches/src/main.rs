@@ -1,0 +1,290 @@
+//! `shardlake-bench`: the Rust half of the side-by-side benchmarks.
+//!
+//! - `queries`: runs a fixed query set on shardlake's engine and on plain
+//!   DataFusion (a `ListingTable` over the very same Parquet files), in one
+//!   process, and prints per-query medians as JSON. `benches/query.py` adds
+//!   DuckDB on the same files and prints the comparison.
+//! - `commits`: builds one table from many small commits and one from a few
+//!   large ones (same rows) and compares planning and query times.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use serde::Serialize;
+use shardlake_core::{Event, event_schema};
+use shardlake_lake::{EmitterConfig, Lake};
+use shardlake_query::{CrossShardQuery, QueryConfig, THINGS_SQL};
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the query set on shardlake and on a plain ListingTable.
+    Queries {
+        /// Lake directory (from `shardlake ingest`).
+        #[arg(long)]
+        warehouse: std::path::PathBuf,
+        /// A JSON file with `{"name": "sql", ...}` to run (placeholders already filled).
+        #[arg(long)]
+        queries: std::path::PathBuf,
+        /// Runs per query and engine (median reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// EXPLAIN ANALYZE one query on both engines (for investigating a gap).
+    Explain {
+        /// Lake directory.
+        #[arg(long)]
+        warehouse: std::path::PathBuf,
+        /// The query.
+        sql: String,
+    },
+    /// Many small commits against a few large ones.
+    Commits {
+        /// Scratch directory.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Number of small commits.
+        #[arg(long, default_value_t = 1000)]
+        commits: usize,
+        /// Events per small commit.
+        #[arg(long, default_value_t = 1000)]
+        events_per_commit: usize,
+        /// Runs per measurement.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+async fn time<F, Fut, T>(runs: usize, mut f: F) -> anyhow::Result<(f64, T)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut times = Vec::with_capacity(runs);
+    let mut last = None;
+    for _ in 0..runs {
+        let started = Instant::now();
+        last = Some(f().await?);
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((median(times), last.context("no runs")?))
+}
+
+#[derive(Serialize)]
+struct QueryTiming {
+    shardlake_ms: f64,
+    listing_ms: f64,
+    shardlake_cold_ms: f64,
+    shardlake_cached_ms: f64,
+    rows: usize,
+    bytes_scanned: u64,
+    files_scanned: usize,
+    files_total: usize,
+}
+
+/// Plain DataFusion over the lake's data files: a ListingTable on the data
+/// directory, default options, the same schema.
+async fn listing_context(lake: &Lake) -> anyhow::Result<SessionContext> {
+    let ctx = SessionContext::new_with_config(SessionConfig::new());
+    let data = lake.warehouse().root().join("shardlake/events/data/")?;
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new(ListingTableUrl::parse(data.as_str())?)
+        .with_listing_options(options)
+        .with_schema(event_schema());
+    ctx.register_table("events", Arc::new(ListingTable::try_new(config)?))?;
+    let things = ctx.sql(THINGS_SQL).await?.into_view();
+    ctx.register_table("things", things)?;
+    Ok(ctx)
+}
+
+async fn queries(
+    warehouse: &std::path::Path,
+    queries: &std::path::Path,
+    runs: usize,
+) -> anyhow::Result<()> {
+    let set: BTreeMap<String, String> = serde_json::from_slice(&std::fs::read(queries)?)?;
+    let lake = Lake::open_local(warehouse).await?;
+    let engine = CrossShardQuery::open(&lake, QueryConfig::default()).await?;
+    let listing = listing_context(&lake).await?;
+    let mut out = BTreeMap::new();
+    for (name, sql) in &set {
+        // Warm both engines once (file metadata caches, page cache).
+        engine.sql(sql).without_cache().await?;
+        listing.sql(sql).await?.collect().await?;
+        let (shardlake_ms, result) = time(runs, || async {
+            Ok(engine.sql(sql).without_cache().await?)
+        })
+        .await?;
+        let (listing_ms, _) = time(runs, || async {
+            Ok(listing.sql(sql).await?.collect().await?)
+        })
+        .await?;
+        engine.clear_cache().await;
+        let started = Instant::now();
+        engine.sql(sql).await?;
+        let cold = started.elapsed().as_secs_f64() * 1e3;
+        let (cached, hit) = time(runs, || async {
+            Ok(engine.sql(sql).await?.stats.cache_hit)
+        })
+        .await?;
+        anyhow::ensure!(hit, "{name}: the repeat was not a cache hit");
+        out.insert(
+            name.clone(),
+            QueryTiming {
+                shardlake_ms,
+                listing_ms,
+                shardlake_cold_ms: cold,
+                shardlake_cached_ms: cached,
+                rows: result.num_rows(),
+                bytes_scanned: result.stats.bytes_scanned,
+                files_scanned: result.stats.files_scanned,
+                files_total: result.stats.files_total,
+            },
+        );
+        eprintln!(
+            "{name}: shardlake {shardlake_ms:.1} ms, listing {listing_ms:.1} ms, cached {cached:.3} ms"
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn events(n: usize, offset: usize) -> Vec<Event> {
+    let base = chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default();
+    (offset..offset + n)
+        .map(|i| {
+            let shard = (i % 16) as i32;
+            let key = format!("Order:o-{}", i % 10_000);
+            Event::new(
+                format!("tenant-{}", i % 8),
+                shard,
+                (i / 16 + 1) as i64,
+                key,
+                "thing.updated",
+                base + Duration::from_millis(i as u64),
+            )
+            .with_entity(
+                "Order",
+                format!("o-{}", i % 10_000),
+                (i / 10_000 + 1) as i64,
+            )
+            .with_payload(&serde_json::json!({"n": i, "status": "paid"}))
+        })
+        .collect()
+}
+
+async fn commits(dir: &std::path::Path, n: usize, per: usize, runs: usize) -> anyhow::Result<()> {
+    let total = n * per;
+    let all = events(total, 0);
+    let quick = EmitterConfig {
+        flush_interval: Duration::from_millis(1),
+        max_batch_events: usize::MAX,
+        ..EmitterConfig::default()
+    };
+    let many = Lake::open_local(dir.join("many")).await?;
+    let emitter = many.emitter(quick.clone()).await?;
+    let started = Instant::now();
+    for chunk in all.chunks(per) {
+        emitter.emit(chunk).await?;
+    }
+    emitter.close().await?;
+    let build_many = started.elapsed().as_secs_f64();
+    let few = Lake::open_local(dir.join("few")).await?;
+    let emitter = few.emitter(quick).await?;
+    for chunk in all.chunks(total.div_ceil(4)) {
+        emitter.emit(chunk).await?;
+    }
+    emitter.close().await?;
+
+    let mut report = BTreeMap::new();
+    for (label, lake) in [("many_commits", &many), ("few_commits", &few)] {
+        let engine = CrossShardQuery::open(lake, QueryConfig::default()).await?;
+        // First query loads and caches manifests; later plans reuse them.
+        let first = Instant::now();
+        engine
+            .sql("SELECT count(*) FROM events")
+            .without_cache()
+            .await?;
+        let first_ms = first.elapsed().as_secs_f64() * 1e3;
+        let plan_sql =
+            "EXPLAIN SELECT count(*) FROM events WHERE namespace = 'tenant-3' AND shard_id = 5";
+        let (plan_ms, _) = time(runs, || async {
+            Ok(engine.sql(plan_sql).without_cache().await?)
+        })
+        .await?;
+        let q = "SELECT shard_id, count(*), max(seq) FROM events WHERE namespace = 'tenant-3' GROUP BY shard_id";
+        let (query_ms, result) =
+            time(runs, || async { Ok(engine.sql(q).without_cache().await?) }).await?;
+        let full = "SELECT event_type, count(DISTINCT entity_id) FROM events GROUP BY event_type";
+        let (full_ms, _) = time(runs, || async {
+            Ok(engine.sql(full).without_cache().await?)
+        })
+        .await?;
+        report.insert(
+            label,
+            serde_json::json!({
+                "files": result.stats.files_total,
+                "first_query_ms": first_ms,
+                "plan_ms": plan_ms,
+                "namespace_query_ms": query_ms,
+                "full_scan_ms": full_ms,
+            }),
+        );
+    }
+    report.insert("build_many_seconds", serde_json::json!(build_many));
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Queries {
+            warehouse,
+            queries: file,
+            runs,
+        } => queries(&warehouse, &file, runs).await,
+        Command::Explain { warehouse, sql } => {
+            let lake = Lake::open_local(&warehouse).await?;
+            let engine = CrossShardQuery::open(&lake, QueryConfig::default()).await?;
+            let listing = listing_context(&lake).await?;
+            let analyze = format!("EXPLAIN ANALYZE {sql}");
+            let ours = engine.sql(&analyze).without_cache().await?;
+            println!(
+                "== shardlake\n{}",
+                datafusion::arrow::util::pretty::pretty_format_batches(&ours.batches)?
+            );
+            let theirs = listing.sql(&analyze).await?.collect().await?;
+            println!(
+                "== ListingTable\n{}",
+                datafusion::arrow::util::pretty::pretty_format_batches(&theirs)?
+            );
+            Ok(())
+        }
+        Command::Commits {
+            dir,
+            commits: n,
+            events_per_commit,
+            runs,
+        } => commits(&dir, n, events_per_commit, runs).await,
+    }
+}
