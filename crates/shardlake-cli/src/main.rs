@@ -9,6 +9,7 @@ mod generate;
 mod ingest;
 mod output;
 mod query;
+mod serve;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -92,24 +93,56 @@ enum Command {
         #[arg(long, default_value_t = 200_000)]
         events: u64,
     },
+    /// Serve the HTTP API (SQL, ingestion, tables, stats, metrics) until
+    /// SIGTERM or SIGINT, then finish in-flight requests and commit.
+    Serve {
+        /// Configuration file (see docs/http-api.md); `SHARDLAKE_*`
+        /// variables override it, flags override both.
+        #[arg(long, env = "SHARDLAKE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
 }
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("SHARDLAKE_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
-    if let Err(e) = run(cli).await {
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    // `serve` lets its config file choose the warehouse unless a flag or
+    // SHARDLAKE_WAREHOUSE names one.
+    let warehouse_flag =
+        matches.value_source("warehouse") != Some(clap::parser::ValueSource::DefaultValue);
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    init_logs(matches!(cli.command, Command::Serve { .. }));
+    if let Err(e) = run(cli, warehouse_flag).await {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Logs to stderr, filtered by `SHARDLAKE_LOG` (default: `info` for the
+/// server, whose request logs are its audit trail; `warn` for one-shot
+/// commands). `SHARDLAKE_LOG_FORMAT=json` writes one JSON object per line.
+fn init_logs(server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let filter =
+        EnvFilter::try_from_env("SHARDLAKE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if std::env::var("SHARDLAKE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate {
             events,
@@ -187,5 +220,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { events } => demo::run(&cli.warehouse, events).await,
+        Command::Serve { config, listen } => {
+            serve::run(
+                config.as_deref(),
+                listen,
+                warehouse_flag.then_some(cli.warehouse),
+            )
+            .await
+        }
     }
 }

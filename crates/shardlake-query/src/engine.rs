@@ -16,9 +16,7 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_plan::{
-    ExecutionPlan, SendableRecordBatchStream, collect, execute_stream,
-};
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, execute_stream};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement;
 use futures::future::BoxFuture;
@@ -197,6 +195,7 @@ impl CrossShardQuery {
             timeout: self.inner.config.default_timeout,
             use_cache: self.inner.config.cache.enabled,
             scope: Scope::All,
+            limit: ResultLimit::NONE,
         }
     }
 
@@ -313,6 +312,51 @@ pub struct SqlQuery {
     timeout: Option<Duration>,
     use_cache: bool,
     scope: Scope,
+    limit: ResultLimit,
+}
+
+/// The most a result may hold. A query whose result grows past it fails
+/// with [`ErrorKind::ResultTooLarge`] as soon as it does, instead of
+/// buffering the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultLimit {
+    /// Rows.
+    pub max_rows: u64,
+    /// Bytes of Arrow memory.
+    pub max_bytes: u64,
+}
+
+impl ResultLimit {
+    /// No limit.
+    pub const NONE: Self = Self {
+        max_rows: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+
+    /// Adds `batch` to `rows` and `bytes`, failing once either is over the limit.
+    fn account(&self, rows: &mut u64, bytes: &mut u64, batch: &RecordBatch) -> Result<()> {
+        *rows += batch.num_rows() as u64;
+        *bytes += batch.get_array_memory_size() as u64;
+        if *rows > self.max_rows {
+            return Err(Error::new(
+                ErrorKind::ResultTooLarge,
+                format!(
+                    "the result has more than {} rows; add a LIMIT or aggregate further",
+                    self.max_rows
+                ),
+            ));
+        }
+        if *bytes > self.max_bytes {
+            return Err(Error::new(
+                ErrorKind::ResultTooLarge,
+                format!(
+                    "the result is larger than {} bytes; select fewer columns or rows",
+                    self.max_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl SqlQuery {
@@ -325,6 +369,12 @@ impl SqlQuery {
     /// Neither reads nor fills the result cache.
     pub fn without_cache(mut self) -> Self {
         self.use_cache = false;
+        self
+    }
+
+    /// Fails the query once its result holds more than `limit` allows.
+    pub fn with_result_limit(mut self, limit: ResultLimit) -> Self {
+        self.limit = limit;
         self
     }
 
@@ -355,9 +405,11 @@ impl SqlQuery {
         Ok(df.into_unoptimized_plan())
     }
 
-    fn cache_text(&self, ctx: &SessionContext) -> Result<String> {
+    /// The request's part of the cache key. Parsed with the engine's
+    /// template state, so a cache hit never builds a session.
+    fn cache_text(&self, state: &SessionState) -> Result<String> {
         Ok(match &self.request {
-            Request::Sql(sql) => normalize_read_only(&ctx.state(), sql)?,
+            Request::Sql(sql) => normalize_read_only(state, sql)?,
             Request::Things(q) => {
                 format!("things:{}", serde_json::to_string(q).unwrap_or_default())
             }
@@ -390,21 +442,22 @@ impl SqlQuery {
     async fn execute_inner(&self, started: Instant) -> Result<QueryResult> {
         let engine = &self.engine;
         let snapshot = engine.inner.snapshots.pin().await?;
-        let (ctx, recorder) = engine.session(&snapshot, &self.scope);
         let compute = async {
+            let (ctx, recorder) = engine.session(&snapshot, &self.scope);
             let plan = self.physical(&ctx).await?;
-            let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await?;
-            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            let mut stream = execute_stream(Arc::clone(&plan), ctx.task_ctx())?;
+            let (mut batches, mut rows, mut bytes) = (Vec::new(), 0, 0);
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                self.limit.account(&mut rows, &mut bytes, &batch)?;
+                batches.push(batch);
+            }
             let stats = ScanStats::from_execution(
                 &recorder.findings(),
                 &plan,
-                rows as u64,
+                rows,
                 started.elapsed().as_secs_f64() * 1e3,
             );
-            let bytes = batches
-                .iter()
-                .map(|b| b.get_array_memory_size() as u64)
-                .sum();
             Ok::<_, Error>(CachedResult {
                 schema: plan.schema(),
                 batches,
@@ -422,10 +475,17 @@ impl SqlQuery {
         }
         let key = CacheKey {
             scope: self.scope.clone(),
-            query: self.cache_text(&ctx)?,
+            query: self.cache_text(&engine.inner.base)?,
             snapshot_ids: snapshot.snapshot_id.into_iter().collect(),
         };
         let (result, hit) = engine.inner.cache.get_or_compute(key, compute).await?;
+        // A cached result was filled under some caller's limit; hold it to ours.
+        if hit {
+            let (mut rows, mut bytes) = (0, 0);
+            for batch in &result.batches {
+                self.limit.account(&mut rows, &mut bytes, batch)?;
+            }
+        }
         let stats = if hit {
             result
                 .stats
@@ -463,6 +523,8 @@ impl SqlQuery {
             recorder,
             started,
             rows: 0,
+            bytes: 0,
+            limit: self.limit,
             deadline: deadline.map(|(limit, at)| (limit, Box::pin(tokio::time::sleep_until(at)))),
             stats: None,
         })
@@ -497,6 +559,8 @@ pub struct QueryStream {
     recorder: Arc<ScanRecorder>,
     started: Instant,
     rows: u64,
+    bytes: u64,
+    limit: ResultLimit,
     deadline: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     stats: Option<ScanStats>,
 }
@@ -531,7 +595,10 @@ impl Stream for QueryStream {
         };
         match inner.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(batch))) => {
-                this.rows += batch.num_rows() as u64;
+                if let Err(e) = this.limit.account(&mut this.rows, &mut this.bytes, &batch) {
+                    this.inner = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
                 Poll::Ready(Some(Ok(batch)))
             }
             Poll::Ready(Some(Err(e))) => {

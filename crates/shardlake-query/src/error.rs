@@ -18,6 +18,8 @@ pub enum ErrorKind {
     Timeout,
     /// The query needed more memory than its pool allows.
     ResourcesExhausted,
+    /// The result has more rows or bytes than the caller's limit.
+    ResultTooLarge,
     /// Reading the lake failed (storage, catalog).
     Storage,
     /// A bug or an impossible state on our side.
@@ -32,6 +34,7 @@ impl ErrorKind {
             Self::NotAllowed => "statement_not_allowed",
             Self::Timeout => "query_timeout",
             Self::ResourcesExhausted => "resources_exhausted",
+            Self::ResultTooLarge => "result_too_large",
             Self::Storage => "storage_unavailable",
             Self::Unexpected => "internal_error",
         }

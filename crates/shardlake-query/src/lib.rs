@@ -37,7 +37,9 @@ mod stats;
 pub mod typed;
 
 pub use cache::{CacheConfig, CacheMetrics};
-pub use engine::{CrossShardQuery, EngineMetrics, QueryConfig, QueryResult, QueryStream, SqlQuery};
+pub use engine::{
+    CrossShardQuery, EngineMetrics, QueryConfig, QueryResult, QueryStream, ResultLimit, SqlQuery,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use provider::THINGS_SQL;
 pub use scope::Scope;

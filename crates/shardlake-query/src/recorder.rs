@@ -25,6 +25,7 @@ use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::file::metadata::ParquetMetaData;
 use shardlake_lake::file_meta;
 
+use crate::scope::Scope;
 use crate::snapshot::{LakeFile, SnapshotFiles};
 
 #[derive(Debug, Default)]
@@ -70,13 +71,21 @@ impl ScanRecorder {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A table scan was planned against `snapshot`, keeping `kept`.
-    pub fn planned(&self, snapshot: &SnapshotFiles, kept: &[Arc<LakeFile>]) {
+    /// A table scan was planned against `snapshot` for a caller limited to
+    /// `scope`, keeping `kept`. Totals count only what the scope may see: a
+    /// scoped caller learns nothing about other namespaces, not even how
+    /// many there are.
+    pub fn planned(&self, snapshot: &SnapshotFiles, scope: &Scope, kept: &[Arc<LakeFile>]) {
         let mut s = self.lock();
         s.snapshot_ids.extend(snapshot.snapshot_id);
-        s.namespaces_total
-            .extend(snapshot.namespaces.iter().cloned());
-        for f in &snapshot.files {
+        s.namespaces_total.extend(
+            snapshot
+                .namespaces
+                .iter()
+                .filter(|ns| scope.allows(ns))
+                .cloned(),
+        );
+        for f in snapshot.files.iter().filter(|f| scope.allows(&f.namespace)) {
             s.files_total.insert(f.path.clone());
         }
         for f in kept {

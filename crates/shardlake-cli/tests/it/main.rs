@@ -3,6 +3,7 @@
 
 mod crash;
 mod ingest;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

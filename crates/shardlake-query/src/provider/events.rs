@@ -191,7 +191,7 @@ impl TableProvider for EventsTable {
             .filter(|(_, k)| **k)
             .map(|(f, _)| Arc::clone(f))
             .collect();
-        recorder.planned(&snapshot, &kept);
+        recorder.planned(&snapshot, &scope, &kept);
 
         // 2. File groups with per-file statistics.
         let groups: Vec<FileGroup> = balance(kept, state.config().target_partitions())

@@ -85,3 +85,60 @@ async fn a_query_over_its_memory_budget_fails_cleanly() {
     // The engine is fine afterwards.
     engine.sql("SELECT 1").await.expect("still serving");
 }
+
+#[tokio::test]
+async fn a_result_over_its_limit_fails_for_collected_cached_and_streamed_queries() {
+    use shardlake_query::ResultLimit;
+    let fixture = Fixture::build(1).await;
+    let engine = fixture.engine(config()).await;
+    let rows = ResultLimit {
+        max_rows: 10,
+        max_bytes: u64::MAX,
+    };
+    let sql = "SELECT seq FROM events ORDER BY position LIMIT 11";
+    // Fill the cache without a limit, then ask again with one: the cached
+    // answer is held to the second caller's limit too.
+    engine.sql(sql).await.expect("unlimited");
+    let err = engine
+        .sql(sql)
+        .with_result_limit(rows)
+        .await
+        .expect_err("11 rows > 10");
+    assert_eq!(err.kind(), ErrorKind::ResultTooLarge, "{err}");
+    let ten = engine
+        .sql("SELECT seq FROM events ORDER BY position LIMIT 10")
+        .with_result_limit(rows)
+        .await
+        .expect("exactly at the limit");
+    assert_eq!(ten.num_rows(), 10);
+
+    let bytes = ResultLimit {
+        max_rows: u64::MAX,
+        max_bytes: 1024,
+    };
+    let err = engine
+        .sql("SELECT payload FROM events")
+        .without_cache()
+        .with_result_limit(bytes)
+        .await
+        .expect_err("payloads are more than 1 KiB");
+    assert_eq!(err.kind(), ErrorKind::ResultTooLarge);
+
+    let mut stream = engine
+        .sql("SELECT * FROM events")
+        .with_result_limit(rows)
+        .stream()
+        .await
+        .expect("stream starts");
+    let mut seen = 0;
+    let err = loop {
+        match futures::StreamExt::next(&mut stream).await {
+            Some(Ok(batch)) => seen += batch.num_rows(),
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended without hitting the limit"),
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::ResultTooLarge);
+    assert!(seen <= 10, "{seen} rows passed the limit");
+    assert!(futures::StreamExt::next(&mut stream).await.is_none());
+}

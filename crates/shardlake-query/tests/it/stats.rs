@@ -187,4 +187,9 @@ async fn a_scope_sees_only_its_namespaces_and_prunes_the_rest() {
     assert_eq!(namespaces, vec!["tenant-001", "tenant-003"]);
     assert_eq!(result.stats.partitions_scanned, 2);
     assert_eq!(result.stats.files_scanned, 4);
+    // Totals count only what the scope may see: the other two namespaces
+    // and their files are not even mentioned.
+    assert_eq!(result.stats.partitions_total, 2);
+    assert_eq!(result.stats.partitions_pruned, 0);
+    assert_eq!(result.stats.files_total, 4);
 }

@@ -1,0 +1,54 @@
+//! `shardlake serve`: the HTTP API until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use shardlake_server::{Server, ServerConfig};
+
+/// Loads the configuration (file, then environment, then flags), serves,
+/// and shuts down gracefully on a signal: stop accepting, finish in-flight
+/// requests, commit what the emitter holds, exit 0.
+pub async fn run(
+    config: Option<&Path>,
+    listen: Option<SocketAddr>,
+    warehouse: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut config = ServerConfig::load(config).context("loading the configuration")?;
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    if let Some(warehouse) = warehouse {
+        config.warehouse = warehouse;
+    }
+    let server = Server::bind(config).await?;
+    let auth = if server.requires_tokens() {
+        "bearer tokens required"
+    } else {
+        "no tokens configured: authentication is OFF, loopback only"
+    };
+    // One line on stdout that scripts (and the tests) wait for.
+    println!(
+        "shardlake listening on http://{} ({auth})",
+        server.local_addr()
+    );
+    server.serve(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

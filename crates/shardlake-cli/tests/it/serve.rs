@@ -1,0 +1,106 @@
+//! `shardlake serve` as a process: config file, real socket, request logs,
+//! and SIGTERM that commits what is pending and exits 0.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::query_json;
+
+#[tokio::test]
+async fn serve_answers_http_and_sigterm_commits_pending_events_then_exits_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("lake");
+    let config = dir.path().join("shardlake.toml");
+    // A long flush interval: only the shutdown can commit the request below.
+    std::fs::write(
+        &config,
+        "[emitter]\nflush_interval_ms = 600000\n[limits]\nquery_timeout_ms = 5000\n",
+    )
+    .expect("config");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardlake"))
+        .arg("--warehouse")
+        .arg(&warehouse)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .env("SHARDLAKE_LOG_FORMAT", "json")
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn serve");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let banner = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
+        .await
+        .expect("the server starts")
+        .expect("read")
+        .expect("a banner line");
+    assert!(banner.contains("authentication is OFF"), "{banner}");
+    let base = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("an address")
+        .to_owned();
+
+    let client = reqwest::Client::new();
+    let events = json!([
+        {"namespace": "acme", "shard_id": 1, "seq": 1, "partition_key": "k", "event_type": "a", "ts": "2026-01-01T00:00:00Z"},
+        {"namespace": "acme", "shard_id": 1, "seq": 2, "partition_key": "k", "event_type": "b", "ts": "2026-01-01T00:00:01Z"},
+    ]);
+    let pending = {
+        let request = client.post(format!("{base}/v1/events")).json(&events);
+        tokio::spawn(async move { request.send().await.expect("request") })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !pending.is_finished(),
+        "the commit waits for the flush interval"
+    );
+
+    let pid = child.id().expect("pid").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let response = tokio::time::timeout(Duration::from_secs(30), pending)
+        .await
+        .expect("answered during shutdown")
+        .expect("task");
+    assert_eq!(response.status(), 200);
+    let ack: Value = response.json().await.expect("json");
+    assert_eq!(ack["accepted"], 2);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+
+    // Structured request logs: request id, caller, status, duration.
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .await
+        .expect("stderr");
+    let logged: Value = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "request answered" && l["span"]["path"] == "/v1/events")
+        .unwrap_or_else(|| panic!("no JSON request log in:\n{stderr}"));
+    let span = &logged["span"];
+    assert_eq!(
+        span["request_id"].as_str().map(str::len),
+        Some(36),
+        "{logged}"
+    );
+    assert_eq!(span["caller"], "anonymous", "{logged}");
+    assert_eq!(span["accepted"], 2, "{logged}");
+    assert_eq!(logged["fields"]["status"], 200, "{logged}");
+    assert!(
+        logged["fields"]["duration_ms"].as_f64().is_some(),
+        "{logged}"
+    );
+
+    let doc = query_json(&warehouse, "SELECT count(*) FROM events");
+    assert_eq!(doc["rows"][0][0], 2);
+}

@@ -1,0 +1,264 @@
+//! `shardlake.toml`: every setting of `shardlake serve`, with defaults.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file, `SHARDLAKE_*`
+//! environment variables (nested fields with `__`, e.g.
+//! `SHARDLAKE_LIMITS__QUERY_TIMEOUT_MS=5000`), then command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use shardlake_lake::EmitterConfig;
+use shardlake_query::{CacheConfig, QueryConfig};
+
+/// The server's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Without tokens only loopback addresses are accepted.
+    pub listen: SocketAddr,
+    /// Data directory of the lake (catalog and table files).
+    pub warehouse: PathBuf,
+    /// Request and query limits.
+    pub limits: Limits,
+    /// Result cache.
+    pub cache: CacheSettings,
+    /// Ingestion batching.
+    pub emitter: EmitterSettings,
+    /// Bearer tokens. Empty: no authentication, loopback only.
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            warehouse: PathBuf::from("./shardlake-data"),
+            limits: Limits::default(),
+            cache: CacheSettings::default(),
+            emitter: EmitterSettings::default(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// Limits that protect the server from any one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body, bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// Most rows in one response (JSON: error beyond it; streams: cut off).
+    pub max_rows: usize,
+    /// Most bytes of result in one response.
+    pub max_response_bytes: usize,
+    /// Default and longest query timeout, milliseconds.
+    pub query_timeout_ms: u64,
+    /// Queries running at once; more wait up to `queue_wait_ms`, then get 429.
+    pub max_concurrent_queries: usize,
+    /// How long an excess request (query or ingest) waits for room, milliseconds.
+    pub queue_wait_ms: u64,
+    /// Memory all queries may use together, bytes.
+    pub memory_limit_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_rows: 1_000_000,
+            max_response_bytes: 256 * 1024 * 1024,
+            query_timeout_ms: 30_000,
+            max_concurrent_queries: 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            queue_wait_ms: 2_000,
+            memory_limit_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// The query timeout.
+    pub fn query_timeout(&self) -> Duration {
+        Duration::from_millis(self.query_timeout_ms)
+    }
+
+    /// How long excess requests wait.
+    pub fn queue_wait(&self) -> Duration {
+        Duration::from_millis(self.queue_wait_ms)
+    }
+}
+
+/// Result cache settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Cache results at all.
+    pub enabled: bool,
+    /// Total bytes of cached results.
+    pub max_bytes: u64,
+    /// Most cached results.
+    pub max_entries: u64,
+    /// Longest life of a cached result, seconds (commits invalidate sooner).
+    pub ttl_secs: u64,
+    /// Results larger than this many bytes are not cached.
+    pub max_result_bytes: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        let c = CacheConfig::default();
+        Self {
+            enabled: c.enabled,
+            max_bytes: c.max_bytes,
+            max_entries: c.max_entries,
+            ttl_secs: c.ttl.as_secs(),
+            max_result_bytes: c.max_result_bytes,
+        }
+    }
+}
+
+/// Ingestion batching.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmitterSettings {
+    /// Longest wait before a partial batch is committed, milliseconds: the
+    /// bound on how long a lone request waits for its ack.
+    pub flush_interval_ms: u64,
+    /// Commit once this many events wait.
+    pub max_batch_events: usize,
+    /// Bytes of events that may wait for a commit; beyond it requests wait
+    /// up to `limits.queue_wait_ms`, then get 429.
+    pub max_queued_bytes: usize,
+    /// Largest payload of one event, bytes.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for EmitterSettings {
+    fn default() -> Self {
+        let e = EmitterConfig::default();
+        Self {
+            flush_interval_ms: e.flush_interval.as_millis() as u64,
+            max_batch_events: e.max_batch_events,
+            max_queued_bytes: e.max_queued_bytes,
+            max_payload_bytes: e.limits.max_payload_bytes,
+        }
+    }
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// Run SQL (`/v1/query`) and list tables.
+    Query,
+    /// Send events (`/v1/events`).
+    Ingest,
+    /// Server statistics and metrics.
+    Admin,
+}
+
+/// One bearer token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A name for logs (never the token itself).
+    pub name: String,
+    /// The token, in clear. Prefer `token_sha256`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Hex SHA-256 of the token.
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    /// Namespaces the token sees; `["*"]` for all.
+    pub namespaces: Vec<String>,
+    /// What the token may do.
+    pub permissions: Vec<Permission>,
+}
+
+impl ServerConfig {
+    /// Loads the configuration: defaults, then `file` (if given), then
+    /// `SHARDLAKE_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(
+                Env::prefixed("SHARDLAKE_")
+                    .split("__")
+                    // Variables the CLI reads itself, not settings.
+                    .ignore(&["LOG", "LOG_FORMAT", "CRASH_AT", "CONFIG"]),
+            )
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The engine configuration these settings describe.
+    pub fn query_config(&self) -> QueryConfig {
+        QueryConfig {
+            memory_limit: self.limits.memory_limit_bytes,
+            default_timeout: Some(self.limits.query_timeout()),
+            cache: CacheConfig {
+                enabled: self.cache.enabled,
+                max_bytes: self.cache.max_bytes,
+                max_entries: self.cache.max_entries,
+                ttl: Duration::from_secs(self.cache.ttl_secs),
+                max_result_bytes: self.cache.max_result_bytes,
+            },
+            ..QueryConfig::default()
+        }
+    }
+
+    /// The emitter configuration these settings describe.
+    pub fn emitter_config(&self) -> EmitterConfig {
+        let mut c = EmitterConfig {
+            flush_interval: Duration::from_millis(self.emitter.flush_interval_ms),
+            max_batch_events: self.emitter.max_batch_events,
+            max_queued_bytes: self.emitter.max_queued_bytes,
+            ..EmitterConfig::default()
+        };
+        c.limits.max_payload_bytes = self.emitter.max_payload_bytes;
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_unknown_fields_are_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("shardlake.toml");
+        std::fs::write(
+            &file,
+            r#"
+listen = "127.0.0.1:9999"
+[limits]
+query_timeout_ms = 1234
+[[tokens]]
+name = "acme"
+token = "secret"
+namespaces = ["acme"]
+permissions = ["query", "ingest"]
+"#,
+        )
+        .expect("write");
+        let c = ServerConfig::load(Some(&file)).expect("loads");
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.limits.query_timeout_ms, 1234);
+        assert_eq!(c.limits.max_rows, Limits::default().max_rows);
+        assert_eq!(
+            c.tokens[0].permissions,
+            vec![Permission::Query, Permission::Ingest]
+        );
+
+        std::fs::write(&file, "[limits]\nquery_timeot_ms = 1\n").expect("write");
+        let err = ServerConfig::load(Some(&file)).expect_err("typo");
+        assert!(err.to_string().contains("query_timeot_ms"), "{err}");
+    }
+}

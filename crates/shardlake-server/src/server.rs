@@ -1,0 +1,150 @@
+//! Binding, the loopback rule, serving and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use shardlake_lake::Lake;
+use shardlake_query::CrossShardQuery;
+use tokio::net::TcpListener;
+
+use crate::auth::Authenticator;
+use crate::config::ServerConfig;
+use crate::routes::app;
+use crate::state::AppState;
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug)]
+pub enum ServerError {
+    /// The configuration is unusable (the message says why).
+    Config(String),
+    /// Opening or closing the lake failed.
+    Lake(shardlake_lake::Error),
+    /// Opening the query engine failed.
+    Query(shardlake_query::Error),
+    /// Binding or serving the socket failed.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(m) => write!(f, "configuration: {m}"),
+            Self::Lake(e) => write!(f, "lake: {e}"),
+            Self::Query(e) => write!(f, "query engine: {e}"),
+            Self::Io(e) => write!(f, "socket: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+impl From<shardlake_lake::Error> for ServerError {
+    fn from(e: shardlake_lake::Error) -> Self {
+        Self::Lake(e)
+    }
+}
+
+impl From<shardlake_query::Error> for ServerError {
+    fn from(e: shardlake_query::Error) -> Self {
+        Self::Query(e)
+    }
+}
+
+impl From<std::io::Error> for ServerError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// A bound server, not yet serving.
+pub struct Server {
+    state: AppState,
+    listener: TcpListener,
+}
+
+impl Server {
+    /// Checks `config`, opens the lake, the engine and the emitter, and
+    /// binds the socket. Without tokens only a loopback address is allowed:
+    /// an unauthenticated server must not be reachable from the network.
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        let auth =
+            Authenticator::new(&config.tokens).map_err(|e| ServerError::Config(e.to_string()))?;
+        if !auth.is_enabled() && !config.listen.ip().is_loopback() {
+            return Err(ServerError::Config(format!(
+                "no tokens are configured, so authentication is off and the server may only \
+                 listen on a loopback address, not {}; add [[tokens]] to shardlake.toml or \
+                 listen on 127.0.0.1",
+                config.listen
+            )));
+        }
+        let lake = Lake::open_local(&config.warehouse).await?;
+        let engine = CrossShardQuery::open(&lake, config.query_config()).await?;
+        let emitter = lake.emitter(config.emitter_config()).await?;
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        if auth.is_enabled() {
+            tracing::info!(%addr, tokens = config.tokens.len(), "listening");
+        } else {
+            tracing::warn!(
+                %addr,
+                "no tokens configured: authentication is off, listening on loopback only"
+            );
+        }
+        Ok(Self {
+            state: AppState::new(config, lake, engine, emitter, auth),
+            listener,
+        })
+    }
+
+    /// The bound address (the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
+    /// Whether requests must carry a token.
+    pub fn requires_tokens(&self) -> bool {
+        self.state.auth().is_enabled()
+    }
+
+    /// The shared state (for embedding and tests).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets
+    /// in-flight requests finish, and commits whatever the emitter still
+    /// holds before returning.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let state = self.state.clone();
+        let draining = self.state.clone();
+        let (flusher_tx, flusher_rx) = tokio::sync::oneshot::channel();
+        axum::serve(self.listener, app(self.state))
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                draining.start_draining();
+                tracing::info!("shutting down: finishing in-flight requests");
+                // In-flight ingest requests wait for their commit: commit
+                // promptly instead of at the next flush interval.
+                let _ = flusher_tx.send(tokio::spawn(async move {
+                    loop {
+                        if let Err(e) = draining.emitter().flush().await {
+                            tracing::warn!(error = %e, "flush during shutdown failed");
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }));
+            })
+            .await?;
+        if let Ok(flusher) = flusher_rx.await {
+            flusher.abort();
+        }
+        state.emitter().close().await?;
+        tracing::info!("emitter flushed and closed; bye");
+        Ok(())
+    }
+}

@@ -1,0 +1,147 @@
+//! `POST /v1/events`: durable acks, retries without double rows, bad events
+//! alone, limits.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, assert_error};
+
+fn event(ns: &str, shard: i32, seq: i64) -> Value {
+    json!({"namespace": ns, "shard_id": shard, "seq": seq,
+        "partition_key": format!("Order:o-{seq}"), "entity_type": "Order",
+        "entity_id": format!("o-{seq}"), "event_type": "thing.created", "version": 1,
+        "ts": "2026-01-01T00:00:00Z", "payload": {"amount": seq}})
+}
+
+#[tokio::test]
+async fn a_retried_request_is_acknowledged_as_duplicates_never_double_rows() {
+    let server = TestServer::start(|_| {}).await;
+    let first = server.ingest_fixture(None).await;
+    assert_eq!(first["accepted"], 3000);
+    assert_eq!(first["duplicates"], 0);
+    assert_eq!(first["rejected"], json!([]));
+    let watermarks = first["watermarks"].as_object().expect("watermarks");
+    assert_eq!(watermarks.len(), 6, "{first}");
+    assert!(first["snapshot_id"].is_i64());
+
+    // The shard retries the whole request (say its ack was lost).
+    let retry = server.ingest_fixture(None).await;
+    assert_eq!(retry["accepted"], 0);
+    assert_eq!(retry["duplicates"], 3000);
+    assert_eq!(retry["watermarks"], first["watermarks"]);
+    assert!(retry["snapshot_id"].is_null());
+    assert_eq!(
+        server.rows(None, "SELECT count(*) FROM events").await,
+        vec![json!([3000])]
+    );
+}
+
+#[tokio::test]
+async fn a_bad_event_is_rejected_alone_and_all_bad_is_400() {
+    let server = TestServer::start(|_| {}).await;
+    let mut bad = event("acme", 1, 2);
+    bad["seq"] = json!(0);
+    let body = json!([event("acme", 1, 1), bad, event("acme", 1, 3), {"namespace": ""}]);
+    let response = server
+        .post("/v1/events", None)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let ack: Value = response.json().await.expect("json");
+    assert_eq!(ack["accepted"], 2);
+    let rejected = ack["rejected"].as_array().expect("rejected");
+    let indexes: Vec<i64> = rejected
+        .iter()
+        .map(|r| r["index"].as_i64().expect("index"))
+        .collect();
+    assert_eq!(indexes, vec![1, 3]);
+    assert!(
+        rejected
+            .iter()
+            .all(|r| r["code"].is_string() && r["error"].is_string())
+    );
+    assert_eq!(ack["watermarks"], json!({"1": 3}));
+
+    // NDJSON reports 1-based line numbers.
+    let ndjson = format!("{}\nnot json\n", event("acme", 2, 1));
+    let response = server
+        .post("/v1/events", None)
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson)
+        .send()
+        .await
+        .expect("request");
+    let ack: Value = response.json().await.expect("json");
+    assert_eq!(ack["accepted"], 1);
+    assert_eq!(ack["rejected"][0]["index"], 2);
+
+    // Nothing valid at all: 400, with every reason.
+    let response = server
+        .post("/v1/events", None)
+        .json(&json!([{"namespace": "acme"}, {"seq": -1}]))
+        .send()
+        .await
+        .expect("request");
+    let body = assert_error(response, 400, "invalid_events").await;
+    assert_eq!(body["rejected"].as_array().map(Vec::len), Some(2));
+    for garbage in ["", "[1, 2", "   "] {
+        let response = server
+            .post("/v1/events", None)
+            .header("content-type", "application/json")
+            .body(garbage)
+            .send()
+            .await
+            .expect("request");
+        assert_error(response, 400, "invalid_events").await;
+    }
+    assert_eq!(
+        server.rows(None, "SELECT count(*) FROM events").await,
+        vec![json!([3])]
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_and_a_full_queue_429() {
+    let server = TestServer::start(|c| {
+        c.limits.max_body_bytes = 64 * 1024;
+        c.limits.queue_wait_ms = 100;
+        // One request fills the queue, and its commit waits a while.
+        c.emitter.max_queued_bytes = 1;
+        c.emitter.flush_interval_ms = 1500;
+        c.emitter.max_batch_events = 1_000_000;
+    })
+    .await;
+    let big: Vec<Value> = (1..=1000).map(|i| event("acme", 1, i)).collect();
+    let response = server
+        .post("/v1/events", None)
+        .json(&big)
+        .send()
+        .await
+        .expect("request");
+    assert_error(response, 413, "body_too_large").await;
+
+    let first = {
+        let request = server
+            .post("/v1/events", None)
+            .json(&json!([event("acme", 1, 1)]));
+        tokio::spawn(async move { request.send().await.expect("request") })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = server
+        .post("/v1/events", None)
+        .json(&json!([event("acme", 2, 1)]))
+        .send()
+        .await
+        .expect("request");
+    assert_error(refused, 429, "ingest_queue_full").await;
+    let first = first.await.expect("task");
+    assert_eq!(first.status(), 200);
+    // The refused request left nothing behind; the first is durable.
+    assert_eq!(
+        server.rows(None, "SELECT shard_id FROM events").await,
+        vec![json!([1])]
+    );
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the HTTP server: a real server on 127.0.0.1:0,
+//! a real lake in a temporary directory, real HTTP through reqwest.
+
+mod auth;
+mod ingest;
+mod ops;
+mod query;
+mod support;
