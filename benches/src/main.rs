@@ -6,6 +6,9 @@
 //!   DuckDB on the same files and prints the comparison.
 //! - `commits`: builds one table from many small commits and one from a few
 //!   large ones (same rows) and compares planning and query times.
+//! - `load`: concurrent HTTP clients against a real server (see `load.rs`).
+
+mod load;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,6 +53,24 @@ enum Command {
         warehouse: std::path::PathBuf,
         /// The query.
         sql: String,
+    },
+    /// Concurrent HTTP clients against a real server on loopback.
+    Load {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Duration, seconds.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Events loaded before the clients start.
+        #[arg(long, default_value_t = 200_000)]
+        preload_events: usize,
+        /// The query memory pool, MiB.
+        #[arg(long, default_value_t = 512)]
+        memory_limit_mib: usize,
+        /// Resident memory allowed above baseline plus pool, MiB.
+        #[arg(long, default_value_t = 256)]
+        margin_mib: u64,
     },
     /// Many small commits against a few large ones.
     Commits {
@@ -286,5 +307,21 @@ async fn main() -> anyhow::Result<()> {
             events_per_commit,
             runs,
         } => commits(&dir, n, events_per_commit, runs).await,
+        Command::Load {
+            clients,
+            seconds,
+            preload_events,
+            memory_limit_mib,
+            margin_mib,
+        } => {
+            load::run(load::LoadSpec {
+                clients,
+                seconds,
+                preload_events,
+                memory_limit_bytes: memory_limit_mib * 1024 * 1024,
+                margin_bytes: margin_mib * 1024 * 1024,
+            })
+            .await
+        }
     }
 }

@@ -9,6 +9,7 @@ mod generate;
 mod ingest;
 mod output;
 mod query;
+mod route;
 mod serve;
 
 use std::io::Write;
@@ -93,6 +94,18 @@ enum Command {
         #[arg(long, default_value_t = 200_000)]
         events: u64,
     },
+    /// Print the shard of a key (`shard=<id>` first), then why.
+    Route {
+        /// The partition key.
+        key: String,
+        #[command(flatten)]
+        topology: route::TopologyArgs,
+    },
+    /// Topology tools.
+    Topology {
+        #[command(subcommand)]
+        command: TopologyCommand,
+    },
     /// Serve the HTTP API (SQL, ingestion, tables, stats, metrics) until
     /// SIGTERM or SIGINT, then finish in-flight requests and commit.
     Serve {
@@ -103,6 +116,21 @@ enum Command {
         /// Address to listen on (default 127.0.0.1:8080).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopologyCommand {
+    /// How a sample of keys (one per line) spreads over the shards.
+    Analyze {
+        /// File with one key per line.
+        #[arg(long)]
+        keys: PathBuf,
+        #[command(flatten)]
+        topology: route::TopologyArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -220,6 +248,17 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { events } => demo::run(&cli.warehouse, events).await,
+        Command::Route { key, topology } => {
+            route::route(&key, &topology, &mut std::io::stdout().lock())
+        }
+        Command::Topology {
+            command:
+                TopologyCommand::Analyze {
+                    keys,
+                    topology,
+                    json,
+                },
+        } => route::analyze(&keys, &topology, json, &mut std::io::stdout().lock()),
         Command::Serve { config, listen } => {
             serve::run(
                 config.as_deref(),

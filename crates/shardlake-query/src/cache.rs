@@ -180,6 +180,16 @@ impl ResultCache {
         }
     }
 
+    /// The cached result for `key`, if there is one (counted as a hit);
+    /// never runs anything.
+    pub async fn peek(&self, key: &CacheKey) -> Option<Arc<CachedResult>> {
+        let found = self.cache.get(key).await;
+        if found.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
     /// Drops every entry.
     pub async fn clear(&self) {
         self.cache.invalidate_all();

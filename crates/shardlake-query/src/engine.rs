@@ -473,31 +473,57 @@ impl SqlQuery {
                 stats: result.stats,
             });
         }
-        let key = CacheKey {
-            scope: self.scope.clone(),
-            query: self.cache_text(&engine.inner.base)?,
-            snapshot_ids: snapshot.snapshot_id.into_iter().collect(),
-        };
+        let key = self.cache_key(&snapshot)?;
         let (result, hit) = engine.inner.cache.get_or_compute(key, compute).await?;
-        // A cached result was filled under some caller's limit; hold it to ours.
         if hit {
-            let (mut rows, mut bytes) = (0, 0);
-            for batch in &result.batches {
-                self.limit.account(&mut rows, &mut bytes, batch)?;
-            }
+            return self.served_from_cache(&result, started);
         }
-        let stats = if hit {
-            result
-                .stats
-                .served_from_cache(started.elapsed().as_secs_f64() * 1e3)
-        } else {
-            result.stats.clone()
-        };
         Ok(QueryResult {
             schema: Arc::clone(&result.schema),
             batches: result.batches.clone(),
-            stats,
+            stats: result.stats.clone(),
         })
+    }
+
+    fn cache_key(&self, snapshot: &SnapshotFiles) -> Result<CacheKey> {
+        Ok(CacheKey {
+            scope: self.scope.clone(),
+            query: self.cache_text(&self.engine.inner.base)?,
+            snapshot_ids: snapshot.snapshot_id.into_iter().collect(),
+        })
+    }
+
+    /// A cached result as this caller's answer: held to this caller's
+    /// limit (it was filled under someone else's), with cache-hit stats.
+    fn served_from_cache(&self, result: &CachedResult, started: Instant) -> Result<QueryResult> {
+        let (mut rows, mut bytes) = (0, 0);
+        for batch in &result.batches {
+            self.limit.account(&mut rows, &mut bytes, batch)?;
+        }
+        Ok(QueryResult {
+            schema: Arc::clone(&result.schema),
+            batches: result.batches.clone(),
+            stats: result
+                .stats
+                .served_from_cache(started.elapsed().as_secs_f64() * 1e3),
+        })
+    }
+
+    /// The answer from the result cache if it holds one for the current
+    /// snapshot, without running anything (`None` otherwise, or when this
+    /// query does not use the cache). Lets a server answer cache hits
+    /// without taking a query slot.
+    pub async fn cached(&self) -> Result<Option<QueryResult>> {
+        if !(self.use_cache && self.engine.inner.cache.enabled()) {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let snapshot = self.engine.inner.snapshots.pin().await?;
+        let key = self.cache_key(&snapshot)?;
+        match self.engine.inner.cache.peek(&key).await {
+            Some(result) => self.served_from_cache(&result, started).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Runs the query and streams record batches as they are produced. The

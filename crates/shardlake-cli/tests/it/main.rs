@@ -3,6 +3,7 @@
 
 mod crash;
 mod ingest;
+mod route;
 mod serve;
 
 use std::path::{Path, PathBuf};

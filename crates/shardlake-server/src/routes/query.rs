@@ -80,7 +80,6 @@ pub async fn query(
     };
     Span::current().record("format", tracing::field::debug(format));
 
-    let slot = state.query_slot().await?;
     let mut query = state
         .engine()
         .sql(request.sql)
@@ -95,13 +94,23 @@ pub async fn query(
     }
     match format {
         Format::Json => {
-            let result = query.await?;
-            drop(slot);
+            // A cache hit costs no query slot: it must not wait behind
+            // running queries.
+            let result = match query.cached().await? {
+                Some(hit) => hit,
+                None => {
+                    let _slot = state.query_slot().await?;
+                    query.await?
+                }
+            };
             record(&state, &result.stats);
             let body = result.to_json().map_err(ApiError::internal)?;
             Ok(Json(body).into_response())
         }
-        _ => stream(state, query, format, slot).await,
+        _ => {
+            let slot = state.query_slot().await?;
+            stream(state, query, format, slot).await
+        }
     }
 }
 
