@@ -18,6 +18,8 @@ use shardlake_server::{Server, ServerConfig};
 pub struct LoadSpec {
     pub clients: usize,
     pub seconds: u64,
+    /// A second phase of repeated queries only (no commits, so the cache holds).
+    pub read_only_seconds: u64,
     pub preload_events: usize,
     pub memory_limit_bytes: usize,
     pub margin_bytes: u64,
@@ -29,6 +31,41 @@ struct Samples {
     statuses: BTreeMap<u16, u64>,
     accepted: u64,
     transport_errors: u64,
+    cache_hits: BTreeMap<&'static str, u64>,
+}
+
+impl Samples {
+    fn merge(&mut self, other: Samples) {
+        for (k, v) in other.latencies_ms {
+            self.latencies_ms.entry(k).or_default().extend(v);
+        }
+        for (k, v) in other.statuses {
+            *self.statuses.entry(k).or_default() += v;
+        }
+        for (k, v) in other.cache_hits {
+            *self.cache_hits.entry(k).or_default() += v;
+        }
+        self.accepted += other.accepted;
+        self.transport_errors += other.transport_errors;
+    }
+
+    fn by_kind(&mut self, elapsed: f64) -> BTreeMap<&'static str, Value> {
+        let mut kinds = BTreeMap::new();
+        for (kind, v) in &mut self.latencies_ms {
+            v.sort_by(f64::total_cmp);
+            kinds.insert(
+                *kind,
+                json!({
+                    "requests": v.len(),
+                    "per_second": v.len() as f64 / elapsed,
+                    "p50_ms": percentile(v, 0.5),
+                    "p99_ms": percentile(v, 0.99),
+                    "cache_hits": self.cache_hits.get(kind).copied().unwrap_or(0),
+                }),
+            );
+        }
+        kinds
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -117,12 +154,149 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<()> {
         })
     };
 
-    let deadline = Instant::now() + Duration::from_secs(spec.seconds);
     let started = Instant::now();
+    let mut all = mixed_phase(&client, &base, spec.clients, spec.seconds).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let read_started = Instant::now();
+    let mut read_only =
+        read_only_phase(&client, &base, spec.clients, spec.read_only_seconds).await?;
+    let read_elapsed = read_started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    sampler.await?;
+
+    // Every acknowledged event is in the lake exactly once.
+    let check: Value = client
+        .post(format!("{base}/v1/query"))
+        .json(&json!({"sql": "SELECT count(*), count(DISTINCT shard_id * 1000000000 + seq) FROM events", "cache": false}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let stored = check["rows"][0][0].as_u64().unwrap_or(0);
+    let distinct = check["rows"][0][1].as_u64().unwrap_or(0);
+    let expected = spec.preload_events as u64 + all.accepted;
+    let _ = stop_tx.send(());
+    serving.await??;
+
+    let errors = |s: &Samples| -> u64 {
+        s.statuses
+            .iter()
+            .filter(|(s, _)| **s >= 500)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let server_errors = errors(&all) + errors(&read_only);
+    let transport_errors = all.transport_errors + read_only.transport_errors;
+    let requests: u64 = all.statuses.values().sum();
+    let peak = peak_rss.load(Ordering::Relaxed);
+    let budget = baseline_rss + spec.memory_limit_bytes as u64 + spec.margin_bytes;
+    let report = json!({
+        "clients": spec.clients,
+        "mixed": {
+            "seconds": elapsed,
+            "requests": requests,
+            "requests_per_second": requests as f64 / elapsed,
+            "statuses": all.statuses,
+            "by_kind": all.by_kind(elapsed),
+        },
+        "read_only": {
+            "seconds": read_elapsed,
+            "requests_per_second": read_only.statuses.values().sum::<u64>() as f64 / read_elapsed,
+            "statuses": read_only.statuses,
+            "by_kind": read_only.by_kind(read_elapsed),
+        },
+        "server_errors": server_errors,
+        "transport_errors": transport_errors,
+        "events_acknowledged": all.accepted,
+        "events_expected": expected,
+        "events_stored": stored,
+        "events_distinct": distinct,
+        "rss_baseline_mb": baseline_rss as f64 / 1e6,
+        "rss_peak_mb": peak as f64 / 1e6,
+        "rss_budget_mb": budget as f64 / 1e6,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    anyhow::ensure!(server_errors == 0, "{server_errors} responses were 5xx");
+    anyhow::ensure!(transport_errors == 0, "{transport_errors} transport errors");
+    anyhow::ensure!(
+        stored == expected && distinct == expected,
+        "lost or doubled events: expected {expected}, stored {stored}, distinct {distinct}"
+    );
+    anyhow::ensure!(peak <= budget, "peak RSS {peak} over budget {budget}");
+    Ok(())
+}
+
+/// Records one answered request.
+async fn observe(
+    samples: &mut Samples,
+    kind: &'static str,
+    started: Instant,
+    response: reqwest::Response,
+) -> Value {
+    let status = response.status().as_u16();
+    let body = response.bytes().await.unwrap_or_default();
+    *samples.statuses.entry(status).or_default() += 1;
+    samples
+        .latencies_ms
+        .entry(kind)
+        .or_default()
+        .push(started.elapsed().as_secs_f64() * 1e3);
+    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+    if body["stats"]["cache_hit"] == true {
+        *samples.cache_hits.entry(kind).or_default() += 1;
+    }
+    body
+}
+
+/// Only the repeatable queries, no ingest: the cache holds between commits.
+async fn read_only_phase(
+    client: &reqwest::Client,
+    base: &str,
+    clients: usize,
+    seconds: u64,
+) -> anyhow::Result<Samples> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
-    for c in 0..spec.clients {
+    for c in 0..clients {
+        let (client, base) = (client.clone(), base.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Samples::default();
+            let mut i = c;
+            while Instant::now() < deadline {
+                i += 1;
+                let t = Instant::now();
+                let request = client
+                    .post(format!("{base}/v1/query"))
+                    .json(&json!({"sql": CACHED[i % CACHED.len()]}));
+                match request.send().await {
+                    Ok(response) => {
+                        observe(&mut samples, "query_repeated", t, response).await;
+                    }
+                    Err(_) => samples.transport_errors += 1,
+                }
+            }
+            samples
+        }));
+    }
+    let mut all = Samples::default();
+    for task in tasks {
+        all.merge(task.await?);
+    }
+    Ok(all)
+}
+
+/// Repeated queries, ad-hoc queries and ingest, interleaved per client.
+async fn mixed_phase(
+    client: &reqwest::Client,
+    base: &str,
+    clients: usize,
+    seconds: u64,
+) -> anyhow::Result<Samples> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
         let client = client.clone();
-        let base = base.clone();
+        let base = base.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut samples = Samples::default();
             let shard = 100 + c as i64;
@@ -132,7 +306,7 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<()> {
                 i += 1;
                 let (kind, request) = match i % 4 {
                     0 | 1 => (
-                        "query_cached",
+                        "query_repeated",
                         client
                             .post(format!("{base}/v1/query"))
                             .json(&json!({"sql": CACHED[i % CACHED.len()]})),
@@ -159,21 +333,16 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<()> {
                 let t = Instant::now();
                 match request.send().await {
                     Ok(response) => {
-                        let status = response.status().as_u16();
-                        let body = response.bytes().await.unwrap_or_default();
-                        *samples.statuses.entry(status).or_default() += 1;
-                        if status == 200 && kind == "ingest_100" {
-                            let ack: Value = serde_json::from_slice(&body).unwrap_or_default();
-                            samples.accepted += ack["accepted"].as_u64().unwrap_or(0);
-                        } else if status != 200 && kind == "ingest_100" {
-                            // Not acknowledged: resend the same events next time (exactly once).
-                            seq -= 100;
+                        let ok = response.status() == 200;
+                        let body = observe(&mut samples, kind, t, response).await;
+                        if kind == "ingest_100" {
+                            if ok {
+                                samples.accepted += body["accepted"].as_u64().unwrap_or(0);
+                            } else {
+                                // Not acknowledged: resend the same events next time (exactly once).
+                                seq -= 100;
+                            }
                         }
-                        samples
-                            .latencies_ms
-                            .entry(kind)
-                            .or_default()
-                            .push(t.elapsed().as_secs_f64() * 1e3);
                     }
                     Err(_) => samples.transport_errors += 1,
                 }
@@ -183,84 +352,7 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<()> {
     }
     let mut all = Samples::default();
     for task in tasks {
-        let s = task.await?;
-        for (k, v) in s.latencies_ms {
-            all.latencies_ms.entry(k).or_default().extend(v);
-        }
-        for (k, v) in s.statuses {
-            *all.statuses.entry(k).or_default() += v;
-        }
-        all.accepted += s.accepted;
-        all.transport_errors += s.transport_errors;
+        all.merge(task.await?);
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    done.store(true, Ordering::Relaxed);
-    sampler.await?;
-
-    // Every acknowledged event is in the lake exactly once.
-    let check: Value = client
-        .post(format!("{base}/v1/query"))
-        .json(&json!({"sql": "SELECT count(*), count(DISTINCT shard_id * 1000000000 + seq) FROM events", "cache": false}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let stored = check["rows"][0][0].as_u64().unwrap_or(0);
-    let distinct = check["rows"][0][1].as_u64().unwrap_or(0);
-    let expected = spec.preload_events as u64 + all.accepted;
-    let _ = stop_tx.send(());
-    serving.await??;
-
-    let server_errors: u64 = all
-        .statuses
-        .iter()
-        .filter(|(s, _)| **s >= 500)
-        .map(|(_, n)| n)
-        .sum();
-    let requests: u64 = all.statuses.values().sum();
-    let peak = peak_rss.load(Ordering::Relaxed);
-    let budget = baseline_rss + spec.memory_limit_bytes as u64 + spec.margin_bytes;
-    let mut kinds = BTreeMap::new();
-    for (kind, mut v) in all.latencies_ms {
-        v.sort_by(f64::total_cmp);
-        kinds.insert(
-            kind,
-            json!({
-                "requests": v.len(),
-                "per_second": v.len() as f64 / elapsed,
-                "p50_ms": percentile(&v, 0.5),
-                "p99_ms": percentile(&v, 0.99),
-            }),
-        );
-    }
-    let report = json!({
-        "clients": spec.clients,
-        "seconds": elapsed,
-        "requests": requests,
-        "requests_per_second": requests as f64 / elapsed,
-        "statuses": all.statuses,
-        "server_errors": server_errors,
-        "transport_errors": all.transport_errors,
-        "events_acknowledged": all.accepted,
-        "events_expected": expected,
-        "events_stored": stored,
-        "events_distinct": distinct,
-        "rss_baseline_mb": baseline_rss as f64 / 1e6,
-        "rss_peak_mb": peak as f64 / 1e6,
-        "rss_budget_mb": budget as f64 / 1e6,
-        "by_kind": kinds,
-    });
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    anyhow::ensure!(server_errors == 0, "{server_errors} responses were 5xx");
-    anyhow::ensure!(
-        all.transport_errors == 0,
-        "{} transport errors",
-        all.transport_errors
-    );
-    anyhow::ensure!(
-        stored == expected && distinct == expected,
-        "lost or doubled events: expected {expected}, stored {stored}, distinct {distinct}"
-    );
-    anyhow::ensure!(peak <= budget, "peak RSS {peak} over budget {budget}");
-    Ok(())
+    Ok(all)
 }

@@ -62,6 +62,9 @@ enum Command {
         /// Duration, seconds.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+        /// Then this many seconds of repeated queries only.
+        #[arg(long, default_value_t = 10)]
+        read_only_seconds: u64,
         /// Events loaded before the clients start.
         #[arg(long, default_value_t = 200_000)]
         preload_events: usize,
@@ -310,6 +313,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Load {
             clients,
             seconds,
+            read_only_seconds,
             preload_events,
             memory_limit_mib,
             margin_mib,
@@ -317,6 +321,7 @@ async fn main() -> anyhow::Result<()> {
             load::run(load::LoadSpec {
                 clients,
                 seconds,
+                read_only_seconds,
                 preload_events,
                 memory_limit_bytes: memory_limit_mib * 1024 * 1024,
                 margin_bytes: margin_mib * 1024 * 1024,

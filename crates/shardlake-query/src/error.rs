@@ -117,7 +117,17 @@ impl From<DataFusionError> for Error {
             | DataFusionError::SchemaError(..)
             | DataFusionError::NotImplemented(_) => ErrorKind::InvalidQuery,
             DataFusionError::ResourcesExhausted(_) => ErrorKind::ResourcesExhausted,
-            DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => ErrorKind::Storage,
+            // Files that cannot be fetched or decoded: storage, not our bug.
+            DataFusionError::ObjectStore(_)
+            | DataFusionError::IoError(_)
+            | DataFusionError::ParquetError(_) => ErrorKind::Storage,
+            DataFusionError::External(inner)
+                if inner.is::<object_store::Error>()
+                    || inner.is::<std::io::Error>()
+                    || inner.is::<parquet::errors::ParquetError>() =>
+            {
+                ErrorKind::Storage
+            }
             DataFusionError::Execution(_) | DataFusionError::ArrowError(..) => {
                 // Runtime errors caused by the data a query asked for (a cast
                 // that fails, division by zero) are the query's problem.

@@ -345,3 +345,42 @@ async fn timeouts_overload_and_memory_get_504_and_429() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn lost_data_files_are_a_503_with_no_details_leaked() {
+    let server = TestServer::start(|_| {}).await;
+    server.ingest_fixture(None).await;
+    // Remove the table's data files behind the server's back.
+    let data = server.warehouse.join("warehouse");
+    let mut removed = 0;
+    let mut stack = vec![data];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                std::fs::remove_file(&path).expect("remove");
+                removed += 1;
+            }
+        }
+    }
+    assert!(removed > 0, "found no data files to remove");
+    let response = server
+        .query_raw(
+            None,
+            json!({"sql": "SELECT count(DISTINCT seq) FROM events", "cache": false}),
+        )
+        .await;
+    let retry_after = response.headers().get("retry-after").cloned();
+    let body = assert_error(response, 503, "storage_unavailable").await;
+    assert_eq!(
+        retry_after.as_ref().and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let message = body["message"].as_str().expect("message");
+    assert!(
+        !message.contains(".parquet"),
+        "paths stay in the log: {message}"
+    );
+}
