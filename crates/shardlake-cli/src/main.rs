@@ -94,6 +94,19 @@ enum Command {
         #[arg(long, default_value_t = 200_000)]
         events: u64,
     },
+    /// Rewrite each namespace's small data files into large sorted ones
+    /// (one `replace` snapshot; rows, positions and watermarks unchanged).
+    Compact {
+        /// Files smaller than this many MiB are candidates.
+        #[arg(long, default_value_t = 32)]
+        small_file_mib: u64,
+        /// Compact a namespace once it has at least this many small files.
+        #[arg(long, default_value_t = 8)]
+        min_files: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the shard of a key (`shard=<id>` first), then why.
     Route {
         /// The partition key.
@@ -248,6 +261,40 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { events } => demo::run(&cli.warehouse, events).await,
+        Command::Compact {
+            small_file_mib,
+            min_files,
+            json,
+        } => {
+            let lake = Lake::open_local(&cli.warehouse).await?;
+            let report = lake
+                .compact(&shardlake_lake::iceberg::CompactionConfig {
+                    small_file_bytes: small_file_mib * 1024 * 1024,
+                    min_small_files: min_files,
+                    ..Default::default()
+                })
+                .await?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer(&mut out, &report)?;
+                writeln!(out)?;
+            } else if report.snapshot_id.is_none() {
+                writeln!(out, "nothing to compact")?;
+            } else {
+                writeln!(
+                    out,
+                    "compacted {} namespaces: {} files ({:.1} MB) -> {} files ({:.1} MB), {} rows; snapshot {}",
+                    report.namespaces,
+                    report.files_removed,
+                    report.bytes_removed as f64 / 1e6,
+                    report.files_added,
+                    report.bytes_added as f64 / 1e6,
+                    report.rows,
+                    report.snapshot_id.unwrap_or_default(),
+                )?;
+            }
+            Ok(())
+        }
         Command::Route { key, topology } => {
             route::route(&key, &topology, &mut std::io::stdout().lock())
         }

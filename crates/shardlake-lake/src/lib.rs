@@ -82,6 +82,16 @@ impl Lake {
         iceberg::commit_state(&self.table.load().await?)
     }
 
+    /// Rewrites each namespace's small data files into large sorted ones in
+    /// one `replace` snapshot (see [`iceberg::CompactionConfig`]). Rows,
+    /// positions and watermarks are unchanged; safe while emitters commit.
+    pub async fn compact(
+        &self,
+        config: &iceberg::CompactionConfig,
+    ) -> Result<iceberg::CompactionReport> {
+        self.table.compact(&self.writer, config).await
+    }
+
     /// Starts an emitter committing to the `events` table. Dead letters go to
     /// `<data dir>/dead-letter/` unless the config says otherwise.
     pub async fn emitter(&self, mut config: EmitterConfig) -> Result<PipelineEmitter> {

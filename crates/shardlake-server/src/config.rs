@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub cache: CacheSettings,
     /// Ingestion batching.
     pub emitter: EmitterSettings,
+    /// Background compaction of small files.
+    pub compaction: CompactionSettings,
     /// Bearer tokens. Empty: no authentication, loopback only.
     pub tokens: Vec<TokenConfig>,
 }
@@ -40,6 +42,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             cache: CacheSettings::default(),
             emitter: EmitterSettings::default(),
+            compaction: CompactionSettings::default(),
             tokens: Vec::new(),
         }
     }
@@ -144,6 +147,45 @@ impl Default for EmitterSettings {
             max_batch_events: e.max_batch_events,
             max_queued_bytes: e.max_queued_bytes,
             max_payload_bytes: e.limits.max_payload_bytes,
+        }
+    }
+}
+
+/// Background compaction: every commit adds small files (one per namespace
+/// touched), so a server that commits every few hundred milliseconds
+/// rewrites them into large ones now and then.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompactionSettings {
+    /// Run it at all.
+    pub enabled: bool,
+    /// Seconds between runs.
+    pub interval_secs: u64,
+    /// Files smaller than this are candidates.
+    pub small_file_bytes: u64,
+    /// A namespace is compacted once it has this many small files.
+    pub min_small_files: usize,
+}
+
+impl Default for CompactionSettings {
+    fn default() -> Self {
+        let c = shardlake_lake::iceberg::CompactionConfig::default();
+        Self {
+            enabled: true,
+            interval_secs: 300,
+            small_file_bytes: c.small_file_bytes,
+            min_small_files: c.min_small_files,
+        }
+    }
+}
+
+impl CompactionSettings {
+    /// The lake's compaction configuration.
+    pub fn config(&self) -> shardlake_lake::iceberg::CompactionConfig {
+        shardlake_lake::iceberg::CompactionConfig {
+            small_file_bytes: self.small_file_bytes,
+            min_small_files: self.min_small_files,
+            ..Default::default()
         }
     }
 }

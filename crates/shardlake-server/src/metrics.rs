@@ -57,6 +57,8 @@ pub struct ServerMetrics {
     pub cached_queries: Counter,
     /// Requests refused because every query slot was busy.
     pub overloaded: Counter,
+    /// Background compactions that replaced files.
+    pub compactions: Counter,
 }
 
 impl ServerMetrics {
@@ -71,6 +73,7 @@ impl ServerMetrics {
         let bytes_scanned = Counter::default();
         let cached_queries = Counter::default();
         let overloaded = Counter::default();
+        let compactions = Counter::default();
         let r = registry.sub_registry_with_prefix("shardlake");
         r.register("http_requests", "HTTP requests answered", requests.clone());
         r.register(
@@ -98,6 +101,11 @@ impl ServerMetrics {
             "Queries refused with 429 because every slot stayed busy",
             overloaded.clone(),
         );
+        r.register(
+            "compactions",
+            "Background compactions that replaced small files",
+            compactions.clone(),
+        );
         Self {
             registry,
             requests,
@@ -106,6 +114,7 @@ impl ServerMetrics {
             bytes_scanned,
             cached_queries,
             overloaded,
+            compactions,
         }
     }
 

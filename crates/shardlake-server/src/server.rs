@@ -122,6 +122,7 @@ impl Server {
     ) -> Result<(), ServerError> {
         let state = self.state.clone();
         let draining = self.state.clone();
+        let compactor = spawn_compactor(&self.state);
         let (flusher_tx, flusher_rx) = tokio::sync::oneshot::channel();
         axum::serve(self.listener, app(self.state))
             .with_graceful_shutdown(async move {
@@ -143,8 +144,46 @@ impl Server {
         if let Ok(flusher) = flusher_rx.await {
             flusher.abort();
         }
+        if let Some(compactor) = compactor {
+            // A compaction in flight has not swapped the catalog row yet or
+            // has finished: stopping it loses nothing but its work.
+            compactor.abort();
+        }
         state.emitter().close().await?;
         tracing::info!("emitter flushed and closed; bye");
         Ok(())
     }
+}
+
+/// Runs compaction every `compaction.interval_secs` while the server serves.
+fn spawn_compactor(state: &AppState) -> Option<tokio::task::JoinHandle<()>> {
+    let settings = state.config().compaction.clone();
+    if !settings.enabled || settings.interval_secs == 0 {
+        return None;
+    }
+    let state = state.clone();
+    Some(tokio::spawn(async move {
+        let interval = std::time::Duration::from_secs(settings.interval_secs);
+        let config = settings.config();
+        loop {
+            tokio::time::sleep(interval).await;
+            if state.is_draining() {
+                return;
+            }
+            match state.lake().compact(&config).await {
+                Ok(report) if report.snapshot_id.is_some() => {
+                    state.metrics().compactions.inc();
+                    tracing::info!(
+                        namespaces = report.namespaces,
+                        files_removed = report.files_removed,
+                        files_added = report.files_added,
+                        rows = report.rows,
+                        "compacted small files"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "compaction failed; retrying next interval"),
+            }
+        }
+    }))
 }

@@ -118,3 +118,59 @@ fn demo_runs_on_an_empty_warehouse() {
     assert!(text.contains("invalid_timestamp"), "{text}");
     assert_exactly_n(&wh, 5_000);
 }
+
+#[test]
+fn compact_turns_many_small_commits_into_few_files_and_keeps_every_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("lake");
+    let events = generate(dir.path(), 6_000, 8, 4, 3);
+    // Twelve ingests of 500 events: twelve commits, each writing one file
+    // per namespace.
+    let text = std::fs::read_to_string(&events).expect("events");
+    let all: Vec<&str> = text.lines().collect();
+    for (i, chunk) in all.chunks(500).enumerate() {
+        let part = dir.path().join(format!("part-{i}.ndjson"));
+        std::fs::write(&part, chunk.join("\n") + "\n").expect("write part");
+        run_ok(
+            &warehouse,
+            &["ingest", part.to_str().expect("utf8"), "--quiet"],
+        );
+    }
+    let files = |w: &std::path::Path| -> u64 {
+        let out = run_ok(
+            w,
+            &["query", "--format", "json", "SELECT count(*) FROM events"],
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        doc["stats"]["files_total"].as_u64().expect("files_total")
+    };
+    let before = files(&warehouse);
+    assert!(before >= 40, "{before} files");
+    let out = run_ok(&warehouse, &["compact", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(report["files_removed"], before);
+    assert_eq!(report["files_added"], 4);
+    assert_eq!(report["rows"], 6_000);
+    assert_eq!(files(&warehouse), 4);
+    assert_exactly_n(&warehouse, 6_000);
+    // Re-ingesting after compaction is still all duplicates.
+    let out = run_ok(
+        &warehouse,
+        &[
+            "ingest",
+            events.to_str().expect("utf8"),
+            "--json",
+            "--quiet",
+        ],
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (summary["accepted"].as_u64(), summary["duplicates"].as_u64()),
+        (Some(0), Some(6_000))
+    );
+    let out = run_ok(&warehouse, &["compact"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "nothing to compact"
+    );
+}

@@ -3,6 +3,7 @@
 
 mod catalog;
 mod committer;
+mod compact;
 mod files;
 mod schema;
 mod table;
@@ -10,6 +11,7 @@ mod writer;
 
 pub use catalog::{CATALOG_NAME, PinnedCatalog, open_sql_catalog};
 pub use committer::IcebergCommitter;
+pub use compact::{COMPACTION_PROPERTY, CompactionConfig, CompactionReport};
 pub use files::{current_data_files, live_data_files};
 pub use schema::{arrow_schema_with_field_ids, check_schema, field_ids, iceberg_schema};
 pub use table::{

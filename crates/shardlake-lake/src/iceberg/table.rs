@@ -138,6 +138,27 @@ impl IcebergEventsTable {
         })
     }
 
+    /// Makes `new` the table's metadata file if `expected` still is
+    /// (compare-and-swap in the catalog database, the same statement the
+    /// SQL catalog commits with). Returns whether it swapped.
+    pub(crate) async fn swap_metadata_location(&self, expected: &str, new: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
+             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? \
+             AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = ?",
+        )
+        .bind(new)
+        .bind(expected)
+        .bind(CATALOG_NAME)
+        .bind(self.ident.namespace().join("."))
+        .bind(self.ident.name())
+        .bind(expected)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Storage, "catalog update failed").with_source(e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// The current version of the table: `known` itself if nothing was
     /// committed since it was loaded, else a fresh (schema-checked) load.
     pub async fn refresh(&self, known: &Table) -> Result<Table> {

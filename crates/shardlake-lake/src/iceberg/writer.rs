@@ -70,7 +70,7 @@ impl Default for WriterConfig {
 /// Uncompressed bytes per byte of zstd-1 Parquet for typical event data
 /// (measured on generated events: about 4); used to cut files near the
 /// target size before they are written.
-const EXPECTED_COMPRESSION: usize = 4;
+pub(crate) const EXPECTED_COMPRESSION: usize = 4;
 
 impl WriterConfig {
     fn writer_properties(&self, metadata: Vec<KeyValue>) -> Result<WriterProperties> {
@@ -130,7 +130,7 @@ impl FileNameGenerator for FixedFileName {
 
 /// Cuts `rows` into slices of at most `max_bytes` uncompressed bytes (at
 /// least one row each).
-fn cut(rows: &RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
+pub(crate) fn cut(rows: &RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
     let string_bytes = |i: usize| -> Vec<usize> {
         let a = rows.column(i).as_string::<i32>();
         let o = a.value_offsets();
@@ -269,7 +269,7 @@ pub(crate) async fn write_data_files(
     Ok(written)
 }
 
-async fn write_file(
+pub(crate) async fn write_file(
     table: &Table,
     namespace: &str,
     rows: RecordBatch,

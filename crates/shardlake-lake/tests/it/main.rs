@@ -2,6 +2,7 @@
 //! Parquet files on disk) written by real emitters.
 
 mod common;
+mod compaction;
 mod emitter;
 mod exactly_once;
 mod faulty;

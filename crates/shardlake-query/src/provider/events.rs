@@ -56,26 +56,43 @@ impl EventsTable {
     }
 }
 
-/// Splits files into `n` groups of about equal bytes (largest first onto the
-/// lightest group), each group in path order.
+/// Splits files into at most `n` groups of about equal bytes, each a
+/// contiguous run in path order. Paths start with the namespace, so a
+/// namespace's files stay together: aggregates grouped by anything
+/// namespace-local (entities, keys) then find most duplicates inside one
+/// partition, and the partial aggregation shrinks the data before the
+/// repartition. (Spreading each namespace over every group, as a
+/// largest-first balance does, made `count(DISTINCT entity_id)` 1.4x slower
+/// than a ListingTable over the same files: the partial aggregate emitted
+/// 4.0 M rows instead of 2.6 M.) Groups differ by at most about one file.
 fn balance(mut files: Vec<Arc<LakeFile>>, n: usize) -> Vec<Vec<Arc<LakeFile>>> {
     let n = n.clamp(1, files.len().max(1));
-    files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
-    let mut groups: Vec<(u64, Vec<Arc<LakeFile>>)> = vec![(0, Vec::new()); n];
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut remaining: u64 = files.iter().map(|f| f.size).sum();
+    let mut groups = Vec::with_capacity(n);
+    let mut current: Vec<Arc<LakeFile>> = Vec::new();
+    let mut bytes = 0u64;
     for f in files {
-        if let Some(lightest) = groups.iter_mut().min_by_key(|(bytes, _)| *bytes) {
-            lightest.0 += f.size;
-            lightest.1.push(f);
+        let groups_left = (n - groups.len()) as u64;
+        let target = remaining / groups_left.max(1);
+        // Close the group before `f` when adding it overshoots the target by
+        // more than stopping now falls short of it.
+        if groups_left > 1
+            && !current.is_empty()
+            && bytes + f.size > target
+            && bytes + f.size - target > target.saturating_sub(bytes)
+        {
+            remaining -= bytes;
+            groups.push(std::mem::take(&mut current));
+            bytes = 0;
         }
+        bytes += f.size;
+        current.push(f);
+    }
+    if !current.is_empty() {
+        groups.push(current);
     }
     groups
-        .into_iter()
-        .filter(|(_, g)| !g.is_empty())
-        .map(|(_, mut g)| {
-            g.sort_by(|a, b| a.path.cmp(&b.path));
-            g
-        })
-        .collect()
 }
 
 /// DataFusion statistics of one file from its manifest entry. Integer
@@ -258,14 +275,27 @@ mod tests {
     }
 
     #[test]
-    fn groups_balance_bytes() {
-        let files = vec![file("a", 100), file("b", 60), file("c", 50), file("d", 10)];
+    fn groups_are_contiguous_in_path_order_and_balance_bytes() {
+        let names = |g: &Vec<Arc<LakeFile>>| -> Vec<String> {
+            g.iter().map(|f| f.path.to_string()).collect()
+        };
+        let files = vec![file("d", 10), file("b", 60), file("a", 100), file("c", 50)];
         let groups = balance(files, 2);
-        let totals: Vec<u64> = groups
-            .iter()
-            .map(|g| g.iter().map(|f| f.size).sum())
-            .collect();
-        assert_eq!(totals, vec![110, 110]);
+        assert_eq!(names(&groups[0]), vec!["a"]);
+        assert_eq!(names(&groups[1]), vec!["b", "c", "d"]);
+        // Many similar files split evenly and in order.
+        let files: Vec<_> = (0..64).map(|i| file(&format!("f{i:02}"), 1000)).collect();
+        let groups = balance(files, 2);
+        assert_eq!(
+            groups.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![32, 32]
+        );
+        assert_eq!(names(&groups[0])[31], "f31");
+        let groups = balance((0..10).map(|i| file(&format!("g{i}"), 7)).collect(), 3);
+        assert_eq!(
+            groups.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![3, 3, 4]
+        );
         assert_eq!(balance(vec![file("a", 1)], 8).len(), 1);
         assert!(balance(vec![], 4).is_empty());
     }

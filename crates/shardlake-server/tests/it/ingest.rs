@@ -145,3 +145,67 @@ async fn oversized_bodies_get_413_and_a_full_queue_429() {
         vec![json!([1])]
     );
 }
+
+#[tokio::test]
+async fn background_compaction_folds_small_commits_while_serving() {
+    let server = TestServer::start(|c| {
+        c.compaction.interval_secs = 1;
+        c.compaction.min_small_files = 4;
+        c.tokens = crate::support::tokens();
+    })
+    .await;
+    let admin = Some(crate::support::ADMIN);
+    // Ten requests, one commit each, two namespaces: twenty small files.
+    for seq in 1..=10 {
+        let body = json!([event("acme", 1, seq), event("globex", 2, seq)]);
+        let r = server
+            .post("/v1/events", admin)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+    }
+    let files = |v: &Value| v["stats"]["files_total"].as_u64().expect("files_total");
+    let sql = json!({"sql": "SELECT count(*) FROM events", "cache": false});
+    let before: Value = server
+        .query_raw(admin, sql.clone())
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(files(&before) >= 8, "{before}");
+    let mut after = before.clone();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        after = server
+            .query_raw(admin, sql.clone())
+            .await
+            .json()
+            .await
+            .expect("json");
+        if files(&after) == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        files(&after),
+        2,
+        "one file per namespace after compaction: {after}"
+    );
+    assert_eq!(after["rows"], json!([[20]]));
+    let metrics = server
+        .get("/metrics", admin)
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("shardlake_compactions_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
