@@ -94,6 +94,31 @@ enum Command {
         #[arg(long, default_value_t = 200_000)]
         events: u64,
     },
+    /// Write events to stdout as NDJSON (their JSON form), in position
+    /// order: a namespace, some keys, or a shard, pinned to one snapshot.
+    Replay {
+        /// Only this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Only these partition keys (repeatable).
+        #[arg(long = "partition-key")]
+        partition_keys: Vec<String>,
+        /// Only events of this shard.
+        #[arg(long)]
+        shard_id: Option<i32>,
+        /// Resume after this position (the last one already processed).
+        #[arg(long)]
+        after_position: Option<i64>,
+        /// Only events with a larger seq (with --shard-id: the shard's cursor).
+        #[arg(long)]
+        after_seq: Option<i64>,
+        /// Read this snapshot instead of the current one.
+        #[arg(long)]
+        snapshot: Option<i64>,
+        /// Only events committed after this snapshot (catch-up).
+        #[arg(long)]
+        since_snapshot: Option<i64>,
+    },
     /// Rewrite each namespace's small data files into large sorted ones
     /// (one `replace` snapshot; rows, positions and watermarks unchanged).
     Compact {
@@ -261,6 +286,30 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { events } => demo::run(&cli.warehouse, events).await,
+        Command::Replay {
+            namespace,
+            partition_keys,
+            shard_id,
+            after_position,
+            after_seq,
+            snapshot,
+            since_snapshot,
+        } => {
+            let lake = Lake::open_local(&cli.warehouse).await?;
+            query::replay(
+                &lake,
+                shardlake_query::ReplayQuery {
+                    namespace,
+                    partition_keys,
+                    shard_id,
+                    after_position,
+                    after_seq,
+                    snapshot_id: snapshot,
+                    since_snapshot,
+                },
+            )
+            .await
+        }
         Command::Compact {
             small_file_mib,
             min_files,

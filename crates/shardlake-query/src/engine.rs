@@ -32,7 +32,7 @@ use crate::recorder::ScanRecorder;
 use crate::scope::Scope;
 use crate::snapshot::{LakeSnapshots, SnapshotFiles};
 use crate::stats::ScanStats;
-use crate::typed::{self, AggregateQuery, EventsQuery, ThingsQuery};
+use crate::typed::{self, AggregateQuery, EventsQuery, ReplayQuery, ThingsQuery};
 
 /// Engine settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +112,7 @@ enum Request {
     Things(ThingsQuery),
     Events(EventsQuery),
     Aggregate(AggregateQuery),
+    Replay(ReplayQuery),
 }
 
 impl CrossShardQuery {
@@ -169,6 +170,17 @@ impl CrossShardQuery {
         self.request(Request::Aggregate(query))
     }
 
+    /// The events of some keys, a namespace or a shard in `position` order
+    /// (the lake as replay source). Pin a snapshot with
+    /// [`ReplayQuery::snapshot_id`] (or [`SqlQuery::at_snapshot`]) and
+    /// stream it with [`SqlQuery::stream`].
+    pub fn replay(&self, query: ReplayQuery) -> SqlQuery {
+        let snapshot = query.snapshot_id;
+        let mut q = self.request(Request::Replay(query));
+        q.snapshot_id = snapshot;
+        q
+    }
+
     /// Empties the result cache.
     pub async fn clear_cache(&self) {
         self.inner.cache.clear().await;
@@ -196,6 +208,7 @@ impl CrossShardQuery {
             use_cache: self.inner.config.cache.enabled,
             scope: Scope::All,
             limit: ResultLimit::NONE,
+            snapshot_id: None,
         }
     }
 
@@ -313,6 +326,8 @@ pub struct SqlQuery {
     use_cache: bool,
     scope: Scope,
     limit: ResultLimit,
+    /// Pinned snapshot; `None`: the current one.
+    snapshot_id: Option<i64>,
 }
 
 /// The most a result may hold. A query whose result grows past it fails
@@ -378,6 +393,20 @@ impl SqlQuery {
         self
     }
 
+    /// Runs against snapshot `snapshot_id` instead of the current one.
+    pub fn at_snapshot(mut self, snapshot_id: i64) -> Self {
+        self.snapshot_id = Some(snapshot_id);
+        self
+    }
+
+    async fn pin(&self) -> Result<Arc<SnapshotFiles>> {
+        let snapshots = &self.engine.inner.snapshots;
+        match self.snapshot_id {
+            Some(id) => snapshots.pin_at(id).await,
+            None => snapshots.pin().await,
+        }
+    }
+
     /// Restricts the query to `scope`'s namespaces.
     pub fn with_scope(mut self, scope: Scope) -> Self {
         self.scope = scope;
@@ -401,6 +430,13 @@ impl SqlQuery {
             Request::Things(q) => typed::things(ctx, q).await?,
             Request::Events(q) => typed::events(ctx, q).await?,
             Request::Aggregate(q) => typed::aggregate(ctx, q).await?,
+            Request::Replay(q) => {
+                let from = match q.since_snapshot {
+                    Some(id) => Some(self.engine.inner.snapshots.next_position_after(id).await?),
+                    None => None,
+                };
+                typed::replay(ctx, q, from).await?
+            }
         };
         Ok(df.into_unoptimized_plan())
     }
@@ -418,6 +454,9 @@ impl SqlQuery {
             }
             Request::Aggregate(q) => {
                 format!("aggregate:{}", serde_json::to_string(q).unwrap_or_default())
+            }
+            Request::Replay(q) => {
+                format!("replay:{}", serde_json::to_string(q).unwrap_or_default())
             }
         })
     }
@@ -441,7 +480,7 @@ impl SqlQuery {
 
     async fn execute_inner(&self, started: Instant) -> Result<QueryResult> {
         let engine = &self.engine;
-        let snapshot = engine.inner.snapshots.pin().await?;
+        let snapshot = self.pin().await?;
         let compute = async {
             let (ctx, recorder) = engine.session(&snapshot, &self.scope);
             let plan = self.physical(&ctx).await?;
@@ -518,7 +557,7 @@ impl SqlQuery {
             return Ok(None);
         }
         let started = Instant::now();
-        let snapshot = self.engine.inner.snapshots.pin().await?;
+        let snapshot = self.pin().await?;
         let key = self.cache_key(&snapshot)?;
         match self.engine.inner.cache.peek(&key).await {
             Some(result) => self.served_from_cache(&result, started).map(Some),
@@ -533,7 +572,7 @@ impl SqlQuery {
         let started = Instant::now();
         let deadline = self.timeout.map(|t| (t, tokio::time::Instant::now() + t));
         let engine = self.engine.clone();
-        let snapshot = engine.inner.snapshots.pin().await?;
+        let snapshot = self.pin().await?;
         let (ctx, recorder) = engine.session(&snapshot, &self.scope);
         let plan = match deadline {
             Some((limit, at)) => tokio::time::timeout_at(at, self.physical(&ctx))
@@ -551,6 +590,7 @@ impl SqlQuery {
             rows: 0,
             bytes: 0,
             limit: self.limit,
+            snapshot_id: snapshot.snapshot_id,
             deadline: deadline.map(|(limit, at)| (limit, Box::pin(tokio::time::sleep_until(at)))),
             stats: None,
         })
@@ -587,6 +627,7 @@ pub struct QueryStream {
     rows: u64,
     bytes: u64,
     limit: ResultLimit,
+    snapshot_id: Option<i64>,
     deadline: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     stats: Option<ScanStats>,
 }
@@ -595,6 +636,11 @@ impl QueryStream {
     /// The result schema.
     pub fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
+    }
+
+    /// The snapshot the stream reads (`None`: an empty table).
+    pub fn snapshot_id(&self) -> Option<i64> {
+        self.snapshot_id
     }
 
     /// Scan statistics, once the stream has ended.

@@ -47,5 +47,5 @@ pub use snapshot::{LakeFile, SnapshotFiles};
 pub use stats::ScanStats;
 pub use typed::{
     AggregateFunction, AggregateQuery, AggregateSource, Aggregation, Condition, EventsQuery, Op,
-    OrderBy, ThingsQuery,
+    OrderBy, ReplayQuery, ThingsQuery,
 };

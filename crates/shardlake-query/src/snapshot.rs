@@ -208,11 +208,58 @@ impl LakeSnapshots {
         self.files_of(&table).await
     }
 
+    /// Pins snapshot `snapshot_id` (time travel, replay at a snapshot).
+    pub async fn pin_at(&self, snapshot_id: i64) -> Result<Arc<SnapshotFiles>> {
+        if let Some(files) = self.snapshots.get(&snapshot_id) {
+            return Ok(files);
+        }
+        let table = self.current_table().await?;
+        let snapshot = table
+            .metadata()
+            .snapshot_by_id(snapshot_id)
+            .cloned()
+            .ok_or_else(|| unknown_snapshot(snapshot_id))?;
+        self.files_of_snapshot(&table, &snapshot).await
+    }
+
+    /// The first position a commit after `snapshot_id` can have: events
+    /// with positions at or above it were committed later.
+    pub async fn next_position_after(&self, snapshot_id: i64) -> Result<i64> {
+        let table = self.current_table().await?;
+        let metadata = table.metadata();
+        let mut at = Some(snapshot_id);
+        // Compaction snapshots carry no positions: walk back to a commit's.
+        while let Some(id) = at {
+            let snapshot = metadata
+                .snapshot_by_id(id)
+                .ok_or_else(|| unknown_snapshot(id))?;
+            if let Some(next) = snapshot
+                .summary()
+                .additional_properties
+                .get(shardlake_lake::iceberg::summary::NEXT_POSITION)
+                .and_then(|v| v.parse::<i64>().ok())
+            {
+                return Ok(next);
+            }
+            at = snapshot.parent_snapshot_id();
+        }
+        Ok(1)
+    }
+
     /// The live files of `table`'s current snapshot.
     pub async fn files_of(&self, table: &Table) -> Result<Arc<SnapshotFiles>> {
         let Some(snapshot) = table.metadata().current_snapshot() else {
             return Ok(Arc::new(SnapshotFiles::default()));
         };
+        let snapshot = Arc::clone(snapshot);
+        self.files_of_snapshot(table, &snapshot).await
+    }
+
+    async fn files_of_snapshot(
+        &self,
+        table: &Table,
+        snapshot: &iceberg::spec::SnapshotRef,
+    ) -> Result<Arc<SnapshotFiles>> {
         let id = snapshot.snapshot_id();
         if let Some(files) = self.snapshots.get(&id) {
             return Ok(files);
@@ -256,4 +303,11 @@ impl LakeSnapshots {
         self.snapshots.insert(id, Arc::clone(&pinned));
         Ok(pinned)
     }
+}
+
+fn unknown_snapshot(id: i64) -> Error {
+    Error::new(
+        ErrorKind::InvalidQuery,
+        format!("snapshot {id} does not exist in the table (or has expired)"),
+    )
 }

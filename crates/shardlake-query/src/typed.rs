@@ -165,6 +165,37 @@ pub struct EventsQuery {
     pub offset: Option<usize>,
 }
 
+/// What to replay: the events of some partition keys, a namespace or a
+/// shard, in `position` order (causal per key, also across migrations).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayQuery {
+    /// Only this namespace (prunes whole partitions).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Only these partition keys (prunes files and row groups by their
+    /// statistics: the files are sorted by key). Empty: every key.
+    #[serde(default)]
+    pub partition_keys: Vec<String>,
+    /// Only events emitted by this shard.
+    #[serde(default)]
+    pub shard_id: Option<i32>,
+    /// Resume after this position (the cursor: the last position seen).
+    #[serde(default)]
+    pub after_position: Option<i64>,
+    /// Only events with a larger `seq` (meaningful with `shard_id`: a
+    /// shard's own cursor).
+    #[serde(default)]
+    pub after_seq: Option<i64>,
+    /// Read this snapshot instead of the current one.
+    #[serde(default)]
+    pub snapshot_id: Option<i64>,
+    /// Only events committed after this snapshot (incremental catch-up
+    /// between two snapshots, with `snapshot_id` as the upper end).
+    #[serde(default)]
+    pub since_snapshot: Option<i64>,
+}
+
 /// Aggregate functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -437,6 +468,41 @@ pub(crate) async fn events(ctx: &SessionContext, q: &EventsQuery) -> Result<Data
         q.order_by.clone()
     };
     sort_and_page(ctx, df, &order, &["position"], q.offset, q.limit)
+}
+
+/// The replay plan: filters that prune (namespace, keys, positions) and
+/// `ORDER BY position`. `from_position`: the first position to include
+/// (from `since_snapshot`).
+pub(crate) async fn replay(
+    ctx: &SessionContext,
+    q: &ReplayQuery,
+    from_position: Option<i64>,
+) -> Result<DataFrame> {
+    let mut df = ctx.table("events").await?;
+    if let Some(ns) = &q.namespace {
+        df = df.filter(col("namespace").eq(lit(ns.as_str())))?;
+    }
+    match q.partition_keys.as_slice() {
+        [] => {}
+        [key] => df = df.filter(col("partition_key").eq(lit(key.as_str())))?,
+        keys => {
+            let list = keys.iter().map(|k| lit(k.as_str())).collect();
+            df = df.filter(col("partition_key").in_list(list, false))?;
+        }
+    }
+    if let Some(shard) = q.shard_id {
+        df = df.filter(col("shard_id").eq(lit(shard)))?;
+    }
+    if let Some(after) = q.after_position {
+        df = df.filter(col("position").gt(lit(after)))?;
+    }
+    if let Some(from) = from_position {
+        df = df.filter(col("position").gt_eq(lit(from)))?;
+    }
+    if let Some(after) = q.after_seq {
+        df = df.filter(col("seq").gt(lit(after)))?;
+    }
+    Ok(df.sort(vec![col("position").sort(true, false)])?)
 }
 
 pub(crate) async fn aggregate(ctx: &SessionContext, q: &AggregateQuery) -> Result<DataFrame> {

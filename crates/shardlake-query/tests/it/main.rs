@@ -3,6 +3,7 @@
 mod cache;
 mod fixture;
 mod limits;
+mod replay;
 mod slt;
 mod sql;
 mod stats;

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `POST /v1/query` | query | [`query`] |
 //! | `POST /v1/events` | ingest | [`events`] |
+//! | `GET /v1/replay` | query | [`replay`] |
 //! | `GET /v1/tables` | query | [`tables`] |
 //! | `GET /v1/stats`, `GET /metrics` | admin | [`ops`] |
 //! | `GET /healthz`, `GET /readyz` | none | [`ops`] |
@@ -11,6 +12,7 @@
 pub mod events;
 pub mod ops;
 pub mod query;
+pub mod replay;
 pub mod tables;
 
 use std::time::{Duration, Instant};
@@ -36,6 +38,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/query", post(query::query))
         .route("/v1/events", post(events::ingest))
+        .route("/v1/replay", get(replay::replay))
         .route("/v1/tables", get(tables::tables))
         .route("/v1/stats", get(ops::stats))
         .route("/metrics", get(ops::metrics))

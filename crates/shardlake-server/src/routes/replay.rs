@@ -1,0 +1,200 @@
+//! `GET /v1/replay`: events in `position` order, streamed.
+//!
+//! Parameters: `namespace`, `partition_key` (repeatable), `shard_id`,
+//! `after_position` (the cursor), `after_seq`, `snapshot`,
+//! `since_snapshot`, `format` (`ndjson`, the default, or `arrow`). NDJSON
+//! lines are events in their JSON form (DESIGN.md), nothing else, so a
+//! consumer can pipe them anywhere; the pinned snapshot is in the
+//! `x-shardlake-snapshot` header (resume against the same snapshot with
+//! `snapshot=`), the scan statistics in the `x-shardlake-stats` trailer.
+//! Needs the `query` permission; a scoped caller replays only its
+//! namespaces.
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::header::{CONTENT_TYPE, TRAILER};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body::Frame;
+use http_body_util::StreamBody;
+use shardlake_core::events_from_batch;
+use shardlake_query::{QueryStream, ReplayQuery};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::auth::Authenticated;
+use crate::config::Permission;
+use crate::encode::{Format, STATS_TRAILER, StreamEncoder};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Parses the query string (repeated `partition_key` allowed).
+fn parse(raw: Option<&str>) -> Result<(ReplayQuery, Format), ApiError> {
+    let mut q = ReplayQuery::default();
+    let mut format = Format::Ndjson;
+    let bad = |m: String| ApiError::bad_request("invalid_request", m);
+    let int = |k: &str, v: &str| {
+        v.parse::<i64>()
+            .map_err(|_| bad(format!("`{k}` must be an integer, got `{v}`")))
+    };
+    for (k, v) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "namespace" => q.namespace = Some(v.into_owned()),
+            "partition_key" => q.partition_keys.push(v.into_owned()),
+            "shard_id" => {
+                q.shard_id = Some(
+                    i32::try_from(int(&k, &v)?)
+                        .map_err(|_| bad(format!("`shard_id` {v} is out of range")))?,
+                );
+            }
+            "after_position" => q.after_position = Some(int(&k, &v)?),
+            "after_seq" => q.after_seq = Some(int(&k, &v)?),
+            "snapshot" => q.snapshot_id = Some(int(&k, &v)?),
+            "since_snapshot" => q.since_snapshot = Some(int(&k, &v)?),
+            "format" => {
+                format = match v.as_ref() {
+                    "ndjson" => Format::Ndjson,
+                    "arrow" => Format::Arrow,
+                    other => {
+                        return Err(bad(format!("`format` is ndjson or arrow, not `{other}`")));
+                    }
+                }
+            }
+            other => return Err(bad(format!("unknown parameter `{other}`"))),
+        }
+    }
+    Ok((q, format))
+}
+
+/// Streams the events of the request.
+pub async fn replay(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(Permission::Query)?;
+    let (query, format) = parse(raw.as_deref())?;
+    if let Some(ns) = &query.namespace
+        && !caller.scope.allows(ns)
+    {
+        return Err(ApiError::forbidden(format!(
+            "token `{}` may not read namespace `{ns}`",
+            caller.name
+        )));
+    }
+    let slot = state.query_slot().await?;
+    let stream = state
+        .engine()
+        .replay(query)
+        .with_scope(caller.scope.clone())
+        .with_timeout(state.config().limits.query_timeout())
+        .stream()
+        .await?;
+    let snapshot = stream.snapshot_id();
+    let encoder = match format {
+        Format::Arrow => {
+            Some(StreamEncoder::new(Format::Arrow, &stream.schema()).map_err(ApiError::internal)?)
+        }
+        _ => None,
+    };
+    let replaying = Replaying {
+        stream,
+        encoder,
+        trailers: None,
+        done: false,
+        _slot: slot,
+    };
+    let frames = futures::stream::unfold(replaying, |mut r| async move {
+        let frame = r.next_frame().await?;
+        Some((frame, r))
+    });
+    let mut response = Response::new(Body::new(StreamBody::new(frames.boxed())));
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(match format {
+            Format::Arrow => Format::Arrow.content_type(),
+            _ => Format::Ndjson.content_type(),
+        }),
+    );
+    headers.insert(
+        TRAILER,
+        HeaderValue::from_static("x-shardlake-stats, x-shardlake-error"),
+    );
+    if let Some(id) = snapshot {
+        headers.insert(
+            HeaderName::from_static("x-shardlake-snapshot"),
+            HeaderValue::from(id),
+        );
+    }
+    Ok(response)
+}
+
+struct Replaying {
+    stream: QueryStream,
+    /// Arrow IPC; `None` for NDJSON (events in their JSON form).
+    encoder: Option<StreamEncoder>,
+    trailers: Option<HeaderMap>,
+    done: bool,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Replaying {
+    async fn next_frame(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        if let Some(trailers) = self.trailers.take() {
+            self.done = true;
+            return Some(Ok(Frame::trailers(trailers)));
+        }
+        if self.done {
+            return None;
+        }
+        match self.stream.next().await {
+            Some(Ok(batch)) => Some(self.encode(&batch)),
+            Some(Err(e)) => {
+                // NDJSON lines must stay events: the error goes in the
+                // trailer, and the body is cut off so clients notice.
+                let error = ApiError::from(e);
+                tracing::warn!(
+                    code = error.code(),
+                    message = error.message(),
+                    "replay failed"
+                );
+                self.done = true;
+                Some(Err(Box::new(std::io::Error::other(error.to_string()))))
+            }
+            None => {
+                let stats = self.stream.stats().cloned().unwrap_or_default();
+                let mut trailers = HeaderMap::new();
+                if let Ok(v) =
+                    HeaderValue::from_str(&serde_json::to_string(&stats).unwrap_or_default())
+                {
+                    trailers.insert(HeaderName::from_static(STATS_TRAILER), v);
+                }
+                let tail = match &mut self.encoder {
+                    Some(encoder) => match encoder.finish(&stats) {
+                        Ok(tail) => tail,
+                        Err(e) => return Some(Err(Box::new(e))),
+                    },
+                    None => Bytes::new(),
+                };
+                self.trailers = Some(trailers);
+                Some(Ok(Frame::data(tail)))
+            }
+        }
+    }
+
+    fn encode(&mut self, batch: &arrow::array::RecordBatch) -> Result<Frame<Bytes>, BoxError> {
+        if let Some(encoder) = &mut self.encoder {
+            return Ok(Frame::data(encoder.batch(batch)?));
+        }
+        let mut out = Vec::with_capacity(batch.num_rows() * 256);
+        for event in events_from_batch(batch)? {
+            serde_json::to_writer(&mut out, &event)?;
+            out.push(b'\n');
+        }
+        Ok(Frame::data(Bytes::from(out)))
+    }
+}
