@@ -44,6 +44,31 @@ impl ErrorKind {
     }
 }
 
+/// A refused optimistic-concurrency expectation: the shard's committed
+/// watermark was not the one the caller expected. `actual` is read from the
+/// committed table at refusal time, never a cached value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ConcurrencyError {
+    /// The shard.
+    pub shard_id: i32,
+    /// The watermark the caller expected.
+    pub expected: i64,
+    /// The committed watermark.
+    pub actual: i64,
+}
+
+impl fmt::Display for ConcurrencyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "shard {} was expected at watermark {} but is committed at {}",
+            self.shard_id, self.expected, self.actual
+        )
+    }
+}
+
+impl std::error::Error for ConcurrencyError {}
+
 /// Error of the lake crate.
 pub struct Error {
     kind: ErrorKind,
@@ -86,6 +111,19 @@ impl Error {
     /// The message, without context or source.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// A [`ErrorKind::ConcurrencyConflict`] carrying `detail`.
+    pub fn concurrency(detail: ConcurrencyError) -> Self {
+        Self::new(ErrorKind::ConcurrencyConflict, detail.to_string()).with_source(detail)
+    }
+
+    /// The refused expectation, for a concurrency conflict.
+    pub fn concurrency_detail(&self) -> Option<ConcurrencyError> {
+        self.source
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<ConcurrencyError>())
+            .copied()
     }
 
     /// Whether retrying the same operation may succeed.

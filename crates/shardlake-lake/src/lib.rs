@@ -32,7 +32,7 @@ pub use emitter::{
     AckFuture, EmitAck, EmitInput, EmitterConfig, EmitterMetricsSnapshot, Health, HealthStatus,
     PipelineEmitter, RejectedEvent, RetryPolicy,
 };
-pub use error::{Error, ErrorKind, Result};
+pub use error::{ConcurrencyError, Error, ErrorKind, Result};
 pub use iceberg::{IcebergCommitter, IcebergEventsTable, WriterConfig};
 pub use warehouse::Warehouse;
 

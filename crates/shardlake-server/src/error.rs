@@ -165,6 +165,11 @@ impl From<shardlake_lake::Error> for ApiError {
         use shardlake_lake::ErrorKind as K;
         match e.kind() {
             K::DataInvalid => Self::bad_request("invalid_events", e.message()),
+            K::ConcurrencyConflict => {
+                let detail = e.concurrency_detail();
+                Self::new(StatusCode::CONFLICT, "concurrency_conflict", e.message())
+                    .with_details("conflict", serde_json::to_value(detail).unwrap_or_default())
+            }
             K::QueueFull => Self::overloaded("ingest_queue_full", e.message(), 1),
             K::Closed => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -174,6 +174,9 @@ impl From<&RejectedLine> for RejectedEvent {
 /// A request waiting for its commit.
 struct Pending {
     batch: EventBatch,
+    /// Optimistic concurrency: the committed watermark each shard must
+    /// have for this request to be written (checked at commit time).
+    expect: BTreeMap<i32, i64>,
     rejected: Vec<RejectedEvent>,
     ack: oneshot::Sender<Result<EmitAck>>,
     _permit: OwnedSemaphorePermit,
@@ -267,6 +270,32 @@ impl PipelineEmitter {
     /// committed in the order they are sent; await the returned future for
     /// the ack. This is how a producer keeps several requests in flight.
     pub async fn send(&self, input: impl Into<EmitInput<'_>>) -> Result<AckFuture> {
+        self.send_expecting(input, BTreeMap::new()).await
+    }
+
+    /// Optimistic concurrency (seed 004): like [`Self::emit`], but the
+    /// request is written only if each shard in `expected` still has that
+    /// committed watermark when its commit is planned (0: never committed).
+    /// Otherwise the whole request is refused with
+    /// [`ErrorKind::ConcurrencyConflict`] and [`Error::concurrency_detail`]
+    /// gives the shard, the expected and the actual watermark (re-read from
+    /// the table, not cached). Of two emitters racing with the same
+    /// expectation exactly one wins. Migration uses it to fence an old
+    /// shard owner after cutover.
+    pub async fn emit_expecting(
+        &self,
+        input: impl Into<EmitInput<'_>>,
+        expected: BTreeMap<i32, i64>,
+    ) -> Result<EmitAck> {
+        self.send_expecting(input, expected).await?.await
+    }
+
+    /// [`Self::send`] with watermark expectations (see [`Self::emit_expecting`]).
+    pub async fn send_expecting(
+        &self,
+        input: impl Into<EmitInput<'_>>,
+        expected: BTreeMap<i32, i64>,
+    ) -> Result<AckFuture> {
         let (batch, rejected) = self.validate(input.into())?;
         let permit = match self.permits_for(&batch) {
             0 => None,
@@ -277,7 +306,7 @@ impl PipelineEmitter {
                     .map_err(|_| closed())?,
             ),
         };
-        self.enqueue(batch, &rejected, permit)
+        self.enqueue(batch, &rejected, permit, expected)
     }
 
     /// Like [`Self::emit`] but refuses with [`ErrorKind::QueueFull`] instead
@@ -298,7 +327,7 @@ impl PipelineEmitter {
                     })?,
             ),
         };
-        self.enqueue(batch, &rejected, permit)
+        self.enqueue(batch, &rejected, permit, BTreeMap::new())
     }
 
     /// Commits everything emitted before this call; resolves when it is durable.
@@ -406,6 +435,7 @@ impl PipelineEmitter {
         batch: EventBatch,
         rejected: &[RejectedLine],
         permit: Option<OwnedSemaphorePermit>,
+        expect: BTreeMap<i32, i64>,
     ) -> Result<AckFuture> {
         let rejected: Vec<RejectedEvent> = rejected.iter().map(RejectedEvent::from).collect();
         let Some(permit) = permit else {
@@ -423,6 +453,7 @@ impl PipelineEmitter {
         self.tx
             .send(Message::Emit(Pending {
                 batch,
+                expect,
                 rejected,
                 ack,
                 _permit: permit,

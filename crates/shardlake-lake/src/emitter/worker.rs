@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::{EmitAck, EmitterMetrics, Message, Pending, Shared};
-use crate::commit::{CommitPlan, TableCommitter, plan_commit};
-use crate::error::{Error, ErrorKind, Result};
+use crate::commit::{CommitPlan, CommitState, TableCommitter, plan_commit};
+use crate::error::{ConcurrencyError, Error, ErrorKind, Result};
 
 /// Conflicts tolerated for one batch before giving up: each one means another
 /// committer landed a commit, so this bounds only pathological contention.
@@ -31,6 +31,8 @@ struct Outcome {
     /// Watermarks after the batch.
     watermarks: BTreeMap<i32, i64>,
     snapshot_id: Option<i64>,
+    /// Per request: refused because a watermark expectation failed.
+    refused: Vec<Option<ConcurrencyError>>,
 }
 
 impl Worker {
@@ -105,7 +107,12 @@ impl Worker {
         match outcome {
             Ok(outcome) => {
                 let mut offset = 0;
-                for pending in batch {
+                for (pending, refused) in batch.into_iter().zip(outcome.refused) {
+                    if let Some(conflict) = refused {
+                        debug!(%conflict, "request refused: watermark expectation failed");
+                        let _ = pending.ack.send(Err(Error::concurrency(conflict)));
+                        continue;
+                    }
                     let n = pending.batch.len();
                     let kept = &outcome.kept[offset..offset + n];
                     offset += n;
@@ -141,18 +148,26 @@ impl Worker {
         let shared = Arc::clone(&self.shared);
         let m = &shared.metrics;
         let policy = shared.config.retry;
-        let batches: Vec<_> = batch
-            .iter()
-            .map(|p| p.batch.record_batch().clone())
-            .collect();
-        let pending = concat_batches(&pending_event_schema(), &batches)?;
-        drop(batches);
+        let expecting = batch.iter().any(|p| !p.expect.is_empty());
+        let concat = |refused: &[Option<ConcurrencyError>]| {
+            let batches: Vec<_> = batch
+                .iter()
+                .zip(refused)
+                .filter(|(_, r)| r.is_none())
+                .map(|(p, _)| p.batch.record_batch().clone())
+                .collect();
+            concat_batches(&pending_event_schema(), &batches)
+        };
+        let everything = concat(&vec![None; batch.len()])?;
 
-        let mut attempts: Vec<Arc<CommitPlan>> = Vec::new();
+        let mut attempts: Vec<(Arc<CommitPlan>, Vec<Option<ConcurrencyError>>)> = Vec::new();
         let mut failures = 0u32;
         let mut conflicts = 0u32;
         let mut backoff = policy.initial_backoff;
         let mut stale = false;
+        // Whether the state was re-read from the table for this batch: an
+        // expectation is refused only against a fresh read.
+        let mut fresh = false;
         loop {
             if stale {
                 if let Err(e) = self.committer.refresh().await {
@@ -162,17 +177,34 @@ impl Worker {
                     backoff = (backoff * 2).min(policy.max_backoff);
                     continue;
                 }
+                fresh = true;
                 // An earlier attempt whose outcome we did not see may have landed.
-                if let Some(landed) = attempts
+                if let Some((landed, refused)) = attempts
                     .iter()
-                    .find(|p| self.committer.contains_commit(&p.commit_id))
+                    .find(|(p, _)| self.committer.contains_commit(&p.commit_id))
                 {
                     info!(commit_id = %landed.commit_id, "an earlier commit attempt had landed");
-                    return Ok(self.landed(landed));
+                    return Ok(self.landed(landed, refused.clone()));
                 }
             }
             let started = Instant::now();
-            let (input, base) = (pending.clone(), self.committer.state().clone());
+            let base = self.committer.state().clone();
+            let refused = if expecting {
+                check_expectations(batch, &base)
+            } else {
+                vec![None; batch.len()]
+            };
+            if refused.iter().any(Option::is_some) && !fresh {
+                // Refuse only against the table itself, not a cached state.
+                stale = true;
+                continue;
+            }
+            let input = if refused.iter().any(Option::is_some) {
+                concat(&refused)?
+            } else {
+                everything.clone()
+            };
+            let pending_rows = input.num_rows();
             let plan = tokio::task::spawn_blocking(move || plan_commit(&input, &base))
                 .await
                 .map_err(|e| {
@@ -185,11 +217,12 @@ impl Worker {
                 "planned"
             );
             if plan.rows() == 0 {
-                EmitterMetrics::add(&m.events_duplicate, pending.num_rows());
+                EmitterMetrics::add(&m.events_duplicate, pending_rows);
                 return Ok(Outcome {
                     kept: plan.kept.clone(),
                     watermarks: plan.state.watermarks.clone(),
                     snapshot_id: None,
+                    refused,
                 });
             }
             match self.committer.commit(&plan).await {
@@ -203,7 +236,7 @@ impl Worker {
                         elapsed_ms = elapsed.as_millis() as u64,
                         "committed"
                     );
-                    return Ok(self.landed(&plan));
+                    return Ok(self.landed(&plan, refused));
                 }
                 Err(e) if e.kind() == ErrorKind::CommitConflict => {
                     conflicts += 1;
@@ -215,13 +248,13 @@ impl Worker {
                     if conflicts > MAX_CONFLICTS_PER_BATCH {
                         return Err(e);
                     }
-                    attempts.push(plan);
+                    attempts.push((plan, refused));
                     stale = true;
                 }
                 Err(e) if e.is_retryable() => {
                     failures += 1;
                     EmitterMetrics::add(&m.commit_retries, 1);
-                    attempts.push(plan);
+                    attempts.push((plan, refused));
                     self.note_failure(&e, failures, policy.max_attempts)?;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(policy.max_backoff);
@@ -247,7 +280,7 @@ impl Worker {
     }
 
     /// The outcome of `plan`, which is now part of the table.
-    fn landed(&self, plan: &CommitPlan) -> Outcome {
+    fn landed(&self, plan: &CommitPlan, refused: Vec<Option<ConcurrencyError>>) -> Outcome {
         let m = &self.shared.metrics;
         let total = plan.kept.len();
         EmitterMetrics::add(&m.commits, 1);
@@ -259,8 +292,37 @@ impl Worker {
             // The table's watermarks are at least the plan's; report the table's.
             watermarks: state.watermarks.clone(),
             snapshot_id: state.snapshot_id,
+            refused,
         }
     }
+}
+
+/// Checks each request's watermark expectations against `base`, in request
+/// order: a request that passes moves its shards' watermarks forward for
+/// the requests after it, so two requests of one batch expecting the same
+/// watermark cannot both pass.
+fn check_expectations(batch: &[Pending], base: &CommitState) -> Vec<Option<ConcurrencyError>> {
+    let mut watermarks = base.watermarks.clone();
+    batch
+        .iter()
+        .map(|p| {
+            for (&shard_id, &expected) in &p.expect {
+                let actual = watermarks.get(&shard_id).copied().unwrap_or(0);
+                if actual != expected {
+                    return Some(ConcurrencyError {
+                        shard_id,
+                        expected,
+                        actual,
+                    });
+                }
+            }
+            for (&shard, &seq) in p.batch.shard_ids().iter().zip(p.batch.seqs()) {
+                let w = watermarks.entry(shard).or_insert(0);
+                *w = (*w).max(seq);
+            }
+            None
+        })
+        .collect()
 }
 
 fn copy_error(e: &Error) -> Error {

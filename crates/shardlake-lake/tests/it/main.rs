@@ -3,6 +3,7 @@
 
 mod common;
 mod compaction;
+mod concurrency;
 mod emitter;
 mod exactly_once;
 mod faulty;

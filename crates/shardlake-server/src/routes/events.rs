@@ -96,10 +96,13 @@ pub async fn ingest(
         ));
     }
 
+    let expected = expected_watermarks(&headers)?;
     // Wait for room in the emitter's queue, but not forever.
     let queued = tokio::time::timeout(
         state.config().limits.queue_wait(),
-        state.emitter().send(EmitInput::Validated(batch, rejected)),
+        state
+            .emitter()
+            .send_expecting(EmitInput::Validated(batch, rejected), expected),
     )
     .await
     .map_err(|_| {
@@ -118,6 +121,33 @@ pub async fn ingest(
         watermarks: ack.watermarks,
         snapshot_id: ack.snapshot_id,
     }))
+}
+
+/// Header stating, per shard, the committed watermark the request expects
+/// (optimistic concurrency): `x-shardlake-expect-watermarks: 5=3, 6=0`.
+pub const EXPECT_WATERMARKS: &str = "x-shardlake-expect-watermarks";
+
+fn expected_watermarks(headers: &HeaderMap) -> Result<BTreeMap<i32, i64>, ApiError> {
+    let Some(value) = headers.get(EXPECT_WATERMARKS) else {
+        return Ok(BTreeMap::new());
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("`{EXPECT_WATERMARKS}` must look like `5=3, 6=0` (shard=watermark)"),
+        )
+    };
+    let text = value.to_str().map_err(|_| bad())?;
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (shard, watermark) = pair.split_once('=').ok_or_else(bad)?;
+            Ok((
+                shard.trim().parse().map_err(|_| bad())?,
+                watermark.trim().parse().map_err(|_| bad())?,
+            ))
+        })
+        .collect()
 }
 
 /// A JSON array by `Content-Type`, or (without one) by its first byte.

@@ -209,3 +209,41 @@ async fn background_compaction_folds_small_commits_while_serving() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_stale_watermark_expectation_is_a_409_with_the_actual_watermark() {
+    let server = TestServer::start(|_| {}).await;
+    let post = |events: Value, expect: &str| {
+        server
+            .post("/v1/events", None)
+            .header("x-shardlake-expect-watermarks", expect)
+            .json(&events)
+            .send()
+    };
+    let ok = post(json!([event("acme", 4, 1), event("acme", 4, 2)]), "4=0")
+        .await
+        .expect("request");
+    assert_eq!(ok.status(), 200);
+    let stale = post(json!([event("acme", 4, 3)]), "4=0")
+        .await
+        .expect("request");
+    let body = assert_error(stale, 409, "concurrency_conflict").await;
+    assert_eq!(
+        body["conflict"],
+        json!({"shard_id": 4, "expected": 0, "actual": 2})
+    );
+    let right = post(json!([event("acme", 4, 3)]), " 4 = 2 ")
+        .await
+        .expect("request");
+    assert_eq!(right.status(), 200);
+    let bad = post(json!([event("acme", 4, 4)]), "four=2")
+        .await
+        .expect("request");
+    assert_error(bad, 400, "invalid_request").await;
+    assert_eq!(
+        server
+            .rows(None, "SELECT max(seq), count(*) FROM events")
+            .await,
+        vec![json!([3, 3])]
+    );
+}
