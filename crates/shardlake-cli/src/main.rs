@@ -306,6 +306,7 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
                     after_seq,
                     snapshot_id: snapshot,
                     since_snapshot,
+                    ..Default::default()
                 },
             )
             .await

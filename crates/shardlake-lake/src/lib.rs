@@ -16,6 +16,7 @@
 //! # }
 //! ```
 
+pub mod checkpoint;
 pub mod commit;
 pub mod crashpoint;
 pub mod emitter;
@@ -90,6 +91,11 @@ impl Lake {
         config: &iceberg::CompactionConfig,
     ) -> Result<iceberg::CompactionReport> {
         self.table.compact(&self.writer, config).await
+    }
+
+    /// Durable subscription checkpoints (in the catalog database).
+    pub async fn checkpoints(&self) -> Result<checkpoint::Checkpoints> {
+        self.table.checkpoints().await
     }
 
     /// Starts an emitter committing to the `events` table. Dead letters go to

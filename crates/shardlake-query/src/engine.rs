@@ -133,6 +133,7 @@ impl CrossShardQuery {
             .with_information_schema(true);
         let mut ctx = SessionContext::new_with_config_rt(session, runtime);
         datafusion_functions_json::register_all(&mut ctx)?;
+        ctx.register_udf(crate::udf::partition_udf());
         ctx.register_table(
             "events",
             Arc::new(EventsTable::new(Arc::clone(&snapshots), store_url)),

@@ -152,6 +152,12 @@ impl From<shardlake_lake::Error> for Error {
     }
 }
 
+impl From<shardlake_core::Error> for Error {
+    fn from(e: shardlake_core::Error) -> Self {
+        Error::new(ErrorKind::Unexpected, e.message().to_owned()).with_source(e)
+    }
+}
+
 impl From<iceberg::Error> for Error {
     fn from(e: iceberg::Error) -> Self {
         Error::new(ErrorKind::Storage, format!("iceberg: {}", e.message())).with_source(e)

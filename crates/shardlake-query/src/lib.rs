@@ -34,7 +34,9 @@ mod recorder;
 mod scope;
 mod snapshot;
 mod stats;
+pub mod subscription;
 pub mod typed;
+pub mod udf;
 
 pub use cache::{CacheConfig, CacheMetrics};
 pub use engine::{
@@ -45,7 +47,8 @@ pub use provider::THINGS_SQL;
 pub use scope::Scope;
 pub use snapshot::{LakeFile, SnapshotFiles};
 pub use stats::ScanStats;
+pub use subscription::{Subscription, SubscriptionConfig};
 pub use typed::{
     AggregateFunction, AggregateQuery, AggregateSource, Aggregation, Condition, EventsQuery, Op,
-    OrderBy, ReplayQuery, ThingsQuery,
+    OrderBy, PartitionOf, ReplayQuery, ThingsQuery,
 };

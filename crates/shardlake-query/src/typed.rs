@@ -194,6 +194,21 @@ pub struct ReplayQuery {
     /// between two snapshots, with `snapshot_id` as the upper end).
     #[serde(default)]
     pub since_snapshot: Option<i64>,
+    /// Only keys of partition `index` of `count` (`fnv1a_32(key) % count`).
+    #[serde(default)]
+    pub partition: Option<PartitionOf>,
+    /// At most this many events (the first ones in position order).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Partition `index` of `count` partitions of the key space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOf {
+    /// 0-based partition.
+    pub index: u32,
+    /// Number of partitions.
+    pub count: u32,
 }
 
 /// Aggregate functions.
@@ -502,7 +517,24 @@ pub(crate) async fn replay(
     if let Some(after) = q.after_seq {
         df = df.filter(col("seq").gt(lit(after)))?;
     }
-    Ok(df.sort(vec![col("position").sort(true, false)])?)
+    if let Some(p) = q.partition {
+        if p.count == 0 || p.index >= p.count {
+            return Err(invalid(format!(
+                "partition {} of {} does not exist",
+                p.index, p.count
+            )));
+        }
+        let f = datafusion::execution::FunctionRegistry::udf(ctx, crate::udf::PARTITION_FN)?;
+        df = df.filter(
+            f.call(vec![col("partition_key"), lit(i64::from(p.count))])
+                .eq(lit(i64::from(p.index))),
+        )?;
+    }
+    let df = df.sort(vec![col("position").sort(true, false)])?;
+    Ok(match q.limit {
+        Some(n) => df.limit(0, Some(n))?,
+        None => df,
+    })
 }
 
 pub(crate) async fn aggregate(ctx: &SessionContext, q: &AggregateQuery) -> Result<DataFrame> {

@@ -169,6 +169,11 @@ impl IcebergEventsTable {
         self.load().await
     }
 
+    /// The subscription checkpoints kept in the same catalog database.
+    pub async fn checkpoints(&self) -> Result<crate::checkpoint::Checkpoints> {
+        crate::checkpoint::Checkpoints::open(self.pool.clone()).await
+    }
+
     /// The catalog the table lives in.
     pub fn catalog(&self) -> Arc<dyn Catalog> {
         Arc::clone(&self.catalog) as Arc<dyn Catalog>

@@ -209,6 +209,18 @@ impl TableProvider for EventsTable {
             .map(|(f, _)| Arc::clone(f))
             .collect();
         recorder.planned(&snapshot, &scope, &kept);
+        if kept.is_empty() {
+            // Nothing can match: an empty single-partition plan. (A scan with
+            // zero file groups has zero output partitions, which operators
+            // that need one partition, like a top-k sort, refuse.)
+            let projected = match projection {
+                Some(indices) => Arc::new(schema.project(indices)?),
+                None => Arc::clone(&schema),
+            };
+            return Ok(Arc::new(datafusion::physical_plan::empty::EmptyExec::new(
+                projected,
+            )));
+        }
 
         // 2. File groups with per-file statistics.
         let groups: Vec<FileGroup> = balance(kept, state.config().target_partitions())

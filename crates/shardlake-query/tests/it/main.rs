@@ -7,3 +7,4 @@ mod replay;
 mod slt;
 mod sql;
 mod stats;
+mod subscription;
