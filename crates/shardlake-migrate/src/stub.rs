@@ -1,0 +1,371 @@
+//! What a migration needs from a shard, and two shards that provide it.
+//!
+//! Applying is idempotent by `position`: an event a shard has already
+//! applied for a key (position at or below the key's last) is skipped, so
+//! re-running a failed copy converges instead of doubling state.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use shardlake_core::Event;
+use shardlake_routing::ShardId;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::error::{MigrateError, Result};
+
+/// The outcome of applying a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ApplyAck {
+    /// Events applied now.
+    pub applied: usize,
+    /// Events skipped because the shard had them already.
+    pub skipped: usize,
+}
+
+/// What a shard holds for one key: enough to verify a copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyDigest {
+    /// Events applied for the key.
+    pub events: u64,
+    /// Position of the last one.
+    pub last_position: i64,
+    /// xxh3-128 over the key's events in position order (their JSON form).
+    pub content_hash: u128,
+}
+
+/// A shard as a migration drives it.
+#[async_trait]
+pub trait ShardStub: Send + Sync {
+    /// The shard's id.
+    fn id(&self) -> ShardId;
+
+    /// Applies events (each key's in position order), skipping what the
+    /// shard has already applied.
+    async fn apply(&self, events: &[Event]) -> Result<ApplyAck>;
+
+    /// Digests of the given keys (absent keys are not in the map).
+    async fn digests(&self, keys: &[String]) -> Result<BTreeMap<String, KeyDigest>>;
+
+    /// Forgets the keys (rollback on the target, cleanup on the source).
+    async fn drop_keys(&self, keys: &[String]) -> Result<()>;
+
+    /// Fences (`false`) or reopens (`true`) writes to the keys.
+    async fn set_accepting(&self, keys: &[String], accepting: bool) -> Result<()>;
+
+    /// Whether the shard accepts writes to `key` now.
+    async fn accepts(&self, key: &str) -> Result<bool>;
+
+    /// Waits until nothing the shard accepted is still in flight.
+    async fn drain(&self) -> Result<()>;
+}
+
+/// One key's state in an [`InMemoryShard`].
+#[derive(Debug, Clone, Default)]
+struct KeyState {
+    events: u64,
+    last_position: i64,
+    hash: Xxh3Wrapper,
+    /// The entity's latest payload (materialized state).
+    latest: Option<Event>,
+}
+
+#[derive(Clone, Default)]
+struct Xxh3Wrapper(Xxh3);
+
+impl std::fmt::Debug for Xxh3Wrapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Xxh3")
+    }
+}
+
+/// A shard held in memory: materializes each key's latest event and a
+/// running digest. For tests and the demo.
+#[derive(Debug)]
+pub struct InMemoryShard {
+    id: ShardId,
+    state: Mutex<HashMap<String, KeyState>>,
+    fenced: Mutex<BTreeSet<String>>,
+    /// Fail every `apply` after this many more calls (fault injection).
+    fail_after: Mutex<Option<usize>>,
+}
+
+impl InMemoryShard {
+    /// An empty shard.
+    pub fn new(id: ShardId) -> Self {
+        Self {
+            id,
+            state: Mutex::default(),
+            fenced: Mutex::default(),
+            fail_after: Mutex::default(),
+        }
+    }
+
+    /// Makes `apply` fail after `calls` more successful calls.
+    pub fn fail_after(&self, calls: usize) {
+        *lock(&self.fail_after) = Some(calls);
+    }
+
+    /// The latest event of `key`, if any (its materialized state).
+    pub fn latest(&self, key: &str) -> Option<Event> {
+        lock(&self.state).get(key).and_then(|s| s.latest.clone())
+    }
+
+    /// Keys the shard holds.
+    pub fn keys(&self) -> BTreeSet<String> {
+        lock(&self.state).keys().cloned().collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Feeds one event into a key digest (its JSON form, then a separator).
+fn feed(hash: &mut Xxh3, event: &Event) {
+    hash.update(serde_json::to_string(event).unwrap_or_default().as_bytes());
+    hash.update(b"\x1e");
+}
+
+/// The digest of `events` (one key's, in position order), as a shard that
+/// applied exactly these would report it: for verifying against the lake.
+pub fn digest_of<'a>(events: impl IntoIterator<Item = &'a Event>) -> KeyDigest {
+    let mut hash = Xxh3::new();
+    let (mut n, mut last) = (0, 0);
+    for e in events {
+        feed(&mut hash, e);
+        n += 1;
+        last = e.position.unwrap_or(0);
+    }
+    KeyDigest {
+        events: n,
+        last_position: last,
+        content_hash: hash.digest128(),
+    }
+}
+
+#[async_trait]
+impl ShardStub for InMemoryShard {
+    fn id(&self) -> ShardId {
+        self.id
+    }
+
+    async fn apply(&self, events: &[Event]) -> Result<ApplyAck> {
+        {
+            let mut fail = lock(&self.fail_after);
+            match fail.as_mut() {
+                Some(0) => {
+                    return Err(MigrateError::Shard {
+                        shard: self.id,
+                        message: "injected failure".into(),
+                    });
+                }
+                Some(n) => *n -= 1,
+                None => {}
+            }
+        }
+        let mut state = lock(&self.state);
+        let mut ack = ApplyAck::default();
+        for e in events {
+            let position = e.position.ok_or_else(|| MigrateError::Shard {
+                shard: self.id,
+                message: "an event without a position (not from the lake)".into(),
+            })?;
+            let key = state.entry(e.partition_key.clone()).or_default();
+            if position <= key.last_position {
+                ack.skipped += 1;
+                continue;
+            }
+            feed(&mut key.hash.0, e);
+            key.events += 1;
+            key.last_position = position;
+            key.latest = Some(e.clone());
+            ack.applied += 1;
+        }
+        Ok(ack)
+    }
+
+    async fn digests(&self, keys: &[String]) -> Result<BTreeMap<String, KeyDigest>> {
+        let state = lock(&self.state);
+        Ok(keys
+            .iter()
+            .filter_map(|k| {
+                state.get(k).map(|s| {
+                    (
+                        k.clone(),
+                        KeyDigest {
+                            events: s.events,
+                            last_position: s.last_position,
+                            content_hash: s.hash.0.clone().digest128(),
+                        },
+                    )
+                })
+            })
+            .collect())
+    }
+
+    async fn drop_keys(&self, keys: &[String]) -> Result<()> {
+        let mut state = lock(&self.state);
+        for k in keys {
+            state.remove(k);
+        }
+        Ok(())
+    }
+
+    async fn set_accepting(&self, keys: &[String], accepting: bool) -> Result<()> {
+        let mut fenced = lock(&self.fenced);
+        for k in keys {
+            if accepting {
+                fenced.remove(k);
+            } else {
+                fenced.insert(k.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn accepts(&self, key: &str) -> Result<bool> {
+        Ok(!lock(&self.fenced).contains(key))
+    }
+
+    async fn drain(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A shard behind HTTP: `POST {base}/apply` with a JSON array of events
+/// (answer `{"applied", "skipped"}`), `POST {base}/digests`, `/drop`,
+/// `/fence`, `/unfence` with a JSON array of keys, `GET {base}/accepts?key=`,
+/// `POST {base}/drain`. Transient failures (connection errors, 5xx, 429)
+/// are retried with exponential backoff.
+#[derive(Debug, Clone)]
+pub struct HttpShard {
+    id: ShardId,
+    base: String,
+    client: reqwest::Client,
+    attempts: u32,
+}
+
+impl HttpShard {
+    /// A shard at `base` (e.g. `http://10.0.0.7:9000/shard`).
+    pub fn new(id: ShardId, base: impl Into<String>) -> Self {
+        Self {
+            id,
+            base: base.into().trim_end_matches('/').to_owned(),
+            client: reqwest::Client::new(),
+            attempts: 5,
+        }
+    }
+
+    fn fail(&self, message: String) -> MigrateError {
+        MigrateError::Shard {
+            shard: self.id,
+            message,
+        }
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        request: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<T> {
+        let mut backoff = Duration::from_millis(50);
+        let mut last = String::new();
+        for _ in 0..self.attempts {
+            match request().send().await {
+                Ok(r) if r.status().is_success() => {
+                    return r
+                        .json()
+                        .await
+                        .map_err(|e| self.fail(format!("bad answer: {e}")));
+                }
+                Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {
+                    last = format!("HTTP {}", r.status());
+                }
+                Ok(r) => return Err(self.fail(format!("HTTP {}", r.status()))),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        Err(self.fail(format!("gave up after {} attempts: {last}", self.attempts)))
+    }
+}
+
+#[async_trait]
+impl ShardStub for HttpShard {
+    fn id(&self) -> ShardId {
+        self.id
+    }
+
+    async fn apply(&self, events: &[Event]) -> Result<ApplyAck> {
+        #[derive(serde::Deserialize)]
+        struct Ack {
+            applied: usize,
+            skipped: usize,
+        }
+        let url = format!("{}/apply", self.base);
+        let ack: Ack = self.call(|| self.client.post(&url).json(events)).await?;
+        Ok(ApplyAck {
+            applied: ack.applied,
+            skipped: ack.skipped,
+        })
+    }
+
+    async fn digests(&self, keys: &[String]) -> Result<BTreeMap<String, KeyDigest>> {
+        #[derive(serde::Deserialize)]
+        struct Digest {
+            events: u64,
+            last_position: i64,
+            content_hash: String,
+        }
+        let url = format!("{}/digests", self.base);
+        let raw: BTreeMap<String, Digest> = self.call(|| self.client.post(&url).json(keys)).await?;
+        raw.into_iter()
+            .map(|(k, d)| {
+                let hash = u128::from_str_radix(&d.content_hash, 16)
+                    .map_err(|_| self.fail(format!("bad content hash for `{k}`")))?;
+                Ok((
+                    k,
+                    KeyDigest {
+                        events: d.events,
+                        last_position: d.last_position,
+                        content_hash: hash,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn drop_keys(&self, keys: &[String]) -> Result<()> {
+        let url = format!("{}/drop", self.base);
+        self.call::<serde_json::Value>(|| self.client.post(&url).json(keys))
+            .await
+            .map(|_| ())
+    }
+
+    async fn set_accepting(&self, keys: &[String], accepting: bool) -> Result<()> {
+        let url = format!(
+            "{}/{}",
+            self.base,
+            if accepting { "unfence" } else { "fence" }
+        );
+        self.call::<serde_json::Value>(|| self.client.post(&url).json(keys))
+            .await
+            .map(|_| ())
+    }
+
+    async fn accepts(&self, key: &str) -> Result<bool> {
+        let url = format!("{}/accepts", self.base);
+        self.call(|| self.client.get(&url).query(&[("key", key)]))
+            .await
+    }
+
+    async fn drain(&self) -> Result<()> {
+        let url = format!("{}/drain", self.base);
+        self.call::<serde_json::Value>(|| self.client.post(&url))
+            .await
+            .map(|_| ())
+    }
+}
