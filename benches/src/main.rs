@@ -240,79 +240,59 @@ async fn commits(dir: &std::path::Path, n: usize, per: usize, runs: usize) -> an
     emitter.close().await?;
 
     let mut report = BTreeMap::new();
-    for (label, lake) in [("many_commits", &many), ("few_commits", &few)] {
-        let engine = CrossShardQuery::open(lake, QueryConfig::default()).await?;
-        // First query loads and caches manifests; later plans reuse them.
-        let first = Instant::now();
-        engine
-            .sql("SELECT count(*) FROM events")
-            .without_cache()
-            .await?;
-        let first_ms = first.elapsed().as_secs_f64() * 1e3;
-        let plan_sql =
-            "EXPLAIN SELECT count(*) FROM events WHERE namespace = 'tenant-3' AND shard_id = 5";
-        let (plan_ms, _) = time(runs, || async {
-            Ok(engine.sql(plan_sql).without_cache().await?)
-        })
-        .await?;
-        let q = "SELECT shard_id, count(*), max(seq) FROM events WHERE namespace = 'tenant-3' GROUP BY shard_id";
-        let (query_ms, result) =
-            time(runs, || async { Ok(engine.sql(q).without_cache().await?) }).await?;
-        let full = "SELECT event_type, count(DISTINCT entity_id) FROM events GROUP BY event_type";
-        let (full_ms, _) = time(runs, || async {
-            Ok(engine.sql(full).without_cache().await?)
-        })
-        .await?;
-        report.insert(
-            label,
-            serde_json::json!({
-                "files": result.stats.files_total,
-                "first_query_ms": first_ms,
-                "plan_ms": plan_ms,
-                "namespace_query_ms": query_ms,
-                "full_scan_ms": full_ms,
-            }),
-        );
-    }
+    report.insert("many_commits", measure(&many, runs).await?);
+    report.insert("few_commits", measure(&few, runs).await?);
     // The remedy for many small commits: compaction, then the same queries.
     let started = Instant::now();
     let compaction = many
         .compact(&shardlake_lake::iceberg::CompactionConfig::default())
         .await?;
-    let compact_seconds = started.elapsed().as_secs_f64();
-    let engine = CrossShardQuery::open(&many, QueryConfig::default()).await?;
+    let mut compacted = measure(&many, runs).await?;
+    compacted["compaction_seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
+    compacted["files_removed"] = serde_json::json!(compaction.files_removed);
+    report.insert("many_commits_compacted", compacted);
+    report.insert("build_many_seconds", serde_json::json!(build_many));
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// Planning and query times of a lake's table, with a fresh engine: the
+/// first query (loads manifests), `EXPLAIN` (planning once metadata is
+/// cached), a one-namespace aggregate and a full scan.
+async fn measure(lake: &Lake, runs: usize) -> anyhow::Result<serde_json::Value> {
+    let engine = CrossShardQuery::open(lake, QueryConfig::default()).await?;
+    let first = Instant::now();
     engine
         .sql("SELECT count(*) FROM events")
         .without_cache()
         .await?;
-    let plan_sql =
-        "EXPLAIN SELECT count(*) FROM events WHERE namespace = 'tenant-3' AND shard_id = 5";
-    let (plan_ms, _) = time(runs, || async {
-        Ok(engine.sql(plan_sql).without_cache().await?)
-    })
+    let first_ms = first.elapsed().as_secs_f64() * 1e3;
+    let timed = |sql: &'static str| {
+        let engine = engine.clone();
+        async move {
+            time(runs, || async {
+                Ok(engine.sql(sql).without_cache().await?)
+            })
+            .await
+        }
+    };
+    let (plan_ms, _) =
+        timed("EXPLAIN SELECT count(*) FROM events WHERE namespace = 'tenant-3' AND shard_id = 5")
+            .await?;
+    let (query_ms, result) = timed(
+        "SELECT shard_id, count(*), max(seq) FROM events WHERE namespace = 'tenant-3' GROUP BY shard_id",
+    )
     .await?;
-    let q = "SELECT shard_id, count(*), max(seq) FROM events WHERE namespace = 'tenant-3' GROUP BY shard_id";
-    let (query_ms, result) =
-        time(runs, || async { Ok(engine.sql(q).without_cache().await?) }).await?;
-    let full = "SELECT event_type, count(DISTINCT entity_id) FROM events GROUP BY event_type";
-    let (full_ms, _) = time(runs, || async {
-        Ok(engine.sql(full).without_cache().await?)
-    })
-    .await?;
-    report.insert(
-        "many_commits_compacted",
-        serde_json::json!({
-            "files": result.stats.files_total,
-            "compaction_seconds": compact_seconds,
-            "files_removed": compaction.files_removed,
-            "plan_ms": plan_ms,
-            "namespace_query_ms": query_ms,
-            "full_scan_ms": full_ms,
-        }),
-    );
-    report.insert("build_many_seconds", serde_json::json!(build_many));
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    let (full_ms, _) =
+        timed("SELECT event_type, count(DISTINCT entity_id) FROM events GROUP BY event_type")
+            .await?;
+    Ok(serde_json::json!({
+        "files": result.stats.files_total,
+        "first_query_ms": first_ms,
+        "plan_ms": plan_ms,
+        "namespace_query_ms": query_ms,
+        "full_scan_ms": full_ms,
+    }))
 }
 
 #[tokio::main]

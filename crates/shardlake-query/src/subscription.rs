@@ -40,9 +40,10 @@ pub struct Subscription {
     position: i64,
 }
 
-struct Keyed<T>(Event, T);
+/// An event on a lane keyed by its partition key.
+struct Keyed(Event);
 
-impl<T: Send + 'static> LaneItem for Keyed<T> {
+impl LaneItem for Keyed {
     fn shard_key(&self) -> Option<&str> {
         Some(&self.0.partition_key)
     }
@@ -124,12 +125,12 @@ impl Subscription {
             return Ok(0);
         };
         let n = events.len();
-        let lanes = KeyedLanes::new(lanes, move |item: Keyed<()>| handler(item.0));
+        let lanes = KeyedLanes::new(lanes, move |item: Keyed| handler(item.0));
         let mut done = Vec::with_capacity(n);
         for event in events {
             done.push(
                 lanes
-                    .submit(Keyed(event, ()))
+                    .submit(Keyed(event))
                     .map_err(|e| Error::new(ErrorKind::Unexpected, format!("lanes: {e}")))?,
             );
         }

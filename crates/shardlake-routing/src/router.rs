@@ -19,9 +19,10 @@ pub type RangeKeyFn = Arc<dyn Fn(&str) -> Option<RangeValue> + Send + Sync>;
 /// Routes keys to shards for one [`Topology`]. Immutable; cheap to share.
 pub struct ShardRouter {
     topology: Topology,
-    /// Consistent hash ring: (position, shard), sorted by position then
-    /// shard, so colliding points are all kept in a fixed order.
-    ring: Vec<(u32, ShardId)>,
+    /// Consistent hash ring: (position, shard, index of the shard in
+    /// `topology.shards`), sorted by position then shard, so colliding
+    /// points are all kept in a fixed order and a lookup needs no search.
+    ring: Vec<(u32, ShardId, usize)>,
     ring_collisions: usize,
     range_key: Option<RangeKeyFn>,
     metrics: RouterMetrics,
@@ -135,9 +136,9 @@ impl ShardRouter {
             Strategy::ConsistentHash { .. } => {
                 let p = ring_position(key.as_bytes());
                 // First point at or after p, wrapping around.
-                let i = self.ring.partition_point(|(pos, _)| *pos < p);
-                let (_, shard) = self.ring[if i == self.ring.len() { 0 } else { i }];
-                Ok(self.index_of(shard))
+                let i = self.ring.partition_point(|(pos, _, _)| *pos < p);
+                let (_, _, index) = self.ring[if i == self.ring.len() { 0 } else { i }];
+                Ok(index)
             }
             Strategy::Range {
                 ranges,
@@ -202,11 +203,11 @@ impl ShardRouter {
 /// The ring of `shards` with `vnodes` points each. Point `v` of shard `s`
 /// sits at `ring_position("shard-{s}#{v}")`, so a shard's points do not
 /// depend on the other shards: adding one only adds points.
-fn build_ring(shards: &[ShardId], vnodes: u32) -> (Vec<(u32, ShardId)>, usize) {
+fn build_ring(shards: &[ShardId], vnodes: u32) -> (Vec<(u32, ShardId, usize)>, usize) {
     let mut ring = Vec::with_capacity(shards.len() * vnodes as usize);
-    for &s in shards {
+    for (index, &s) in shards.iter().enumerate() {
         for v in 0..vnodes {
-            ring.push((ring_position(format!("shard-{s}#{v}").as_bytes()), s));
+            ring.push((ring_position(format!("shard-{s}#{v}").as_bytes()), s, index));
         }
     }
     ring.sort_unstable();

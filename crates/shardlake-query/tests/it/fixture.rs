@@ -57,6 +57,20 @@ impl Fixture {
         Self { dir, lake, events }
     }
 
+    /// Like [`Self::build`] with small row groups and pages, so the fixture
+    /// spans many pages and page-index pruning shows.
+    pub async fn small_pages(commits: usize) -> Self {
+        Self::build_with(
+            commits,
+            WriterConfig {
+                row_group_rows: 512,
+                page_rows: 64,
+                ..WriterConfig::default()
+            },
+        )
+        .await
+    }
+
     pub async fn engine(&self, config: QueryConfig) -> CrossShardQuery {
         CrossShardQuery::open(&self.lake, config)
             .await

@@ -3,7 +3,6 @@
 
 use futures::StreamExt;
 use shardlake_core::{Event, events_from_batch};
-use shardlake_lake::WriterConfig;
 use shardlake_query::{CrossShardQuery, ErrorKind, ReplayQuery, SqlQuery};
 
 use crate::fixture::{Fixture, config};
@@ -25,15 +24,7 @@ fn ids(events: &[Event]) -> Vec<(i32, i64)> {
 #[tokio::test]
 async fn a_key_replays_in_commit_order_and_reads_a_fraction_of_its_namespace() {
     // Small pages so that the fixture spans many: page-index pruning at work.
-    let fixture = Fixture::build_with(
-        1,
-        WriterConfig {
-            row_group_rows: 512,
-            page_rows: 64,
-            ..WriterConfig::default()
-        },
-    )
-    .await;
+    let fixture = Fixture::small_pages(1).await;
     let engine = fixture.engine(config()).await;
     // The key of tenant-000 with the most events.
     let ns = fixture.in_namespace("tenant-000");

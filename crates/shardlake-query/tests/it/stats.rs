@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
-use shardlake_lake::WriterConfig;
 use shardlake_query::{QueryResult, Scope};
 
 use crate::fixture::{Fixture, config};
@@ -133,15 +132,7 @@ async fn full_scans_read_every_file_and_every_shard() {
 #[tokio::test]
 async fn a_key_filter_reads_a_fraction_of_its_namespace() {
     // Small pages so that the fixture spans many: page-index pruning at work.
-    let fixture = Fixture::build_with(
-        1,
-        WriterConfig {
-            row_group_rows: 512,
-            page_rows: 64,
-            ..WriterConfig::default()
-        },
-    )
-    .await;
+    let fixture = Fixture::small_pages(1).await;
     let engine = fixture.engine(config()).await;
     // The busiest key of the busiest namespace.
     let ns = "tenant-000";
