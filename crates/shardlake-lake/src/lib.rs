@@ -18,6 +18,7 @@
 
 pub mod checkpoint;
 pub mod commit;
+pub mod control;
 pub mod crashpoint;
 pub mod emitter;
 mod error;
@@ -96,6 +97,12 @@ impl Lake {
     /// Durable subscription checkpoints (in the catalog database).
     pub async fn checkpoints(&self) -> Result<checkpoint::Checkpoints> {
         self.table.checkpoints().await
+    }
+
+    /// Topology versions, migration records, key claims and buffered
+    /// writes (in the catalog database).
+    pub async fn control(&self) -> Result<control::ControlStore> {
+        self.table.control().await
     }
 
     /// Starts an emitter committing to the `events` table. Dead letters go to

@@ -11,6 +11,32 @@ pub enum MigrateError {
     Routing(shardlake_routing::RoutingError),
     /// Reading the lake failed.
     Query(shardlake_query::Error),
+    /// A shard refused a write because its key is fenced (migrating).
+    Fenced {
+        /// The shard.
+        shard: shardlake_routing::ShardId,
+        /// The fenced key.
+        key: String,
+    },
+    /// Another migration holds some of the keys (one migration per key at
+    /// a time).
+    KeysBusy {
+        /// `(key, migration)` pairs, at most a few.
+        conflicts: Vec<(String, String)>,
+        /// How many keys conflict in all.
+        total: usize,
+    },
+    /// The control store (topologies, migration records) failed.
+    Store(shardlake_lake::Error),
+    /// The migration ran out of time (its work was cancelled).
+    Timeout {
+        /// The phase it was in.
+        phase: String,
+    },
+    /// A copy does not match the lake.
+    VerificationFailed(String),
+    /// No such migration, or it cannot be resumed.
+    Unknown(String),
     /// A shard stub failed.
     Shard {
         /// The shard.
@@ -30,6 +56,28 @@ impl fmt::Display for MigrateError {
             Self::Routing(e) => write!(f, "routing: {e}"),
             Self::Query(e) => write!(f, "lake: {e}"),
             Self::Shard { shard, message } => write!(f, "shard {shard}: {message}"),
+            Self::Fenced { shard, key } => {
+                write!(
+                    f,
+                    "shard {shard}: `{key}` is migrating; its writes are fenced"
+                )
+            }
+            Self::KeysBusy { conflicts, total } => {
+                write!(f, "{total} key(s) are already migrating:")?;
+                for (key, migration) in conflicts {
+                    write!(f, " `{key}` (migration {migration})")?;
+                }
+                Ok(())
+            }
+            Self::Store(e) => write!(f, "control store: {e}"),
+            Self::Timeout { phase } => {
+                write!(
+                    f,
+                    "migration timed out in phase {phase}; its work was cancelled"
+                )
+            }
+            Self::VerificationFailed(m) => write!(f, "verification failed: {m}"),
+            Self::Unknown(m) => write!(f, "{m}"),
         }
     }
 }
@@ -45,5 +93,29 @@ impl From<shardlake_routing::RoutingError> for MigrateError {
 impl From<shardlake_query::Error> for MigrateError {
     fn from(e: shardlake_query::Error) -> Self {
         Self::Query(e)
+    }
+}
+
+impl From<shardlake_lake::Error> for MigrateError {
+    fn from(e: shardlake_lake::Error) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl MigrateError {
+    /// A stable code for the error (HTTP answers, CLI exit messages).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidPlan(_) => "invalid_plan",
+            Self::Routing(_) => "routing_error",
+            Self::Query(_) => "lake_error",
+            Self::Shard { .. } => "shard_error",
+            Self::Fenced { .. } => "key_fenced",
+            Self::KeysBusy { .. } => "keys_busy",
+            Self::Store(_) => "control_store_error",
+            Self::Timeout { .. } => "migration_timeout",
+            Self::VerificationFailed(_) => "verification_failed",
+            Self::Unknown(_) => "migration_not_found",
+        }
     }
 }

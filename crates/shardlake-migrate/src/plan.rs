@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shardlake_query::CrossShardQuery;
 use shardlake_routing::{DistributionReport, ShardId, ShardRouter, Topology};
 
@@ -60,7 +60,7 @@ pub async fn key_stats(engine: &CrossShardQuery) -> Result<Vec<KeyStats>> {
 }
 
 /// One key changing owner.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyMove {
     /// The key.
     pub key: String,
@@ -77,7 +77,7 @@ pub struct KeyMove {
 }
 
 /// What a topology change moves.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MigrationPlan {
     /// The topology in use.
     pub from: Topology,

@@ -5,12 +5,13 @@
 //! re-running a failed copy converges instead of doubling state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
 use shardlake_core::Event;
+use shardlake_lake::PipelineEmitter;
 use shardlake_routing::ShardId;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -60,6 +61,13 @@ pub trait ShardStub: Send + Sync {
 
     /// Waits until nothing the shard accepted is still in flight.
     async fn drain(&self) -> Result<()>;
+
+    /// Handles new writes for keys the shard owns: the shard stamps its own
+    /// id and next `seq`, emits them to the lake and returns once they are
+    /// durable. Writes for a fenced key are refused whole with
+    /// [`MigrateError::Fenced`]. The shard's materialized state follows the
+    /// lake ([`ShardStub::apply`]): the lake is the write-ahead log.
+    async fn write(&self, events: &[Event]) -> Result<()>;
 }
 
 /// One key's state in an [`InMemoryShard`].
@@ -82,24 +90,45 @@ impl std::fmt::Debug for Xxh3Wrapper {
 }
 
 /// A shard held in memory: materializes each key's latest event and a
-/// running digest. For tests and the demo.
-#[derive(Debug)]
+/// running digest. With an emitter it also takes writes (emitting them as
+/// shard `id`). For tests and the demo.
 pub struct InMemoryShard {
     id: ShardId,
     state: Mutex<HashMap<String, KeyState>>,
     fenced: Mutex<BTreeSet<String>>,
     /// Fail every `apply` after this many more calls (fault injection).
     fail_after: Mutex<Option<usize>>,
+    /// The emitter and the last `seq` used; the lock keeps `seq` in
+    /// emission order.
+    emitter: Option<tokio::sync::Mutex<(Arc<PipelineEmitter>, i64)>>,
+}
+
+impl std::fmt::Debug for InMemoryShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryShard")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl InMemoryShard {
-    /// An empty shard.
+    /// An empty shard that takes no writes.
     pub fn new(id: ShardId) -> Self {
         Self {
             id,
             state: Mutex::default(),
             fenced: Mutex::default(),
             fail_after: Mutex::default(),
+            emitter: None,
+        }
+    }
+
+    /// An empty shard whose writes go to the lake through `emitter`,
+    /// continuing after `last_seq` (the shard's committed watermark).
+    pub fn with_emitter(id: ShardId, emitter: Arc<PipelineEmitter>, last_seq: i64) -> Self {
+        Self {
+            emitter: Some(tokio::sync::Mutex::new((emitter, last_seq))),
+            ..Self::new(id)
         }
     }
 
@@ -231,14 +260,65 @@ impl ShardStub for InMemoryShard {
     }
 
     async fn drain(&self) -> Result<()> {
+        // Writes hold the emitter lock until their events are queued, and
+        // return only once durable: taking the lock waits out the queueing.
+        if let Some(emitter) = &self.emitter {
+            let guard = emitter.lock().await;
+            guard.0.flush().await.map_err(|e| self.shard_error(e))?;
+        }
         Ok(())
+    }
+
+    async fn write(&self, events: &[Event]) -> Result<()> {
+        let Some(emitter) = &self.emitter else {
+            return Err(self.shard_error("this shard takes no writes"));
+        };
+        {
+            let fenced = lock(&self.fenced);
+            if let Some(e) = events.iter().find(|e| fenced.contains(&e.partition_key)) {
+                return Err(MigrateError::Fenced {
+                    shard: self.id,
+                    key: e.partition_key.clone(),
+                });
+            }
+        }
+        let ack = {
+            let mut guard = emitter.lock().await;
+            let (emitter, last_seq) = &mut *guard;
+            let mut stamped = events.to_vec();
+            for e in &mut stamped {
+                *last_seq += 1;
+                e.shard_id = self.id as i32;
+                e.seq = *last_seq;
+                e.position = None;
+            }
+            emitter
+                .send(stamped.as_slice())
+                .await
+                .map_err(|e| self.shard_error(e))?
+        };
+        let ack = ack.await.map_err(|e| self.shard_error(e))?;
+        match ack.rejected.first() {
+            Some(r) => Err(self.shard_error(format!("write {} refused: {}", r.index, r.error))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl InMemoryShard {
+    fn shard_error(&self, message: impl std::fmt::Display) -> MigrateError {
+        MigrateError::Shard {
+            shard: self.id,
+            message: message.to_string(),
+        }
     }
 }
 
 /// A shard behind HTTP: `POST {base}/apply` with a JSON array of events
 /// (answer `{"applied", "skipped"}`), `POST {base}/digests`, `/drop`,
 /// `/fence`, `/unfence` with a JSON array of keys, `GET {base}/accepts?key=`,
-/// `POST {base}/drain`. Transient failures (connection errors, 5xx, 429)
+/// `POST {base}/drain`, `POST {base}/write` with a JSON array of events
+/// (the shard emits them as itself). Transient failures (connection errors, 5xx, 429)
 /// are retried with exponential backoff.
 #[derive(Debug, Clone)]
 pub struct HttpShard {
@@ -365,6 +445,13 @@ impl ShardStub for HttpShard {
     async fn drain(&self) -> Result<()> {
         let url = format!("{}/drain", self.base);
         self.call::<serde_json::Value>(|| self.client.post(&url))
+            .await
+            .map(|_| ())
+    }
+
+    async fn write(&self, events: &[Event]) -> Result<()> {
+        let url = format!("{}/write", self.base);
+        self.call::<serde_json::Value>(|| self.client.post(&url).json(events))
             .await
             .map(|_| ())
     }

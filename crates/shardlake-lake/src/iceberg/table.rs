@@ -174,6 +174,12 @@ impl IcebergEventsTable {
         crate::checkpoint::Checkpoints::open(self.pool.clone()).await
     }
 
+    /// The control tables (topologies, migrations) in the same catalog
+    /// database.
+    pub async fn control(&self) -> Result<crate::control::ControlStore> {
+        crate::control::ControlStore::open(self.pool.clone()).await
+    }
+
     /// The catalog the table lives in.
     pub fn catalog(&self) -> Arc<dyn Catalog> {
         Arc::clone(&self.catalog) as Arc<dyn Catalog>

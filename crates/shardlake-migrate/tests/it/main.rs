@@ -1,5 +1,6 @@
-//! Migration plans from a real lake, and the shard stubs (in memory and
-//! over real HTTP).
+//! Migration plans from a real lake, the shard stubs (in memory and over
+//! real HTTP), and phased migrations with their failures.
 
+mod migrations;
 mod plans;
 mod stubs;

@@ -1,0 +1,971 @@
+//! The phased migration: copy from the lake, catch up, fence, cut over,
+//! flush, verify; or roll back.
+//!
+//! Every step is idempotent and the record is saved at every phase change,
+//! so a re-run after a crash (or a failure without rollback) converges:
+//! applying skips what a shard holds (by position), the fence and the
+//! topology are durable in the control store, and buffered writes that were
+//! delivered before the crash are found in the lake by idempotency key and
+//! not sent again.
+//!
+//! Per key, position order stays causal across the move: the old owner is
+//! fenced and drained and its events are in the lake before cutover; the
+//! new owner's first events (the buffered writes) are committed after.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use shardlake_core::Event;
+use shardlake_lake::Lake;
+use shardlake_lake::control::ControlStore;
+use shardlake_query::{CrossShardQuery, ReplayQuery};
+use shardlake_routing::{ShardId, ShardRouter, Topology};
+
+use crate::error::{MigrateError, Result};
+use crate::gate::WriteGate;
+use crate::plan::{KeyMove, MigrationPlan};
+use crate::record::{
+    self, FailureSummary, MigrationReport, MigrationStatus, Phase, Progress, RollbackSummary,
+};
+use crate::stub::{KeyDigest, ShardStub, digest_of};
+
+/// How a migration runs.
+#[derive(Debug, Clone)]
+pub struct MigrationConfig {
+    /// The whole run (not the rollback) is cancelled after this long.
+    pub timeout: Duration,
+    /// Events per `apply` call.
+    pub batch_size: usize,
+    /// Undo a failed run (drop the copies, restore routing, return the
+    /// buffered writes to the old owners).
+    pub rollback_on_failure: bool,
+    /// Catch-up rounds before fencing at most.
+    pub max_catch_up_rounds: u32,
+    /// Fence once a catch-up round applied at most this many events (the
+    /// writes buffered while fenced grow with the last round's length).
+    pub catch_up_threshold: u64,
+    /// Replay a namespace's moving keys by key (pruned by statistics) when
+    /// at most this many move; otherwise scan the namespace and filter.
+    pub keyed_replay_limit: usize,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(300),
+            batch_size: 5_000,
+            rollback_on_failure: true,
+            max_catch_up_rounds: 5,
+            catch_up_threshold: 1_000,
+            keyed_replay_limit: 1_000,
+        }
+    }
+}
+
+/// Called before each phase starts (and awaited): to pause for an
+/// operator, to inject faults in tests, or to log.
+#[async_trait]
+pub trait PhaseHook: Send + Sync {
+    /// `phase` is about to start.
+    async fn before(&self, phase: Phase, report: &MigrationReport);
+}
+
+type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// Runs migrations of one lake.
+pub struct Migrator {
+    engine: CrossShardQuery,
+    control: ControlStore,
+    gate: Arc<WriteGate>,
+    config: MigrationConfig,
+    progress: Option<ProgressFn>,
+    hook: Option<Arc<dyn PhaseHook>>,
+}
+
+impl std::fmt::Debug for Migrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Migrator")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A run in progress: the record and its clocks.
+struct Run {
+    report: MigrationReport,
+    started: Instant,
+    phase_started: Instant,
+}
+
+/// Where each moving key goes.
+type Moves = HashMap<String, (ShardId, ShardId)>;
+
+impl Migrator {
+    /// A migrator writing through `gate`. Raises the fences of unfinished
+    /// migrations found in the lake's control store, so writes to their
+    /// keys keep being buffered after a restart.
+    pub async fn open(
+        lake: &Lake,
+        engine: CrossShardQuery,
+        gate: Arc<WriteGate>,
+        config: MigrationConfig,
+    ) -> Result<Self> {
+        let control = lake.control().await?;
+        for report in record::migration_reports(&control).await? {
+            if report.status.is_open() && report.fenced {
+                gate.fence(&report.id, &report.plan.from, &report.plan.to)
+                    .await?;
+            }
+        }
+        Ok(Self {
+            engine,
+            control,
+            gate,
+            config,
+            progress: None,
+            hook: None,
+        })
+    }
+
+    /// Reports progress to `f`.
+    pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// Awaits `hook` before every phase.
+    pub fn with_hook(mut self, hook: Arc<dyn PhaseHook>) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// The control store (topologies, migration records).
+    pub fn control(&self) -> &ControlStore {
+        &self.control
+    }
+
+    /// Carries out `plan`. Returns the record whatever happened (check
+    /// [`MigrationReport::status`]); errors only when it cannot start (a
+    /// stale plan, keys another migration holds, no store).
+    ///
+    /// Running the same plan again resumes an unfinished run, returns a
+    /// completed one, and starts over after a rollback.
+    pub async fn execute(&self, plan: MigrationPlan) -> Result<MigrationReport> {
+        let id = record::migration_id(&plan);
+        let mut attempts = 1;
+        if let Some(existing) = record::migration_report(&self.control, &id).await? {
+            match existing.status {
+                MigrationStatus::Completed => return Ok(existing),
+                MigrationStatus::Running | MigrationStatus::Failed => {
+                    return self.resume(&id).await;
+                }
+                MigrationStatus::RolledBack => attempts = existing.attempts + 1,
+            }
+        }
+        let current = match record::current_topology(&self.control).await? {
+            Some(t) => t,
+            None => {
+                // The first migration of a lake records where it starts.
+                record::publish_topology(&self.control, &plan.from).await?;
+                plan.from.clone()
+            }
+        };
+        if current != plan.from {
+            return Err(MigrateError::InvalidPlan(format!(
+                "the plan starts from topology version {} but version {} is current; plan again",
+                plan.from.version, current.version
+            )));
+        }
+        let keys: Vec<String> = plan.moves.iter().map(|m| m.key.clone()).collect();
+        self.claim(&id, &keys).await?;
+        let mut report = MigrationReport::new(id, plan);
+        report.attempts = attempts;
+        record::save(&self.control, &report).await?;
+        Ok(self.run(report).await)
+    }
+
+    /// Continues an interrupted or failed migration from where its record
+    /// says it stopped.
+    pub async fn resume(&self, id: &str) -> Result<MigrationReport> {
+        let mut report = self.load(id).await?;
+        if !report.status.is_open() {
+            return Ok(report);
+        }
+        report.status = MigrationStatus::Running;
+        report.error = None;
+        report.attempts += 1;
+        Ok(self.run(report).await)
+    }
+
+    /// Undoes an unfinished migration (one that failed without rollback,
+    /// or whose process died).
+    pub async fn rollback(&self, id: &str) -> Result<MigrationReport> {
+        let report = self.load(id).await?;
+        match report.status {
+            MigrationStatus::Completed => Err(MigrateError::InvalidPlan(format!(
+                "migration {id} completed; plan the reverse migration instead"
+            ))),
+            MigrationStatus::RolledBack => Ok(report),
+            MigrationStatus::Running | MigrationStatus::Failed => {
+                let mut run = Run::new(report);
+                self.roll_back(&mut run).await;
+                self.finish(&mut run).await;
+                Ok(run.report)
+            }
+        }
+    }
+
+    async fn load(&self, id: &str) -> Result<MigrationReport> {
+        record::migration_report(&self.control, id)
+            .await?
+            .ok_or_else(|| MigrateError::Unknown(format!("no migration `{id}`")))
+    }
+
+    async fn claim(&self, id: &str, keys: &[String]) -> Result<()> {
+        let conflicts = self.control.claim_keys(id, keys).await?;
+        if conflicts.is_empty() {
+            return Ok(());
+        }
+        Err(MigrateError::KeysBusy {
+            total: conflicts.len(),
+            conflicts: conflicts.into_iter().take(5).collect(),
+        })
+    }
+
+    /// Drives `report` to an end state; a failure is recorded (and rolled
+    /// back if configured), never returned.
+    async fn run(&self, report: MigrationReport) -> MigrationReport {
+        let mut run = Run::new(report);
+        let outcome = tokio::time::timeout(self.config.timeout, self.drive(&mut run)).await;
+        let failure = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            // Dropping `drive` cancelled whatever it was awaiting.
+            Err(_) => Some(MigrateError::Timeout {
+                phase: run.report.phase.to_string(),
+            }),
+        };
+        if let Some(e) = failure {
+            tracing::warn!(migration = %run.report.id, phase = %run.report.phase, error = %e, "migration failed");
+            run.report.error = Some(FailureSummary {
+                code: e.code().to_owned(),
+                message: e.to_string(),
+                phase: run.report.phase,
+            });
+            if self.config.rollback_on_failure {
+                self.roll_back(&mut run).await;
+            } else {
+                run.report.status = MigrationStatus::Failed;
+            }
+        }
+        self.finish(&mut run).await;
+        run.report
+    }
+
+    async fn finish(&self, run: &mut Run) {
+        run.close_phase();
+        run.report.duration_ms += run.started.elapsed().as_millis() as u64;
+        run.started = Instant::now();
+        if let Err(e) = record::save(&self.control, &run.report).await {
+            tracing::error!(migration = %run.report.id, error = %e, "could not save the migration record");
+        }
+    }
+
+    async fn enter(&self, run: &mut Run, phase: Phase) -> Result<()> {
+        run.close_phase();
+        run.report.phase = phase;
+        record::save(&self.control, &run.report).await?;
+        tracing::info!(migration = %run.report.id, phase = %phase, "migration phase");
+        self.report_progress(run);
+        if let Some(hook) = &self.hook {
+            hook.before(phase, &run.report).await;
+        }
+        Ok(())
+    }
+
+    fn report_progress(&self, run: &Run) {
+        if let Some(progress) = &self.progress {
+            progress(&Progress {
+                id: run.report.id.clone(),
+                phase: run.report.phase,
+                keys_total: run.report.plan.moves.len(),
+                events_total: run.report.plan.events_to_move,
+                events_done: run.report.events_copied + run.report.events_skipped,
+                writes_buffered: run.report.writes_buffered,
+                elapsed_ms: run.started.elapsed().as_millis() as u64,
+            });
+        }
+    }
+
+    async fn drive(&self, run: &mut Run) -> Result<()> {
+        self.enter(run, Phase::Initializing).await?;
+        self.check_shards(&run.report)?;
+        if run.report.copy_snapshot.is_none() {
+            run.report.copy_snapshot = self.engine.current_snapshot().await?.snapshot_id;
+        }
+
+        if run.report.applied_snapshot.is_none() && !run.report.cut_over {
+            self.enter(run, Phase::Copying).await?;
+            self.copy(run).await?;
+        }
+
+        self.enter(run, Phase::CatchingUp).await?;
+        for _ in 0..self.config.max_catch_up_rounds {
+            if self.catch_up(run).await? <= self.config.catch_up_threshold {
+                break;
+            }
+        }
+
+        self.enter(run, Phase::Fencing).await?;
+        self.fence(run).await?;
+
+        self.enter(run, Phase::Cutover).await?;
+        self.cut_over(run).await?;
+
+        self.enter(run, Phase::Flushing).await?;
+        let flushed = self.flush_and_unfence(run).await?;
+        run.report.writes_flushed += flushed;
+
+        self.enter(run, Phase::Verifying).await?;
+        self.verify(run).await?;
+
+        // The old owners forget the moved keys. Best effort: a removed
+        // shard may be gone for good, and routing no longer sends it anything.
+        run.report.cleanup_problems.clear();
+        for (shard, keys) in by_shard(&run.report.plan.moves, |m| m.from) {
+            let result = match self.gate.shards().get(shard) {
+                Ok(stub) => stub.drop_keys(&keys).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                run.report.cleanup_problems.push(e.to_string());
+            }
+        }
+        self.control.release_keys(&run.report.id).await?;
+        run.report.status = MigrationStatus::Completed;
+        self.enter(run, Phase::Complete).await
+    }
+
+    fn check_shards(&self, report: &MigrationReport) -> Result<()> {
+        for shard in report.plan.destinations.keys() {
+            self.gate.shards().get(*shard)?;
+        }
+        Ok(())
+    }
+
+    fn moves(report: &MigrationReport) -> Moves {
+        report
+            .plan
+            .moves
+            .iter()
+            .map(|m| (m.key.clone(), (m.from, m.to)))
+            .collect()
+    }
+
+    /// Replays the moving keys at the copy snapshot into their new owners.
+    async fn copy(&self, run: &mut Run) -> Result<()> {
+        let Some(snapshot) = run.report.copy_snapshot else {
+            return Ok(()); // an empty lake: nothing to copy
+        };
+        let moves = Self::moves(&run.report);
+        let mut sink = Sink::new(self);
+        for query in self.replays_of(&run.report.plan.moves, snapshot) {
+            self.replay_into(query, &moves, &mut sink, run).await?;
+        }
+        sink.flush_all(run).await?;
+        run.report.applied_snapshot = Some(snapshot);
+        record::save(&self.control, &run.report).await
+    }
+
+    /// The replays that read `moves`' keys at `snapshot`: by key where few
+    /// keys of a namespace move (statistics prune the rest), whole
+    /// namespaces (filtered here) where many do. Keys with events in more
+    /// than one namespace are replayed without a namespace filter, so their
+    /// events stay in one position order.
+    fn replays_of(&self, moves: &[KeyMove], snapshot: i64) -> Vec<ReplayQuery> {
+        let mut by_namespace: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut spanning = Vec::new();
+        for m in moves {
+            match m.namespaces.as_slice() {
+                [ns] => by_namespace.entry(ns).or_default().push(m.key.clone()),
+                _ => spanning.push(m.key.clone()),
+            }
+        }
+        let at = |namespace: Option<&str>, keys: Vec<String>| ReplayQuery {
+            namespace: namespace.map(str::to_owned),
+            partition_keys: keys,
+            snapshot_id: Some(snapshot),
+            ..ReplayQuery::default()
+        };
+        let limit = self.config.keyed_replay_limit.max(1);
+        let mut queries = Vec::new();
+        for (ns, keys) in by_namespace {
+            if keys.len() <= limit {
+                queries.push(at(Some(ns), keys));
+            } else {
+                queries.push(at(Some(ns), Vec::new()));
+            }
+        }
+        for chunk in spanning.chunks(limit) {
+            queries.push(at(None, chunk.to_vec()));
+        }
+        queries
+    }
+
+    /// Streams `query`, handing the events of moving keys to `sink`.
+    async fn replay_into(
+        &self,
+        query: ReplayQuery,
+        moves: &Moves,
+        sink: &mut Sink<'_>,
+        run: &mut Run,
+    ) -> Result<()> {
+        let mut stream = self.engine.replay(query).without_cache().stream().await?;
+        while let Some(batch) = stream.next().await {
+            let events = shardlake_core::events_from_batch(&batch?)
+                .map_err(|e| MigrateError::Unknown(format!("replayed rows: {e}")))?;
+            for event in events {
+                if let Some(&(_, to)) = moves.get(&event.partition_key) {
+                    sink.push(to, event, run).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies what was committed since the applied snapshot; returns the
+    /// number of events of moving keys it saw. Keys that appeared after
+    /// planning and change owner join the migration here.
+    async fn catch_up(&self, run: &mut Run) -> Result<u64> {
+        self.catch_up_into(run, true).await
+    }
+
+    /// [`Self::catch_up`]; with `apply` false it only finds the keys that
+    /// joined (for a rollback, which gives back whole histories instead).
+    async fn catch_up_into(&self, run: &mut Run, apply: bool) -> Result<u64> {
+        let current = self.engine.current_snapshot().await?.snapshot_id;
+        let Some(current) = current else {
+            return Ok(0);
+        };
+        if run.report.applied_snapshot == Some(current) {
+            run.report.catch_up_rounds += 1;
+            return Ok(0);
+        }
+        let mut moves = Self::moves(&run.report);
+        let (from, to) = (
+            ShardRouter::new(run.report.plan.from.clone())?,
+            ShardRouter::new(run.report.plan.to.clone())?,
+        );
+        let query = ReplayQuery {
+            since_snapshot: run.report.applied_snapshot,
+            snapshot_id: Some(current),
+            ..ReplayQuery::default()
+        };
+        let mut stream = self.engine.replay(query).without_cache().stream().await?;
+        let mut sink = Sink::new(self);
+        let mut seen = 0;
+        while let Some(batch) = stream.next().await {
+            let events = shardlake_core::events_from_batch(&batch?)
+                .map_err(|e| MigrateError::Unknown(format!("replayed rows: {e}")))?;
+            for event in events {
+                let key = event.partition_key.as_str();
+                let route = match moves.get(key) {
+                    Some(r) => Some(*r),
+                    None => {
+                        let (a, b) = (from.shard_of(key)?, to.shard_of(key)?);
+                        (a != b).then_some((a, b))
+                    }
+                };
+                let Some((a, b)) = route else { continue };
+                if !moves.contains_key(key) {
+                    self.discover(run, &event, a, b).await?;
+                    moves.insert(event.partition_key.clone(), (a, b));
+                }
+                seen += 1;
+                if apply {
+                    sink.push(b, event, run).await?;
+                }
+            }
+        }
+        sink.flush_all(run).await?;
+        run.report.applied_snapshot = Some(current);
+        run.report.catch_up_rounds += 1;
+        record::save(&self.control, &run.report).await?;
+        Ok(seen)
+    }
+
+    /// A key the plan did not know changes owner: claim and move it too.
+    async fn discover(
+        &self,
+        run: &mut Run,
+        event: &Event,
+        from: ShardId,
+        to: ShardId,
+    ) -> Result<()> {
+        let key = event.partition_key.clone();
+        self.claim(&run.report.id, std::slice::from_ref(&key))
+            .await?;
+        if run.report.fenced {
+            self.gate
+                .shards()
+                .get(from)?
+                .set_accepting(std::slice::from_ref(&key), false)
+                .await?;
+        }
+        let plan = &mut run.report.plan;
+        plan.moves.push(KeyMove {
+            key,
+            namespaces: vec![event.namespace.clone()],
+            from,
+            to,
+            events: 0,
+            bytes: 0,
+        });
+        *plan.destinations.entry(to).or_insert(0) += 1;
+        run.report.keys_discovered += 1;
+        Ok(())
+    }
+
+    /// Buffers writes to moving keys, fences and drains the old owners,
+    /// then applies the last of their events.
+    async fn fence(&self, run: &mut Run) -> Result<()> {
+        let plan = run.report.plan.clone();
+        // Durable first: a restarted gate raises the fence again.
+        run.report.fenced = true;
+        record::save(&self.control, &run.report).await?;
+        self.gate
+            .fence(&run.report.id, &plan.from, &plan.to)
+            .await?;
+        for (shard, keys) in by_shard(&plan.moves, |m| m.from) {
+            let stub = self.gate.shards().get(shard)?;
+            stub.set_accepting(&keys, false).await?;
+            stub.drain().await?;
+        }
+        self.catch_up(run).await?;
+        run.report.fence_snapshot = run.report.applied_snapshot;
+        record::save(&self.control, &run.report).await
+    }
+
+    /// Publishes the next topology (durably, then in this process).
+    async fn cut_over(&self, run: &mut Run) -> Result<()> {
+        let next = run.report.plan.to.clone();
+        if !record::publish_topology(&self.control, &next).await? {
+            let current = record::current_topology(&self.control).await?;
+            if current.as_ref() != Some(&next) {
+                return Err(MigrateError::InvalidPlan(format!(
+                    "topology version {} is taken by another change",
+                    next.version
+                )));
+            }
+        }
+        self.adopt(&next)?;
+        run.report.cut_over = true;
+        record::save(&self.control, &run.report).await
+    }
+
+    /// Makes `topology` this process's routing (if it is not older).
+    fn adopt(&self, topology: &Topology) -> Result<()> {
+        let router = self.gate.router();
+        if router.current().topology().version < topology.version {
+            router.swap(ShardRouter::new(topology.clone())?)?;
+        }
+        Ok(())
+    }
+
+    /// Delivers the buffer to the keys' current owners until it is empty,
+    /// then lifts the fence with the last of it.
+    async fn flush_and_unfence(&self, run: &mut Run) -> Result<u64> {
+        let mut delivered = 0;
+        for _ in 0..3 {
+            let n = self.flush_buffer(run).await?;
+            delivered += n;
+            if n == 0 {
+                break;
+            }
+        }
+        let id = run.report.id.clone();
+        let mut last = 0;
+        self.gate
+            .unfence(&id, async {
+                last = self.flush_buffer(run).await?;
+                Ok(())
+            })
+            .await?;
+        delivered += last;
+        run.report.fenced = false;
+        record::save(&self.control, &run.report).await?;
+        Ok(delivered)
+    }
+
+    /// Sends the buffered writes to their keys' owners under the current
+    /// routing, each owner's in arrival order; returns how many went out.
+    async fn flush_buffer(&self, run: &mut Run) -> Result<u64> {
+        let buffered = self.control.buffered_writes(&run.report.id).await?;
+        if buffered.is_empty() {
+            return Ok(0);
+        }
+        run.report.writes_buffered += buffered.len() as u64;
+        let mut writes = Vec::with_capacity(buffered.len());
+        for b in &buffered {
+            let mut event: Event = serde_json::from_str(&b.event).map_err(|e| {
+                MigrateError::Unknown(format!("buffered write {} is unreadable: {e}", b.n))
+            })?;
+            // Names the write, so a re-run can tell whether it arrived.
+            if event.idempotency_key.is_none() {
+                event.idempotency_key = Some(format!("shardlake-buffered-write:{}", b.n));
+            }
+            writes.push((b.n, event));
+        }
+        let delivered = if run.report.flush_started {
+            self.delivered_already(&writes).await?
+        } else {
+            BTreeSet::new()
+        };
+        run.report.flush_started = true;
+        record::save(&self.control, &run.report).await?;
+
+        let router = self.gate.router().current();
+        let mut by_owner: BTreeMap<ShardId, (Vec<i64>, Vec<Event>)> = BTreeMap::new();
+        let mut done = Vec::new();
+        for (n, event) in writes {
+            if event
+                .idempotency_key
+                .as_ref()
+                .is_some_and(|k| delivered.contains(k))
+            {
+                done.push(n);
+                continue;
+            }
+            let owner = router.shard_of(&event.partition_key)?;
+            let entry = by_owner.entry(owner).or_default();
+            entry.0.push(n);
+            entry.1.push(event);
+        }
+        let mut sent = 0;
+        for (owner, (ns, events)) in by_owner {
+            let stub = self.gate.shards().get(owner)?;
+            for (n, chunk) in ns
+                .chunks(self.config.batch_size)
+                .zip(events.chunks(self.config.batch_size))
+            {
+                stub.write(chunk).await?;
+                self.control.remove_buffered(&run.report.id, n).await?;
+                sent += chunk.len() as u64;
+            }
+        }
+        self.control.remove_buffered(&run.report.id, &done).await?;
+        Ok(sent)
+    }
+
+    /// Idempotency keys of `writes` that are in the lake already.
+    async fn delivered_already(&self, writes: &[(i64, Event)]) -> Result<BTreeSet<String>> {
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let keys: BTreeSet<String> = writes
+            .iter()
+            .map(|(_, e)| quote(&e.partition_key))
+            .collect();
+        let ids: BTreeSet<String> = writes
+            .iter()
+            .filter_map(|(_, e)| e.idempotency_key.as_deref().map(quote))
+            .collect();
+        let sql = format!(
+            "SELECT idempotency_key FROM events WHERE partition_key IN ({}) AND idempotency_key IN ({})",
+            keys.into_iter().collect::<Vec<_>>().join(", "),
+            ids.into_iter().collect::<Vec<_>>().join(", ")
+        );
+        let result = self.engine.sql(sql).without_cache().await?;
+        let mut found = BTreeSet::new();
+        for batch in &result.batches {
+            let col = arrow::array::AsArray::as_string::<i32>(batch.column(0));
+            found.extend(col.iter().flatten().map(str::to_owned));
+        }
+        Ok(found)
+    }
+
+    /// Compares each moved key on its new owner with the lake: event count,
+    /// last position and content hash, at one snapshot.
+    async fn verify(&self, run: &mut Run) -> Result<()> {
+        self.catch_up(run).await?;
+        let Some(snapshot) = run.report.applied_snapshot else {
+            return Ok(());
+        };
+        let moves = Self::moves(&run.report);
+        let mut lake: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+        for query in self.replays_of(&run.report.plan.moves, snapshot) {
+            let mut stream = self.engine.replay(query).without_cache().stream().await?;
+            while let Some(batch) = stream.next().await {
+                let events = shardlake_core::events_from_batch(&batch?)
+                    .map_err(|e| MigrateError::Unknown(format!("replayed rows: {e}")))?;
+                for e in events {
+                    if moves.contains_key(&e.partition_key) {
+                        lake.entry(e.partition_key.clone()).or_default().push(e);
+                    }
+                }
+            }
+        }
+        let mut mismatches = Vec::new();
+        let mut verified = 0;
+        for (shard, keys) in by_shard(&run.report.plan.moves, |m| m.to) {
+            let held = self.gate.shards().get(shard)?.digests(&keys).await?;
+            for key in keys {
+                let expected: Option<KeyDigest> =
+                    lake.get(&key).map(|events| digest_of(events.iter()));
+                let actual = held.get(&key);
+                if expected.as_ref() == actual {
+                    verified += 1;
+                } else {
+                    mismatches.push(format!(
+                        "`{key}` on shard {shard}: lake {} events, shard {} events",
+                        expected.map_or(0, |d| d.events),
+                        actual.map_or(0, |d| d.events)
+                    ));
+                }
+            }
+        }
+        run.report.keys_verified = verified;
+        if mismatches.is_empty() {
+            Ok(())
+        } else {
+            let total = mismatches.len();
+            mismatches.truncate(5);
+            Err(MigrateError::VerificationFailed(format!(
+                "{total} key(s) differ: {}",
+                mismatches.join("; ")
+            )))
+        }
+    }
+
+    /// Undoes the run as far as it got. Never fails: what could not be
+    /// undone is listed in the summary and the status stays `failed`, so an
+    /// operator can retry (`shardlake migrate rollback`).
+    async fn roll_back(&self, run: &mut Run) {
+        let failed_in = run.report.phase;
+        if let Err(e) = self.enter(run, Phase::RollingBack).await {
+            tracing::warn!(error = %e, "could not record the rollback phase");
+        }
+        let mut summary = RollbackSummary::default();
+        let mut problems = Vec::new();
+        let note = |problems: &mut Vec<String>, result: Result<()>, what: String| {
+            if let Err(e) = result {
+                problems.push(format!("{what}: {e}"));
+            }
+        };
+        if run.report.cut_over {
+            match self.uncut(run).await {
+                Ok((version, returned)) => {
+                    summary.topology_restored_as = Some(version);
+                    summary.writes_returned += returned;
+                }
+                Err(e) => note(&mut problems, Err(e), "restore routing".into()),
+            }
+        }
+        if !run.report.cut_over {
+            for (shard, keys) in by_shard(&run.report.plan.moves, |m| m.to) {
+                let result = self
+                    .stub(shard)
+                    .map(|s| async move { s.drop_keys(&keys).await.map(|()| keys.len()) });
+                match result {
+                    Ok(dropping) => match dropping.await {
+                        Ok(n) => summary.keys_dropped += n,
+                        Err(e) => note(
+                            &mut problems,
+                            Err(e),
+                            format!("drop the copies on shard {shard}"),
+                        ),
+                    },
+                    Err(e) => note(
+                        &mut problems,
+                        Err(e),
+                        format!("drop the copies on shard {shard}"),
+                    ),
+                }
+            }
+            for (shard, keys) in by_shard(&run.report.plan.moves, |m| m.from) {
+                let result = match self.stub(shard) {
+                    Ok(stub) => stub.set_accepting(&keys, true).await,
+                    Err(e) => Err(e),
+                };
+                note(&mut problems, result, format!("reopen shard {shard}"));
+            }
+            if run.report.fenced {
+                match self.flush_and_unfence(run).await {
+                    Ok(n) => summary.writes_returned += n,
+                    Err(e) => note(&mut problems, Err(e), "return the buffered writes".into()),
+                }
+            }
+        }
+        if problems.is_empty() {
+            let released = self.control.release_keys(&run.report.id).await;
+            note(
+                &mut problems,
+                released.map_err(Into::into),
+                "release the keys".into(),
+            );
+        }
+        run.report.rolled_back = problems.is_empty();
+        run.report.status = if problems.is_empty() {
+            MigrationStatus::RolledBack
+        } else {
+            MigrationStatus::Failed
+        };
+        summary.problems = problems;
+        run.report.applied_snapshot = None;
+        run.report.flush_started = false;
+        run.report.rollback = Some(summary);
+        run.report.phase = failed_in;
+    }
+
+    fn stub(&self, shard: ShardId) -> Result<Arc<dyn ShardStub>> {
+        self.gate.shards().get(shard)
+    }
+
+    /// After cutover: fence again, give the keys back to their old owners
+    /// (the previous layout, republished as a newer version, since versions
+    /// never go back), let the old owners apply what the new ones committed
+    /// meanwhile, drop the copies and return the buffered writes. Returns
+    /// the restoring version and the writes returned.
+    async fn uncut(&self, run: &mut Run) -> Result<(u64, u64)> {
+        let plan = run.report.plan.clone();
+        run.report.fenced = true;
+        record::save(&self.control, &run.report).await?;
+        self.gate
+            .fence(&run.report.id, &plan.from, &plan.to)
+            .await?;
+        for (shard, keys) in by_shard(&plan.moves, |m| m.to) {
+            let stub = self.stub(shard)?;
+            stub.set_accepting(&keys, false).await?;
+            stub.drain().await?;
+        }
+        let current = record::current_topology(&self.control)
+            .await?
+            .map_or(plan.to.version, |t| t.version);
+        let restored = Topology {
+            version: current.max(plan.to.version) + 1,
+            ..plan.from.clone()
+        };
+        if !record::publish_topology(&self.control, &restored).await? {
+            return Err(MigrateError::InvalidPlan(format!(
+                "topology version {} is taken by another change",
+                restored.version
+            )));
+        }
+        self.adopt(&restored)?;
+        run.report.cut_over = false;
+        record::save(&self.control, &run.report).await?;
+
+        // Keys first written after the fence joined under the new routing:
+        // find them, so they go back too.
+        run.report.applied_snapshot = run.report.fence_snapshot;
+        self.catch_up_into(run, false).await?;
+        // The old owners take back each key's whole history (applying skips
+        // what they hold, so they end with exactly what the new owners
+        // committed meanwhile, in order).
+        if let Some(snapshot) = self.engine.current_snapshot().await?.snapshot_id {
+            let back: Moves = run
+                .report
+                .plan
+                .moves
+                .iter()
+                .map(|m| (m.key.clone(), (m.to, m.from)))
+                .collect();
+            let mut sink = Sink::new(self);
+            for query in self.replays_of(&run.report.plan.moves, snapshot) {
+                self.replay_into(query, &back, &mut sink, run).await?;
+            }
+            sink.flush_all(run).await?;
+        }
+        for (shard, keys) in by_shard(&run.report.plan.moves, |m| m.to) {
+            self.stub(shard)?.drop_keys(&keys).await?;
+        }
+        for (shard, keys) in by_shard(&run.report.plan.moves, |m| m.from) {
+            self.stub(shard)?.set_accepting(&keys, true).await?;
+        }
+        let returned = self.flush_and_unfence(run).await?;
+        Ok((restored.version, returned))
+    }
+}
+
+impl Run {
+    fn new(report: MigrationReport) -> Self {
+        Self {
+            report,
+            started: Instant::now(),
+            phase_started: Instant::now(),
+        }
+    }
+
+    fn close_phase(&mut self) {
+        let ms = self.phase_started.elapsed().as_millis() as u64;
+        *self
+            .report
+            .phase_ms
+            .entry(self.report.phase.as_str().to_owned())
+            .or_insert(0) += ms;
+        self.phase_started = Instant::now();
+    }
+}
+
+/// Keys of `moves` grouped by the shard `side` picks.
+fn by_shard(
+    moves: &[KeyMove],
+    side: impl Fn(&KeyMove) -> ShardId,
+) -> BTreeMap<ShardId, Vec<String>> {
+    let mut out: BTreeMap<ShardId, Vec<String>> = BTreeMap::new();
+    for m in moves {
+        out.entry(side(m)).or_default().push(m.key.clone());
+    }
+    out
+}
+
+/// Per-shard batches of events on their way to `apply` (each shard's in
+/// replay order, so each key's stay in position order).
+struct Sink<'a> {
+    migrator: &'a Migrator,
+    pending: BTreeMap<ShardId, Vec<Event>>,
+}
+
+impl<'a> Sink<'a> {
+    fn new(migrator: &'a Migrator) -> Self {
+        Self {
+            migrator,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Queues `event` for `shard`, applying a full batch.
+    async fn push(&mut self, shard: ShardId, event: Event, run: &mut Run) -> Result<()> {
+        let batch = self.pending.entry(shard).or_default();
+        batch.push(event);
+        if batch.len() >= self.migrator.config.batch_size {
+            let events = std::mem::take(batch);
+            self.apply(shard, &events, run).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_all(&mut self, run: &mut Run) -> Result<()> {
+        for (shard, events) in std::mem::take(&mut self.pending) {
+            if !events.is_empty() {
+                self.apply(shard, &events, run).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, shard: ShardId, events: &[Event], run: &mut Run) -> Result<()> {
+        let ack = self
+            .migrator
+            .gate
+            .shards()
+            .get(shard)?
+            .apply(events)
+            .await?;
+        run.report.events_copied += ack.applied as u64;
+        run.report.events_skipped += ack.skipped as u64;
+        self.migrator.report_progress(run);
+        Ok(())
+    }
+}
