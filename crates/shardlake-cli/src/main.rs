@@ -7,6 +7,7 @@
 mod demo;
 mod generate;
 mod ingest;
+mod migrate;
 mod output;
 mod query;
 mod route;
@@ -144,6 +145,17 @@ enum Command {
         #[command(subcommand)]
         command: TopologyCommand,
     },
+    /// Move keys between shards: plan, add-shard, remove-shard, rebalance,
+    /// status, resume, rollback (see docs/operations.md).
+    Migrate {
+        #[command(subcommand)]
+        command: migrate::MigrateCommand,
+    },
+    /// Shard tools.
+    Shard {
+        #[command(subcommand)]
+        command: ShardCommand,
+    },
     /// Serve the HTTP API (SQL, ingestion, tables, stats, metrics) until
     /// SIGTERM or SIGINT, then finish in-flight requests and commit.
     Serve {
@@ -169,6 +181,24 @@ enum TopologyCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ShardCommand {
+    /// Serve an in-memory shard over HTTP (the protocol `migrate` drives)
+    /// until SIGTERM or SIGINT: for trying migrations and the runbook.
+    Serve {
+        /// The shard's id (its writes are emitted as this shard).
+        #[arg(long)]
+        id: u32,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+        /// First rebuild the state of the keys this shard owns (under the
+        /// recorded topology) from the lake.
+        #[arg(long)]
+        hydrate: bool,
     },
 }
 
@@ -356,6 +386,15 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
                     json,
                 },
         } => route::analyze(&keys, &topology, json, &mut std::io::stdout().lock()),
+        Command::Migrate { command } => migrate::run(&cli.warehouse, command).await,
+        Command::Shard {
+            command:
+                ShardCommand::Serve {
+                    id,
+                    listen,
+                    hydrate,
+                },
+        } => migrate::serve_shard(&cli.warehouse, id, listen, hydrate).await,
         Command::Serve { config, listen } => {
             serve::run(
                 config.as_deref(),

@@ -36,7 +36,8 @@ pub async fn run(
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -98,7 +98,13 @@ struct Run {
     report: MigrationReport,
     started: Instant,
     phase_started: Instant,
+    /// When the record was last saved while applying (`status` in another
+    /// process shows progress from it).
+    saved: Instant,
 }
+
+/// How often the record is saved while events are being applied.
+const SAVE_EVERY: Duration = Duration::from_millis(250);
 
 /// Where each moving key goes.
 type Moves = HashMap<String, (ShardId, ShardId)>;
@@ -451,7 +457,6 @@ impl Migrator {
             return Ok(0);
         };
         if run.report.applied_snapshot == Some(current) {
-            run.report.catch_up_rounds += 1;
             return Ok(0);
         }
         let mut moves = Self::moves(&run.report);
@@ -894,6 +899,7 @@ impl Run {
             report,
             started: Instant::now(),
             phase_started: Instant::now(),
+            saved: Instant::now(),
         }
     }
 
@@ -966,6 +972,10 @@ impl<'a> Sink<'a> {
         run.report.events_copied += ack.applied as u64;
         run.report.events_skipped += ack.skipped as u64;
         self.migrator.report_progress(run);
+        if run.saved.elapsed() >= SAVE_EVERY {
+            run.saved = Instant::now();
+            record::save(&self.migrator.control, &run.report).await?;
+        }
         Ok(())
     }
 }

@@ -7,6 +7,7 @@
 //! - [`stub`]: the `ShardStub` interface a migration drives (apply events
 //!   idempotently, count, drop keys, fence writes, drain, take writes), with
 //!   an in-memory shard that materializes entity state and an HTTP shard;
+//! - [`http`]: the HTTP shard protocol's server side, for any stub;
 //! - [`gate`]: the write path, which routes writes to owners and durably
 //!   buffers writes to keys that are moving;
 //! - [`execute`]: the phased migration (copy, catch up, fence, cut over,
@@ -17,6 +18,7 @@
 mod error;
 pub mod execute;
 pub mod gate;
+pub mod http;
 pub mod plan;
 pub mod record;
 pub mod stub;
@@ -24,6 +26,7 @@ pub mod stub;
 pub use error::{MigrateError, Result};
 pub use execute::{MigrationConfig, Migrator, PhaseHook};
 pub use gate::{ShardSet, Submitted, WriteGate};
+pub use http::shard_service;
 pub use plan::{
     KeyMove, KeyStats, MigrationPlan, analyze_balance, generate_rebalance_plan, key_stats,
     plan_add_shard, plan_between, plan_remove_shard, validate_plan,

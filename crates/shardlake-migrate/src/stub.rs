@@ -270,9 +270,6 @@ impl ShardStub for InMemoryShard {
     }
 
     async fn write(&self, events: &[Event]) -> Result<()> {
-        let Some(emitter) = &self.emitter else {
-            return Err(self.shard_error("this shard takes no writes"));
-        };
         {
             let fenced = lock(&self.fenced);
             if let Some(e) = events.iter().find(|e| fenced.contains(&e.partition_key)) {
@@ -282,6 +279,9 @@ impl ShardStub for InMemoryShard {
                 });
             }
         }
+        let Some(emitter) = &self.emitter else {
+            return Err(self.shard_error("this shard takes no writes"));
+        };
         let ack = {
             let mut guard = emitter.lock().await;
             let (emitter, last_seq) = &mut *guard;
@@ -363,7 +363,23 @@ impl HttpShard {
                 Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {
                     last = format!("HTTP {}", r.status());
                 }
-                Ok(r) => return Err(self.fail(format!("HTTP {}", r.status()))),
+                Ok(r) => {
+                    let status = r.status();
+                    #[derive(serde::Deserialize, Default)]
+                    struct Answer {
+                        error: String,
+                        message: String,
+                        key: Option<String>,
+                    }
+                    let answer: Answer = r.json().await.unwrap_or_default();
+                    if let ("key_fenced", Some(key)) = (answer.error.as_str(), answer.key) {
+                        return Err(MigrateError::Fenced {
+                            shard: self.id,
+                            key,
+                        });
+                    }
+                    return Err(self.fail(format!("HTTP {status}: {}", answer.message)));
+                }
                 Err(e) => last = e.to_string(),
             }
             tokio::time::sleep(backoff).await;

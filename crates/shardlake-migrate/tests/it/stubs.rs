@@ -1,14 +1,12 @@
 //! Shard stubs: idempotent apply, digests that verify against the lake,
 //! fencing, dropping; the HTTP stub against a real HTTP shard.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use shardlake_core::Event;
-use shardlake_migrate::{HttpShard, InMemoryShard, KeyDigest, ShardStub, digest_of};
+use shardlake_migrate::{
+    HttpShard, InMemoryShard, MigrateError, ShardStub, digest_of, shard_service,
+};
 use shardlake_query::{CrossShardQuery, QueryConfig, ReplayQuery};
 
 use crate::plans::lake_with_keys;
@@ -81,65 +79,7 @@ async fn the_in_memory_shard_materializes_and_verifies() {
 
 /// A real HTTP shard serving an in-memory one.
 async fn http_shard(inner: Arc<InMemoryShard>) -> String {
-    type S = State<Arc<InMemoryShard>>;
-    let app = Router::new()
-        .route(
-            "/shard/apply",
-            post(|State(s): S, Json(e): Json<Vec<Event>>| async move {
-                let ack = s.apply(&e).await.expect("apply");
-                Json(serde_json::json!({"applied": ack.applied, "skipped": ack.skipped}))
-            }),
-        )
-        .route(
-            "/shard/digests",
-            post(|State(s): S, Json(k): Json<Vec<String>>| async move {
-                let d: BTreeMap<String, KeyDigest> = s.digests(&k).await.expect("digests");
-                Json(serde_json::json!(
-                    d.into_iter()
-                        .map(|(k, d)| (
-                            k,
-                            serde_json::json!({
-                "events": d.events, "last_position": d.last_position,
-                "content_hash": format!("{:032x}", d.content_hash)})
-                        ))
-                        .collect::<BTreeMap<_, _>>()
-                ))
-            }),
-        )
-        .route(
-            "/shard/drop",
-            post(|State(s): S, Json(k): Json<Vec<String>>| async move {
-                s.drop_keys(&k).await.expect("drop");
-                Json(serde_json::json!({}))
-            }),
-        )
-        .route(
-            "/shard/fence",
-            post(|State(s): S, Json(k): Json<Vec<String>>| async move {
-                s.set_accepting(&k, false).await.expect("fence");
-                Json(serde_json::json!({}))
-            }),
-        )
-        .route(
-            "/shard/unfence",
-            post(|State(s): S, Json(k): Json<Vec<String>>| async move {
-                s.set_accepting(&k, true).await.expect("unfence");
-                Json(serde_json::json!({}))
-            }),
-        )
-        .route(
-            "/shard/accepts",
-            get(
-                |State(s): S, Query(q): Query<BTreeMap<String, String>>| async move {
-                    Json(s.accepts(&q["key"]).await.expect("accepts"))
-                },
-            ),
-        )
-        .route(
-            "/shard/drain",
-            post(|| async { Json(serde_json::json!({})) }),
-        )
-        .with_state(inner);
+    let app = axum::Router::new().nest("/shard", shard_service(inner));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -160,6 +100,14 @@ async fn the_http_shard_speaks_the_same_contract_over_a_real_socket() {
         inner.keys().into_iter().collect::<Vec<_>>(),
         vec!["Order:o-7"]
     );
+    // A write to a fenced key is refused as such, not as a broken shard.
+    let names = vec!["Order:o-7".to_owned()];
+    shard.set_accepting(&names, false).await.expect("fence");
+    let write = replayed(&lake, &["Order:o-7"]).await;
+    match shard.write(&write[..1]).await {
+        Err(MigrateError::Fenced { shard: 5, key }) => assert_eq!(key, "Order:o-7"),
+        other => panic!("expected a fenced refusal, got {other:?}"),
+    }
     // A shard that is not there: retries, then a clear error.
     let gone = HttpShard::new(6, "http://127.0.0.1:9/shard");
     let err = gone.apply(&[]).await.expect_err("unreachable").to_string();

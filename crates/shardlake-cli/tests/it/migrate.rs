@@ -1,0 +1,212 @@
+//! `shardlake migrate` against shards that are real processes
+//! (`shardlake shard serve`): plan, add a shard, SIGKILL the migration in
+//! the middle, refuse a second one, resume, status, remove a shard.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::{generate, query_json, run_ok, shardlake};
+
+/// `shardlake shard serve --id ID --hydrate` on a free port; its URL.
+async fn shard(warehouse: &Path, id: u32) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardlake"))
+        .arg("--warehouse")
+        .arg(warehouse)
+        .args([
+            "shard",
+            "serve",
+            "--hydrate",
+            "--listen",
+            "127.0.0.1:0",
+            "--id",
+        ])
+        .arg(id.to_string())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn shard");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let banner = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
+        .await
+        .expect("the shard starts")
+        .expect("read")
+        .expect("a banner");
+    let url = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("a url")
+        .to_owned();
+    (child, url)
+}
+
+fn status(warehouse: &Path) -> serde_json::Value {
+    let out = run_ok(warehouse, &["migrate", "status", "--json"]);
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// What shard `url` holds for `keys` (its digests).
+async fn digests(url: &str, keys: &[String]) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(format!("{url}/digests"))
+        .json(keys)
+        .send()
+        .await
+        .expect("digests")
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_adds_a_shard_survives_sigkill_and_removes_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("lake");
+    let events = generate(dir.path(), 20_000, 3, 3, 7);
+    run_ok(
+        &warehouse,
+        &["ingest", events.to_str().expect("path"), "--quiet"],
+    );
+
+    // No recorded topology: plan needs to be told, init records it.
+    let out = shardlake()
+        .arg("--warehouse")
+        .arg(&warehouse)
+        .args(["migrate", "plan", "--add-shard", "3"])
+        .output()
+        .expect("spawn");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no recorded topology"));
+    run_ok(
+        &warehouse,
+        &["migrate", "init", "--shards", "3", "--strategy", "jump"],
+    );
+    let plan = run_ok(
+        &warehouse,
+        &["migrate", "plan", "--add-shard", "3", "--json"],
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).expect("plan");
+    let moved: Vec<String> = plan["moves"]
+        .as_array()
+        .expect("moves")
+        .iter()
+        .map(|m| m["key"].as_str().expect("key").to_owned())
+        .collect();
+    assert!(moved.len() > 100, "{} keys move", moved.len());
+    assert!(
+        plan["moves"]
+            .as_array()
+            .expect("moves")
+            .iter()
+            .all(|m| m["to"] == 3)
+    );
+
+    let mut shards = Vec::new();
+    for id in 0..4 {
+        shards.push(shard(&warehouse, id).await);
+    }
+    let urls: Vec<String> = shards
+        .iter()
+        .enumerate()
+        .flat_map(|(id, (_, url))| ["--shard-url".to_owned(), format!("{id}={url}")])
+        .collect();
+    // One event per apply request keeps the copy slow enough to kill.
+    let mut migration = Command::new(env!("CARGO_BIN_EXE_shardlake"))
+        .arg("--warehouse")
+        .arg(&warehouse)
+        .args(["migrate", "add-shard", "3", "--quiet", "--batch-size", "1"])
+        .args(&urls)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn migrate");
+    let id = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let s = status(&warehouse);
+        if let Some(m) = s["migrations"].as_array().and_then(|m| m.first())
+            && m["phase"] == "copying"
+            && m["events_copied"].as_u64().unwrap_or(0) > 0
+        {
+            break m["id"].as_str().expect("id").to_owned();
+        }
+        assert!(
+            migration.try_wait().expect("wait").is_none(),
+            "still running"
+        );
+    };
+    // SIGKILL: no cleanup of any kind.
+    migration.start_kill().expect("kill");
+    migration.wait().await.expect("reaped");
+    let s = status(&warehouse);
+    assert_eq!(s["migrations"][0]["status"], "running", "{s}");
+    assert_eq!(s["topology"]["version"], 1);
+
+    // Another migration is refused while this one is open.
+    let out = shardlake()
+        .arg("--warehouse")
+        .arg(&warehouse)
+        .args(["migrate", "remove-shard", "0"])
+        .args(&urls)
+        .output()
+        .expect("spawn");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unfinished") && err.contains(&id), "{err}");
+
+    // Resume completes it.
+    let mut args = vec!["migrate", "resume", id.as_str(), "--json"];
+    args.extend(urls.iter().map(String::as_str));
+    let out = run_ok(&warehouse, &args);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(report["status"], "completed", "{report}");
+    assert_eq!(report["attempts"], 2);
+    assert_eq!(report["keys_verified"].as_u64(), Some(moved.len() as u64));
+    assert!(
+        report["events_skipped"].as_u64().expect("skipped") > 0,
+        "the re-run skipped copies"
+    );
+    assert_eq!(status(&warehouse)["topology"]["version"], 2);
+
+    // The new shard holds exactly the moved keys; the old owners forgot them.
+    let held = digests(&shards[3].1, &moved).await;
+    assert_eq!(held.as_object().expect("map").len(), moved.len());
+    for (_, url) in &shards[..3] {
+        assert!(
+            digests(url, &moved)
+                .await
+                .as_object()
+                .expect("map")
+                .is_empty()
+        );
+    }
+    // Each moved key's event count on the new shard equals the lake's.
+    let lake = query_json(
+        &warehouse,
+        &format!(
+            "SELECT partition_key, count(*) FROM events WHERE partition_key IN ({}) GROUP BY partition_key",
+            moved
+                .iter()
+                .map(|k| format!("'{k}'"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    );
+    for row in lake["rows"].as_array().expect("rows") {
+        let key = row[0].as_str().expect("key");
+        assert_eq!(held[key]["events"], row[1], "{key}");
+    }
+
+    // Removing shard 0 moves all its keys; the human report says so.
+    let mut args = vec!["migrate", "remove-shard", "0"];
+    args.extend(urls.iter().map(String::as_str));
+    let out = run_ok(&warehouse, &args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("completed") && text.contains("v2 -> v3"),
+        "{text}"
+    );
+    let s = status(&warehouse);
+    assert_eq!(s["topology"]["shards"], serde_json::json!([1, 2, 3]), "{s}");
+    assert_eq!(s["migrations"].as_array().expect("list").len(), 2);
+}
