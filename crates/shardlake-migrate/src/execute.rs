@@ -160,14 +160,20 @@ impl Migrator {
     /// Running the same plan again resumes an unfinished run, returns a
     /// completed one, and starts over after a rollback.
     pub async fn execute(&self, plan: MigrationPlan) -> Result<MigrationReport> {
+        let report = self.prepare(plan).await?;
+        Ok(self.run_prepared(report).await)
+    }
+
+    /// The checks and claims of [`Self::execute`] without the run: returns
+    /// the record to hand to [`Self::run_prepared`] (e.g. in a background
+    /// task, once the caller has been told the migration started).
+    pub async fn prepare(&self, plan: MigrationPlan) -> Result<MigrationReport> {
         let id = record::migration_id(&plan);
         let mut attempts = 1;
         if let Some(existing) = record::migration_report(&self.control, &id).await? {
             match existing.status {
                 MigrationStatus::Completed => return Ok(existing),
-                MigrationStatus::Running | MigrationStatus::Failed => {
-                    return self.resume(&id).await;
-                }
+                MigrationStatus::Running | MigrationStatus::Failed => return Ok(reopen(existing)),
                 MigrationStatus::RolledBack => attempts = existing.attempts + 1,
             }
         }
@@ -190,20 +196,27 @@ impl Migrator {
         let mut report = MigrationReport::new(id, plan);
         report.attempts = attempts;
         record::save(&self.control, &report).await?;
-        Ok(self.run(report).await)
+        Ok(report)
+    }
+
+    /// Drives a record from [`Self::prepare`] to its end (a finished one is
+    /// returned as is).
+    pub async fn run_prepared(&self, report: MigrationReport) -> MigrationReport {
+        if report.status.is_open() {
+            self.run(report).await
+        } else {
+            report
+        }
     }
 
     /// Continues an interrupted or failed migration from where its record
     /// says it stopped.
     pub async fn resume(&self, id: &str) -> Result<MigrationReport> {
-        let mut report = self.load(id).await?;
+        let report = self.load(id).await?;
         if !report.status.is_open() {
             return Ok(report);
         }
-        report.status = MigrationStatus::Running;
-        report.error = None;
-        report.attempts += 1;
-        Ok(self.run(report).await)
+        Ok(self.run(reopen(report)).await)
     }
 
     /// Undoes an unfinished migration (one that failed without rollback,
@@ -891,6 +904,14 @@ impl Migrator {
         let returned = self.flush_and_unfence(run).await?;
         Ok((restored.version, returned))
     }
+}
+
+/// An unfinished record, ready for another run.
+fn reopen(mut report: MigrationReport) -> MigrationReport {
+    report.status = MigrationStatus::Running;
+    report.error = None;
+    report.attempts += 1;
+    report
 }
 
 impl Run {

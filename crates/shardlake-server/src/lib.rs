@@ -31,7 +31,10 @@ pub mod routes;
 mod server;
 mod state;
 
-pub use config::{CacheSettings, EmitterSettings, Limits, Permission, ServerConfig, TokenConfig};
+pub use config::{
+    CacheSettings, EmitterSettings, Limits, MigrationSettings, Permission, ServerConfig,
+    ShardEndpoint, TokenConfig,
+};
 pub use error::ApiError;
 pub use routes::app;
 pub use server::{Server, ServerError};

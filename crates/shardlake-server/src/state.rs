@@ -28,6 +28,8 @@ struct Inner {
     query_slots: Arc<Semaphore>,
     metrics: ServerMetrics,
     draining: AtomicBool,
+    /// Held by the one migration this server runs at a time.
+    migration_slot: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -50,6 +52,7 @@ impl AppState {
                 query_slots: Arc::new(Semaphore::new(slots)),
                 metrics: ServerMetrics::new(),
                 draining: AtomicBool::new(false),
+                migration_slot: Arc::default(),
             }),
         }
     }
@@ -110,6 +113,11 @@ impl AppState {
     pub fn queries_running(&self) -> usize {
         self.config().limits.max_concurrent_queries.max(1)
             - self.inner.query_slots.available_permits()
+    }
+
+    /// The slot of the migration this server runs, if none runs now.
+    pub fn migration_slot(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        Arc::clone(&self.inner.migration_slot).try_lock_owned().ok()
     }
 
     /// Marks the server as shutting down (`/readyz` answers 503 from now on).

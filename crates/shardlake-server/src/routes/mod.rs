@@ -7,9 +7,11 @@
 //! | `GET /v1/replay` | query | [`replay`] |
 //! | `GET /v1/tables` | query | [`tables`] |
 //! | `GET /v1/stats`, `GET /metrics` | admin | [`ops`] |
+//! | `GET, POST /v1/migrations`, `POST /v1/migrations/plan`, `GET /v1/migrations/{id}`, `POST /v1/migrations/{id}/{resume,rollback}` | admin | [`migrations`] |
 //! | `GET /healthz`, `GET /readyz` | none | [`ops`] |
 
 pub mod events;
+pub mod migrations;
 pub mod ops;
 pub mod query;
 pub mod replay;
@@ -40,6 +42,13 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/events", post(events::ingest))
         .route("/v1/replay", get(replay::replay))
         .route("/v1/tables", get(tables::tables))
+        .route(
+            "/v1/migrations",
+            get(migrations::list).post(migrations::start),
+        )
+        .route("/v1/migrations/plan", post(migrations::dry_run))
+        .route("/v1/migrations/{id}", get(migrations::get))
+        .route("/v1/migrations/{id}/{action}", post(migrations::act))
         .route("/v1/stats", get(ops::stats))
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))

@@ -3,6 +3,7 @@
 
 mod auth;
 mod ingest;
+mod migrations;
 mod ops;
 mod query;
 mod support;

@@ -95,6 +95,26 @@ impl TestServer {
         format!("http://{}{path}", self.addr)
     }
 
+    /// GETs `path` and returns its JSON body.
+    pub async fn get_json(&self, path: &str, token: Option<&str>) -> Value {
+        self.get(path, token)
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// POSTs `body` as JSON to `path`.
+    pub async fn post_json(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
+        self.post(path, token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub fn get(&self, path: &str, token: Option<&str>) -> RequestBuilder {
         with_token(self.client.get(self.url(path)), token)
     }
