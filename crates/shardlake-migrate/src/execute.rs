@@ -77,6 +77,7 @@ type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 
 /// Runs migrations of one lake.
 pub struct Migrator {
+    lake: Lake,
     engine: CrossShardQuery,
     control: ControlStore,
     gate: Arc<WriteGate>,
@@ -127,6 +128,7 @@ impl Migrator {
             }
         }
         Ok(Self {
+            lake: lake.clone(),
             engine,
             control,
             gate,
@@ -562,6 +564,12 @@ impl Migrator {
             stub.set_accepting(&keys, false).await?;
             stub.drain().await?;
         }
+        // Everything the old owners had acknowledged is committed now: any
+        // later event of theirs for a moved key is a zombie's (verify).
+        if run.report.fence_position.is_none() {
+            let state = self.lake.commit_state().await?;
+            run.report.fence_position = Some(state.next_position - 1);
+        }
         self.catch_up(run).await?;
         run.report.fence_snapshot = run.report.applied_snapshot;
         record::save(&self.control, &run.report).await
@@ -725,6 +733,24 @@ impl Migrator {
             }
         }
         let mut mismatches = Vec::new();
+        // An old owner that kept writing after it was fenced (a zombie that
+        // missed the fence) would own the key twice.
+        let fenced_at = run.report.fence_position.unwrap_or(i64::MAX);
+        for (key, events) in &lake {
+            let Some(&(from, _)) = moves.get(key) else {
+                continue;
+            };
+            if let Some(e) = events
+                .iter()
+                .find(|e| e.shard_id == from as i32 && e.position.unwrap_or(0) > fenced_at)
+            {
+                mismatches.push(format!(
+                    "`{key}`: old owner {from} committed seq {} at position {} after it was fenced (position {fenced_at})",
+                    e.seq,
+                    e.position.unwrap_or(0)
+                ));
+            }
+        }
         let mut verified = 0;
         for (shard, keys) in by_shard(&run.report.plan.moves, |m| m.to) {
             let held = self.gate.shards().get(shard)?.digests(&keys).await?;
@@ -831,6 +857,7 @@ impl Migrator {
         };
         summary.problems = problems;
         run.report.applied_snapshot = None;
+        run.report.fence_position = None;
         run.report.flush_started = false;
         run.report.rollback = Some(summary);
         run.report.phase = failed_in;

@@ -151,6 +151,10 @@ pub struct MigrationReport {
     pub applied_snapshot: Option<i64>,
     /// The snapshot after the old owners were fenced and drained.
     pub fence_snapshot: Option<i64>,
+    /// The last position committed when the old owners were fenced: none
+    /// of their events for a moved key may come after it.
+    #[serde(default)]
+    pub fence_position: Option<i64>,
     /// Whether writes to moving keys are being buffered.
     pub fenced: bool,
     /// Whether the next topology was published.
@@ -193,6 +197,7 @@ impl MigrationReport {
             copy_snapshot: None,
             applied_snapshot: None,
             fence_snapshot: None,
+            fence_position: None,
             fenced: false,
             cut_over: false,
             flush_started: false,

@@ -346,8 +346,20 @@ impl HttpShard {
         }
     }
 
+    /// Sends a request, retrying transient failures. Only idempotent
+    /// requests are retried after they may have reached the shard (5xx,
+    /// 429, a connection lost mid-request); the others only when the
+    /// connection was never made.
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
+        request: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<T> {
+        self.send(true, request).await
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        idempotent: bool,
         request: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<T> {
         let mut backoff = Duration::from_millis(50);
@@ -360,7 +372,8 @@ impl HttpShard {
                         .await
                         .map_err(|e| self.fail(format!("bad answer: {e}")));
                 }
-                Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {
+                Ok(r) if r.status().as_u16() == 429 => last = "HTTP 429".into(),
+                Ok(r) if r.status().is_server_error() && idempotent => {
                     last = format!("HTTP {}", r.status());
                 }
                 Ok(r) => {
@@ -380,7 +393,12 @@ impl HttpShard {
                     }
                     return Err(self.fail(format!("HTTP {status}: {}", answer.message)));
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) if idempotent || e.is_connect() => last = e.to_string(),
+                Err(e) => {
+                    return Err(self.fail(format!(
+                        "the outcome is unknown (not retried, a retry could apply it twice): {e}"
+                    )));
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -466,8 +484,9 @@ impl ShardStub for HttpShard {
     }
 
     async fn write(&self, events: &[Event]) -> Result<()> {
+        // Not idempotent: the shard stamps a new seq each time.
         let url = format!("{}/write", self.base);
-        self.call::<serde_json::Value>(|| self.client.post(&url).json(events))
+        self.send::<serde_json::Value>(false, || self.client.post(&url).json(events))
             .await
             .map(|_| ())
     }

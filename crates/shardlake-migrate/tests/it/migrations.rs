@@ -801,3 +801,59 @@ async fn a_timeout_cancels_the_work_and_rolls_back() {
     assert!(cluster.stubs[&4].keys().is_empty());
     assert_eq!(cluster.router().current().topology(), &plan.from);
 }
+
+/// An old owner that misses the fence and keeps writing a moving key.
+struct Zombie {
+    cluster: Arc<Cluster>,
+    key: String,
+    owner: ShardId,
+}
+
+#[async_trait]
+impl PhaseHook for Zombie {
+    async fn before(&self, phase: Phase, _: &MigrationReport) {
+        if phase == Phase::Cutover {
+            let mut e = write(&self.key, 99);
+            (e.shard_id, e.seq) = (self.owner as i32, 1_000_000);
+            self.cluster
+                .emitter
+                .emit(e)
+                .await
+                .expect("the zombie's write lands");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_old_owner_writing_after_the_fence_fails_verification() {
+    let cluster = Arc::new(Cluster::start(4, 1, 100).await);
+    let plan = cluster.plan_add(4).await;
+    let zombie = Arc::new(Zombie {
+        cluster: Arc::clone(&cluster),
+        key: plan.moves[0].key.clone(),
+        owner: plan.moves[0].from,
+    });
+    let report = cluster
+        .migrator(MigrationConfig::default())
+        .await
+        .with_hook(zombie)
+        .execute(plan.clone())
+        .await
+        .expect("start");
+    assert_eq!(report.status, MigrationStatus::RolledBack, "{report:#?}");
+    let error = report.error.expect("error");
+    assert_eq!(
+        (error.code.as_str(), error.phase),
+        ("verification_failed", Phase::Verifying)
+    );
+    assert!(
+        error.message.contains("after it was fenced"),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains(&plan.moves[0].key),
+        "{}",
+        error.message
+    );
+}
