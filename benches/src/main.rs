@@ -9,6 +9,7 @@
 //! - `load`: concurrent HTTP clients against a real server (see `load.rs`).
 
 mod load;
+mod replay;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -74,6 +75,25 @@ enum Command {
         /// Resident memory allowed above baseline plus pool, MiB.
         #[arg(long, default_value_t = 256)]
         margin_mib: u64,
+    },
+    /// The lake as a replay source: one key of 10,000 in 10M events,
+    /// before and after compaction; a namespace; a migration 8 -> 9 shards.
+    Replay {
+        /// Scratch directory (the lake is rebuilt in it).
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Events.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// Distinct partition keys.
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        /// Namespaces.
+        #[arg(long, default_value_t = 4)]
+        namespaces: u64,
+        /// Runs per timing.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
     },
     /// Many small commits against a few large ones.
     Commits {
@@ -326,6 +346,24 @@ async fn main() -> anyhow::Result<()> {
             events_per_commit,
             runs,
         } => commits(&dir, n, events_per_commit, runs).await,
+        Command::Replay {
+            dir,
+            events,
+            keys,
+            namespaces,
+            runs,
+        } => {
+            replay::run(
+                &dir,
+                replay::ReplaySpec {
+                    events,
+                    keys,
+                    namespaces,
+                    runs: runs.max(1),
+                },
+            )
+            .await
+        }
         Command::Load {
             clients,
             seconds,
