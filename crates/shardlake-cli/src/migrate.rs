@@ -165,8 +165,25 @@ fn parse_shard_url(s: &str) -> Result<(ShardId, String), String> {
     Ok((id, url.trim().to_owned()))
 }
 
+/// `migrate ... | head` closes stdout early: not an error.
+fn ignore_broken_pipe(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    match result {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// Runs a `migrate` subcommand.
 pub async fn run(warehouse: &Path, command: MigrateCommand) -> anyhow::Result<()> {
+    ignore_broken_pipe(run_command(warehouse, command).await)
+}
+
+async fn run_command(warehouse: &Path, command: MigrateCommand) -> anyhow::Result<()> {
     let lake = Lake::open_local(warehouse).await?;
     let engine = CrossShardQuery::open(&lake, QueryConfig::default()).await?;
     let mut out = std::io::stdout().lock();
@@ -191,7 +208,7 @@ pub async fn run(warehouse: &Path, command: MigrateCommand) -> anyhow::Result<()
             let from = topology_in_use(&lake, &current, false).await?;
             let plan = plan(&engine, &from, &change, current.replay_rate).await?;
             if json {
-                serde_json::to_writer_pretty(&mut out, &plan)?;
+                serde_json::to_writer_pretty(&mut out, &plan).map_err(std::io::Error::from)?;
                 writeln!(out)?;
             } else {
                 print_plan(&mut out, &engine, &plan).await?;
@@ -476,12 +493,15 @@ async fn migrator(
 
 /// Prints the record; fails (exit 1) unless the migration completed.
 fn finish(report: &MigrationReport, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
-    if json {
-        serde_json::to_writer_pretty(&mut *out, report)?;
-        writeln!(out)?;
+    let printed = if json {
+        serde_json::to_writer_pretty(&mut *out, report)
+            .map_err(|e| anyhow::Error::from(std::io::Error::from(e)))
+            .and_then(|()| Ok(writeln!(out)?))
     } else {
-        print_report(out, report)?;
-    }
+        print_report(out, report)
+    };
+    // The outcome decides the exit code, not whether stdout was still open.
+    ignore_broken_pipe(printed)?;
     if !report.succeeded() {
         bail!(
             "migration {} {}",
@@ -552,7 +572,7 @@ async fn status(
     if let Some(id) = id {
         let report = stored(lake, id).await?;
         if json {
-            serde_json::to_writer_pretty(&mut *out, &report)?;
+            serde_json::to_writer_pretty(&mut *out, &report).map_err(std::io::Error::from)?;
             writeln!(out)?;
         } else {
             print_report(out, &report)?;
@@ -565,7 +585,8 @@ async fn status(
         serde_json::to_writer_pretty(
             &mut *out,
             &serde_json::json!({"topology": topology, "migrations": reports}),
-        )?;
+        )
+        .map_err(std::io::Error::from)?;
         writeln!(out)?;
         return Ok(());
     }
