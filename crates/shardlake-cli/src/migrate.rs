@@ -144,6 +144,10 @@ pub struct RunArgs {
     /// Events per apply request.
     #[arg(long, default_value_t = 5_000)]
     batch_size: usize,
+    /// The run's lease, renewed while it runs: if this process dies, the
+    /// migration can be resumed elsewhere once the lease ran out.
+    #[arg(long, default_value_t = 30)]
+    lease_secs: u64,
     /// Print the record as JSON.
     #[arg(long)]
     json: bool,
@@ -464,6 +468,7 @@ async fn migrator(
         timeout: Duration::from_secs(run.timeout_secs),
         batch_size: run.batch_size.max(1),
         rollback_on_failure: !run.no_rollback,
+        lease: Duration::from_secs(run.lease_secs.max(1)),
         ..MigrationConfig::default()
     };
     let bar = if run.quiet || run.json {

@@ -64,6 +64,8 @@ const SCHEMA: [&str; 4] = [
         phase TEXT NOT NULL,
         fenced INTEGER NOT NULL DEFAULT 0,
         record TEXT NOT NULL,
+        runner TEXT,
+        lease_until_ms INTEGER NOT NULL DEFAULT 0,
         created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
         updated_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
     )",
@@ -142,37 +144,109 @@ impl ControlStore {
         migration: &str,
         keys: &[String],
     ) -> Result<Vec<(String, String)>> {
+        self.claim(migration, keys, None).await
+    }
+
+    /// Creates `row` and claims `keys` for it in one transaction, so no
+    /// claim exists without the record that can release it. Returns the
+    /// conflicts (nothing is written then).
+    pub async fn begin_migration(
+        &self,
+        row: &MigrationRow,
+        keys: &[String],
+    ) -> Result<Vec<(String, String)>> {
+        self.claim(&row.id, keys, Some(row)).await
+    }
+
+    async fn claim(
+        &self,
+        migration: &str,
+        keys: &[String],
+        row: Option<&MigrationRow>,
+    ) -> Result<Vec<(String, String)>> {
+        // One statement per step over the whole key list (`json_each`):
+        // the write lock is held for milliseconds, not one round trip per key.
+        let keys = serde_json::to_string(keys)
+            .map_err(|e| Error::new(ErrorKind::Unexpected, format!("keys: {e}")))?;
         let mut tx = self.write_transaction().await?;
-        let mut conflicts = Vec::new();
-        for key in keys {
-            let owner: Option<(String,)> = sqlx::query_as(
-                "SELECT migration_id FROM shardlake_migration_keys WHERE partition_key = ?",
-            )
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(storage)?;
-            match owner {
-                Some((other,)) if other != migration => conflicts.push((key.clone(), other)),
-                Some(_) => {}
-                None => {
-                    sqlx::query(
-                        "INSERT INTO shardlake_migration_keys (partition_key, migration_id) VALUES (?, ?)",
-                    )
-                    .bind(key)
-                    .bind(migration)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(storage)?;
-                }
-            }
-        }
-        if conflicts.is_empty() {
-            tx.commit().await.map_err(storage)?;
-        } else {
+        let conflicts: Vec<(String, String)> = sqlx::query_as(
+            "SELECT k.partition_key, k.migration_id FROM shardlake_migration_keys k \
+             JOIN json_each(?) j ON k.partition_key = j.value WHERE k.migration_id != ? \
+             ORDER BY k.partition_key",
+        )
+        .bind(&keys)
+        .bind(migration)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(storage)?;
+        if !conflicts.is_empty() {
             tx.rollback().await.map_err(storage)?;
+            return Ok(conflicts);
         }
-        Ok(conflicts)
+        if let Some(row) = row {
+            Self::upsert(&mut tx, row).await?;
+        }
+        sqlx::query(
+            "INSERT INTO shardlake_migration_keys (partition_key, migration_id) \
+             SELECT value, ? FROM json_each(?) WHERE true ON CONFLICT (partition_key) DO NOTHING",
+        )
+        .bind(migration)
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await
+        .map_err(storage)?;
+        tx.commit().await.map_err(storage)?;
+        Ok(Vec::new())
+    }
+
+    /// Makes `runner` the one process driving `migration` until
+    /// `until_ms` (Unix milliseconds), if nobody else holds an unexpired
+    /// lease on it. Returns the holder and its lease end otherwise.
+    pub async fn lease(
+        &self,
+        migration: &str,
+        runner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<std::result::Result<(), (String, i64)>> {
+        let done = sqlx::query(
+            "UPDATE shardlake_migrations SET runner = ?, lease_until_ms = ? \
+             WHERE id = ? AND (runner IS NULL OR runner = ? OR lease_until_ms < ?)",
+        )
+        .bind(runner)
+        .bind(until_ms)
+        .bind(migration)
+        .bind(runner)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(storage)?;
+        if done.rows_affected() == 1 {
+            return Ok(Ok(()));
+        }
+        let holder: Option<(Option<String>, i64)> =
+            sqlx::query_as("SELECT runner, lease_until_ms FROM shardlake_migrations WHERE id = ?")
+                .bind(migration)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(storage)?;
+        Ok(Err(match holder {
+            Some((runner, until)) => (runner.unwrap_or_default(), until),
+            None => (String::new(), 0),
+        }))
+    }
+
+    /// Ends `runner`'s lease on `migration` (if it still holds it).
+    pub async fn release_lease(&self, migration: &str, runner: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE shardlake_migrations SET runner = NULL, lease_until_ms = 0 WHERE id = ? AND runner = ?",
+        )
+        .bind(migration)
+        .bind(runner)
+        .execute(&self.pool)
+        .await
+        .map_err(storage)?;
+        Ok(())
     }
 
     /// Releases every key `migration` claimed.
@@ -187,6 +261,11 @@ impl ControlStore {
 
     /// Creates or replaces a migration's row.
     pub async fn save_migration(&self, row: &MigrationRow) -> Result<()> {
+        let mut conn = self.pool.acquire().await.map_err(storage)?;
+        Self::upsert(&mut conn, row).await
+    }
+
+    async fn upsert(conn: &mut sqlx::SqliteConnection, row: &MigrationRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO shardlake_migrations (id, status, phase, fenced, record) VALUES (?, ?, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET status = excluded.status, phase = excluded.phase, \
@@ -197,7 +276,7 @@ impl ControlStore {
         .bind(&row.phase)
         .bind(row.fenced)
         .bind(&row.record)
-        .execute(&self.pool)
+        .execute(conn)
         .await
         .map_err(storage)?;
         Ok(())
@@ -244,20 +323,29 @@ impl ControlStore {
             .collect())
     }
 
-    /// Appends a write to `migration`'s buffer; returns its number
-    /// (arrival order, never reused in this lake). Durable when this returns.
-    pub async fn buffer_write(&self, migration: &str, key: &str, event: &str) -> Result<i64> {
-        let (n,): (i64,) = sqlx::query_as(
+    /// Appends a write to `migration`'s buffer if the migration still
+    /// fences its keys; returns its number (arrival order, never reused in
+    /// this lake), or `None` when the fence is gone (the caller's view is
+    /// stale: route the write instead). Durable when this returns.
+    pub async fn buffer_write(
+        &self,
+        migration: &str,
+        key: &str,
+        event: &str,
+    ) -> Result<Option<i64>> {
+        let n: Option<(i64,)> = sqlx::query_as(
             "INSERT INTO shardlake_write_buffer (migration_id, partition_key, event) \
-             VALUES (?, ?, ?) RETURNING n",
+             SELECT ?, ?, ? WHERE EXISTS \
+             (SELECT 1 FROM shardlake_migrations WHERE id = ? AND fenced = 1) RETURNING n",
         )
         .bind(migration)
         .bind(key)
         .bind(event)
-        .fetch_one(&self.pool)
+        .bind(migration)
+        .fetch_optional(&self.pool)
         .await
         .map_err(storage)?;
-        Ok(n)
+        Ok(n.map(|(n,)| n))
     }
 
     /// The writes buffered for `migration`, in arrival order.

@@ -35,8 +35,14 @@ pub enum MigrateError {
     },
     /// A copy does not match the lake.
     VerificationFailed(String),
-    /// No such migration, or it cannot be resumed.
+    /// No such migration.
     Unknown(String),
+    /// A write that would never be accepted (not buffered, not delivered).
+    InvalidWrite(String),
+    /// Stored state that cannot be read back (a bug or a damaged catalog).
+    Internal(String),
+    /// Another process runs this migration now.
+    Busy(String),
     /// A shard stub failed.
     Shard {
         /// The shard.
@@ -78,6 +84,9 @@ impl fmt::Display for MigrateError {
             }
             Self::VerificationFailed(m) => write!(f, "verification failed: {m}"),
             Self::Unknown(m) => write!(f, "{m}"),
+            Self::InvalidWrite(m) => write!(f, "invalid write: {m}"),
+            Self::Internal(m) => write!(f, "internal: {m}"),
+            Self::Busy(m) => write!(f, "{m}"),
         }
     }
 }
@@ -116,6 +125,9 @@ impl MigrateError {
             Self::Timeout { .. } => "migration_timeout",
             Self::VerificationFailed(_) => "verification_failed",
             Self::Unknown(_) => "migration_not_found",
+            Self::InvalidWrite(_) => "invalid_write",
+            Self::Internal(_) => "internal_error",
+            Self::Busy(_) => "migration_in_progress",
         }
     }
 }

@@ -50,6 +50,10 @@ pub struct MigrationConfig {
     /// Replay a namespace's moving keys by key (pruned by statistics) when
     /// at most this many move; otherwise scan the namespace and filter.
     pub keyed_replay_limit: usize,
+    /// A run holds a lease on its migration, renewed every third of this;
+    /// another process may take the migration over only once it expired
+    /// (its runner died).
+    pub lease: Duration,
 }
 
 impl Default for MigrationConfig {
@@ -61,6 +65,7 @@ impl Default for MigrationConfig {
             max_catch_up_rounds: 5,
             catch_up_threshold: 1_000,
             keyed_replay_limit: 1_000,
+            lease: Duration::from_secs(30),
         }
     }
 }
@@ -77,6 +82,8 @@ type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 
 /// Runs migrations of one lake.
 pub struct Migrator {
+    /// Names this migrator in leases.
+    runner: String,
     lake: Lake,
     engine: CrossShardQuery,
     control: ControlStore,
@@ -127,7 +134,16 @@ impl Migrator {
                     .await?;
             }
         }
+        let config = MigrationConfig {
+            batch_size: config.batch_size.max(1),
+            keyed_replay_limit: config.keyed_replay_limit.max(1),
+            ..config
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         Ok(Self {
+            runner: format!("pid{}-{:x}", std::process::id(), nanos),
             lake: lake.clone(),
             engine,
             control,
@@ -175,7 +191,10 @@ impl Migrator {
         if let Some(existing) = record::migration_report(&self.control, &id).await? {
             match existing.status {
                 MigrationStatus::Completed => return Ok(existing),
-                MigrationStatus::Running | MigrationStatus::Failed => return Ok(reopen(existing)),
+                MigrationStatus::Running | MigrationStatus::Failed => {
+                    self.take_lease(&id).await?;
+                    return Ok(reopen(existing));
+                }
                 MigrationStatus::RolledBack => attempts = existing.attempts + 1,
             }
         }
@@ -194,21 +213,78 @@ impl Migrator {
             )));
         }
         let keys: Vec<String> = plan.moves.iter().map(|m| m.key.clone()).collect();
-        self.claim(&id, &keys).await?;
         let mut report = MigrationReport::new(id, plan);
         report.attempts = attempts;
-        record::save(&self.control, &report).await?;
+        let conflicts = self
+            .control
+            .begin_migration(&record::row(&report)?, &keys)
+            .await?;
+        busy(conflicts)?;
+        self.take_lease(&report.id).await?;
         Ok(report)
+    }
+
+    /// Takes (or renews) this migrator's lease on migration `id`.
+    async fn take_lease(&self, id: &str) -> Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let until = now + self.config.lease.as_millis() as i64;
+        match self.control.lease(id, &self.runner, now, until).await? {
+            Ok(()) => Ok(()),
+            Err((holder, until)) => Err(MigrateError::Busy(format!(
+                "migration {id} is being run by {holder} (its lease ends in {} ms unless renewed); \
+                 wait for it, or for its lease to run out if that process died",
+                (until - now).max(0)
+            ))),
+        }
+    }
+
+    /// Runs `work` while renewing the lease on `id`; `None` if the lease
+    /// was lost (another process took the migration over: touch nothing).
+    async fn with_lease<T>(&self, id: &str, work: impl Future<Output = T>) -> Option<T> {
+        let heartbeat = async {
+            loop {
+                tokio::time::sleep(self.config.lease / 3).await;
+                if let Err(e) = self.take_lease(id).await {
+                    return e;
+                }
+            }
+        };
+        tokio::select! {
+            out = work => Some(out),
+            lost = heartbeat => {
+                tracing::error!(migration = %id, error = %lost, "lost the migration's lease; stopping");
+                None
+            }
+        }
     }
 
     /// Drives a record from [`Self::prepare`] to its end (a finished one is
     /// returned as is).
     pub async fn run_prepared(&self, report: MigrationReport) -> MigrationReport {
-        if report.status.is_open() {
-            self.run(report).await
-        } else {
+        if !report.status.is_open() {
             report
+        } else if report.phase == Phase::RollingBack {
+            // A rollback that was interrupted finishes as a rollback.
+            self.finish_rollback(report).await
+        } else {
+            self.run(report).await
         }
+    }
+
+    async fn finish_rollback(&self, report: MigrationReport) -> MigrationReport {
+        let mut run = Run::new(report);
+        let id = run.report.id.clone();
+        if self
+            .with_lease(&id, self.roll_back(&mut run))
+            .await
+            .is_none()
+        {
+            return run.report;
+        }
+        self.finish(&mut run).await;
+        run.report
     }
 
     /// Continues an interrupted or failed migration from where its record
@@ -218,7 +294,8 @@ impl Migrator {
         if !report.status.is_open() {
             return Ok(report);
         }
-        Ok(self.run(reopen(report)).await)
+        self.take_lease(id).await?;
+        Ok(self.run_prepared(reopen(report)).await)
     }
 
     /// Undoes an unfinished migration (one that failed without rollback,
@@ -231,10 +308,8 @@ impl Migrator {
             ))),
             MigrationStatus::RolledBack => Ok(report),
             MigrationStatus::Running | MigrationStatus::Failed => {
-                let mut run = Run::new(report);
-                self.roll_back(&mut run).await;
-                self.finish(&mut run).await;
-                Ok(run.report)
+                self.take_lease(id).await?;
+                Ok(self.finish_rollback(report).await)
             }
         }
     }
@@ -246,52 +321,59 @@ impl Migrator {
     }
 
     async fn claim(&self, id: &str, keys: &[String]) -> Result<()> {
-        let conflicts = self.control.claim_keys(id, keys).await?;
-        if conflicts.is_empty() {
-            return Ok(());
-        }
-        Err(MigrateError::KeysBusy {
-            total: conflicts.len(),
-            conflicts: conflicts.into_iter().take(5).collect(),
-        })
+        busy(self.control.claim_keys(id, keys).await?)
     }
 
     /// Drives `report` to an end state; a failure is recorded (and rolled
     /// back if configured), never returned.
     async fn run(&self, report: MigrationReport) -> MigrationReport {
         let mut run = Run::new(report);
-        let outcome = tokio::time::timeout(self.config.timeout, self.drive(&mut run)).await;
-        let failure = match outcome {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e),
-            // Dropping `drive` cancelled whatever it was awaiting.
-            Err(_) => Some(MigrateError::Timeout {
-                phase: run.report.phase.to_string(),
-            }),
-        };
-        if let Some(e) = failure {
-            tracing::warn!(migration = %run.report.id, phase = %run.report.phase, error = %e, "migration failed");
-            run.report.error = Some(FailureSummary {
-                code: e.code().to_owned(),
-                message: e.to_string(),
-                phase: run.report.phase,
-            });
-            if self.config.rollback_on_failure {
-                self.roll_back(&mut run).await;
-            } else {
-                run.report.status = MigrationStatus::Failed;
+        let id = run.report.id.clone();
+        let work = async {
+            let outcome = tokio::time::timeout(self.config.timeout, self.drive(&mut run)).await;
+            let failure = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                // Dropping `drive` cancelled whatever it was awaiting.
+                Err(_) => Some(MigrateError::Timeout {
+                    phase: run.report.phase.to_string(),
+                }),
+            };
+            if let Some(e) = failure {
+                tracing::warn!(migration = %run.report.id, phase = %run.report.phase, error = %e, "migration failed");
+                run.report.error = Some(FailureSummary {
+                    code: e.code().to_owned(),
+                    message: e.to_string(),
+                    phase: run.report.phase,
+                });
+                if self.config.rollback_on_failure {
+                    self.roll_back(&mut run).await;
+                } else {
+                    run.report.status = MigrationStatus::Failed;
+                }
             }
+        };
+        if self.with_lease(&id, work).await.is_none() {
+            return run.report;
         }
         self.finish(&mut run).await;
         run.report
     }
 
+    /// Saves the final record and gives up the lease.
     async fn finish(&self, run: &mut Run) {
         run.close_phase();
         run.report.duration_ms += run.started.elapsed().as_millis() as u64;
         run.started = Instant::now();
         if let Err(e) = record::save(&self.control, &run.report).await {
             tracing::error!(migration = %run.report.id, error = %e, "could not save the migration record");
+        }
+        if let Err(e) = self
+            .control
+            .release_lease(&run.report.id, &self.runner)
+            .await
+        {
+            tracing::warn!(migration = %run.report.id, error = %e, "could not release the lease");
         }
     }
 
@@ -325,7 +407,12 @@ impl Migrator {
         self.enter(run, Phase::Initializing).await?;
         self.check_shards(&run.report)?;
         if run.report.copy_snapshot.is_none() {
-            run.report.copy_snapshot = self.engine.current_snapshot().await?.snapshot_id;
+            let snapshot = self.engine.current_snapshot().await?.snapshot_id;
+            if let Some(s0) = snapshot {
+                self.settle_keys_at(run, s0).await?;
+            }
+            run.report.copy_snapshot = snapshot;
+            record::save(&self.control, &run.report).await?;
         }
 
         if run.report.applied_snapshot.is_none() && !run.report.cut_over {
@@ -368,6 +455,42 @@ impl Migrator {
         self.control.release_keys(&run.report.id).await?;
         run.report.status = MigrationStatus::Completed;
         self.enter(run, Phase::Complete).await
+    }
+
+    /// The keys that move, as of the copy snapshot `s0`: the plan was made
+    /// earlier, so keys written since join it (claimed), and every key's
+    /// namespaces are those it has at `s0`. Keys born after `s0` join
+    /// during catch-up.
+    async fn settle_keys_at(&self, run: &mut Run, s0: i64) -> Result<()> {
+        let keys = crate::plan::key_stats_at(&self.engine, Some(s0)).await?;
+        let now =
+            crate::plan::plan_between(&run.report.plan.from, &run.report.plan.to, &keys, 0.0)?;
+        let index: HashMap<String, usize> = run
+            .report
+            .plan
+            .moves
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.key.clone(), i))
+            .collect();
+        let mut joined = Vec::new();
+        for m in now.moves {
+            match index.get(&m.key) {
+                Some(&i) => run.report.plan.moves[i].namespaces = m.namespaces,
+                None => joined.push(m),
+            }
+        }
+        if !joined.is_empty() {
+            let keys: Vec<String> = joined.iter().map(|m| m.key.clone()).collect();
+            self.claim(&run.report.id, &keys).await?;
+            for m in joined {
+                *run.report.plan.destinations.entry(m.to).or_insert(0) += 1;
+                run.report.plan.events_to_move += m.events;
+                run.report.plan.moves.push(m);
+                run.report.keys_discovered += 1;
+            }
+        }
+        Ok(())
     }
 
     fn check_shards(&self, report: &MigrationReport) -> Result<()> {
@@ -447,7 +570,7 @@ impl Migrator {
         let mut stream = self.engine.replay(query).without_cache().stream().await?;
         while let Some(batch) = stream.next().await {
             let events = shardlake_core::events_from_batch(&batch?)
-                .map_err(|e| MigrateError::Unknown(format!("replayed rows: {e}")))?;
+                .map_err(|e| MigrateError::Internal(format!("replayed rows: {e}")))?;
             for event in events {
                 if let Some(&(_, to)) = moves.get(&event.partition_key) {
                     sink.push(to, event, run).await?;
@@ -475,6 +598,14 @@ impl Migrator {
             return Ok(0);
         }
         let mut moves = Self::moves(&run.report);
+        let mut index: HashMap<String, usize> = run
+            .report
+            .plan
+            .moves
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.key.clone(), i))
+            .collect();
         let (from, to) = (
             ShardRouter::new(run.report.plan.from.clone())?,
             ShardRouter::new(run.report.plan.to.clone())?,
@@ -489,7 +620,7 @@ impl Migrator {
         let mut seen = 0;
         while let Some(batch) = stream.next().await {
             let events = shardlake_core::events_from_batch(&batch?)
-                .map_err(|e| MigrateError::Unknown(format!("replayed rows: {e}")))?;
+                .map_err(|e| MigrateError::Internal(format!("replayed rows: {e}")))?;
             for event in events {
                 let key = event.partition_key.as_str();
                 let route = match moves.get(key) {
@@ -503,6 +634,16 @@ impl Migrator {
                 if !moves.contains_key(key) {
                     self.discover(run, &event, a, b).await?;
                     moves.insert(event.partition_key.clone(), (a, b));
+                    index.insert(event.partition_key.clone(), run.report.plan.moves.len() - 1);
+                } else if let Some(m) = index
+                    .get(key)
+                    .and_then(|&i| run.report.plan.moves.get_mut(i))
+                    .filter(|m| !m.namespaces.contains(&event.namespace))
+                {
+                    // A new namespace for a moving key: replays for it
+                    // (verify, rollback) must read that one too.
+                    m.namespaces.push(event.namespace.clone());
+                    m.namespaces.sort();
                 }
                 seen += 1;
                 if apply {
@@ -617,12 +758,15 @@ impl Migrator {
         self.gate
             .unfence(&id, async {
                 last = self.flush_buffer(run).await?;
-                Ok(())
+                // From here on no gate (of any process) buffers for this
+                // migration: the buffer insert checks this flag.
+                run.report.fenced = false;
+                record::save(&self.control, &run.report).await
             })
             .await?;
         delivered += last;
-        run.report.fenced = false;
-        record::save(&self.control, &run.report).await?;
+        // Writes another process buffered before it saw the flag.
+        delivered += self.flush_buffer(run).await?;
         Ok(delivered)
     }
 
@@ -637,7 +781,7 @@ impl Migrator {
         let mut writes = Vec::with_capacity(buffered.len());
         for b in &buffered {
             let mut event: Event = serde_json::from_str(&b.event).map_err(|e| {
-                MigrateError::Unknown(format!("buffered write {} is unreadable: {e}", b.n))
+                MigrateError::Internal(format!("buffered write {} is unreadable: {e}", b.n))
             })?;
             // Names the write, so a re-run can tell whether it arrived.
             if event.idempotency_key.is_none() {
@@ -646,6 +790,16 @@ impl Migrator {
             writes.push((b.n, event));
         }
         let delivered = if run.report.flush_started {
+            // A delivery an earlier run started may still be on its way:
+            // let the owners finish before asking the lake what arrived.
+            let router = self.gate.router().current();
+            let mut owners = BTreeSet::new();
+            for (_, e) in &writes {
+                owners.insert(router.shard_of(&e.partition_key)?);
+            }
+            for owner in owners {
+                self.gate.shards().get(owner)?.drain().await?;
+            }
             self.delivered_already(&writes).await?
         } else {
             BTreeSet::new()
@@ -724,7 +878,7 @@ impl Migrator {
             let mut stream = self.engine.replay(query).without_cache().stream().await?;
             while let Some(batch) = stream.next().await {
                 let events = shardlake_core::events_from_batch(&batch?)
-                    .map_err(|e| MigrateError::Unknown(format!("replayed rows: {e}")))?;
+                    .map_err(|e| MigrateError::Internal(format!("replayed rows: {e}")))?;
                 for e in events {
                     if moves.contains_key(&e.partition_key) {
                         lake.entry(e.partition_key.clone()).or_default().push(e);
@@ -792,6 +946,13 @@ impl Migrator {
         }
         let mut summary = RollbackSummary::default();
         let mut problems = Vec::new();
+        // The record may lag the store (a crash or timeout between
+        // publishing the next version and saving): the store decides.
+        match record::current_topology(&self.control).await {
+            Ok(Some(t)) if t.version >= run.report.plan.to.version => run.report.cut_over = true,
+            Ok(_) => {}
+            Err(e) => problems.push(format!("read the topology: {e}")),
+        }
         let note = |problems: &mut Vec<String>, result: Result<()>, what: String| {
             if let Err(e) = result {
                 problems.push(format!("{what}: {e}"));
@@ -849,18 +1010,21 @@ impl Migrator {
                 "release the keys".into(),
             );
         }
-        run.report.rolled_back = problems.is_empty();
-        run.report.status = if problems.is_empty() {
-            MigrationStatus::RolledBack
-        } else {
-            MigrationStatus::Failed
-        };
+        let done = problems.is_empty();
+        run.report.rolled_back = done;
         summary.problems = problems;
-        run.report.applied_snapshot = None;
-        run.report.fence_position = None;
-        run.report.flush_started = false;
         run.report.rollback = Some(summary);
-        run.report.phase = failed_in;
+        if done {
+            run.report.status = MigrationStatus::RolledBack;
+            run.report.applied_snapshot = None;
+            run.report.fence_position = None;
+            run.report.flush_started = false;
+            run.report.phase = failed_in;
+        } else {
+            // Stays in `rolling_back`: resume or rollback finishes the
+            // rollback, never drives a half-undone migration forward.
+            run.report.status = MigrationStatus::Failed;
+        }
     }
 
     fn stub(&self, shard: ShardId) -> Result<Arc<dyn ShardStub>> {
@@ -884,22 +1048,31 @@ impl Migrator {
             stub.set_accepting(&keys, false).await?;
             stub.drain().await?;
         }
-        let current = record::current_topology(&self.control)
-            .await?
-            .map_or(plan.to.version, |t| t.version);
-        let restored = Topology {
-            version: current.max(plan.to.version) + 1,
-            ..plan.from.clone()
+        let current = record::current_topology(&self.control).await?;
+        let restored = match current {
+            // An earlier rollback attempt republished it already.
+            Some(t)
+                if t.version > plan.to.version
+                    && (&t.shards, &t.strategy) == (&plan.from.shards, &plan.from.strategy) =>
+            {
+                t
+            }
+            current => {
+                let restored = Topology {
+                    version: current.map_or(plan.to.version, |t| t.version.max(plan.to.version))
+                        + 1,
+                    ..plan.from.clone()
+                };
+                if !record::publish_topology(&self.control, &restored).await? {
+                    return Err(MigrateError::InvalidPlan(format!(
+                        "topology version {} is taken by another change",
+                        restored.version
+                    )));
+                }
+                restored
+            }
         };
-        if !record::publish_topology(&self.control, &restored).await? {
-            return Err(MigrateError::InvalidPlan(format!(
-                "topology version {} is taken by another change",
-                restored.version
-            )));
-        }
         self.adopt(&restored)?;
-        run.report.cut_over = false;
-        record::save(&self.control, &run.report).await?;
 
         // Keys first written after the fence joined under the new routing:
         // find them, so they go back too.
@@ -929,8 +1102,22 @@ impl Migrator {
             self.stub(shard)?.set_accepting(&keys, true).await?;
         }
         let returned = self.flush_and_unfence(run).await?;
+        // Only now: a retry before this point redoes the whole give-back.
+        run.report.cut_over = false;
+        record::save(&self.control, &run.report).await?;
         Ok((restored.version, returned))
     }
+}
+
+/// `KeysBusy` unless `conflicts` is empty.
+fn busy(conflicts: Vec<(String, String)>) -> Result<()> {
+    if conflicts.is_empty() {
+        return Ok(());
+    }
+    Err(MigrateError::KeysBusy {
+        total: conflicts.len(),
+        conflicts: conflicts.into_iter().take(5).collect(),
+    })
 }
 
 /// An unfinished record, ready for another run.

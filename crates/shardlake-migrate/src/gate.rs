@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
-use shardlake_core::Event;
+use shardlake_core::{Event, EventLimits};
 use shardlake_lake::control::ControlStore;
 use shardlake_routing::{ShardId, ShardRouter, SharedRouter, Topology};
 use tokio::sync::RwLock as AsyncRwLock;
@@ -149,26 +149,86 @@ impl WriteGate {
     }
 
     /// Routes one write: buffered if its key is moving, else handed to its
-    /// owner and returned once durable.
+    /// owner and returned once durable. An invalid write is refused here,
+    /// before it could be buffered and block a flush later.
     pub async fn submit(&self, event: Event) -> Result<Submitted> {
-        let fences = self.fences.read().await;
-        for fence in fences.iter() {
-            if fence.covers(&event.partition_key)? {
-                let json = serde_json::to_string(&event)
-                    .map_err(|e| MigrateError::Unknown(format!("unserializable write: {e}")))?;
-                let n = self
-                    .control
-                    .buffer_write(&fence.migration, &event.partition_key, &json)
-                    .await?;
-                return Ok(Submitted::Buffered {
-                    migration: fence.migration.clone(),
-                    n,
-                });
+        // The owner stamps shard and seq; validate everything else.
+        let mut probe = event.clone();
+        (probe.shard_id, probe.seq) = (0, 1);
+        if let Err(e) = probe.validate(&EventLimits::default()) {
+            return Err(MigrateError::InvalidWrite(e.to_string()));
+        }
+        loop {
+            let fences = self.fences.read().await;
+            let mut stale = None;
+            for fence in fences.iter() {
+                if fence.covers(&event.partition_key)? {
+                    let json = serde_json::to_string(&event)
+                        .map_err(|e| MigrateError::InvalidWrite(e.to_string()))?;
+                    match self
+                        .control
+                        .buffer_write(&fence.migration, &event.partition_key, &json)
+                        .await?
+                    {
+                        Some(n) => {
+                            return Ok(Submitted::Buffered {
+                                migration: fence.migration.clone(),
+                                n,
+                            });
+                        }
+                        None => {
+                            stale = Some(fence.migration.clone());
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some(migration) = stale {
+                // Another process finished (or undid) that migration: drop
+                // the fence, follow the recorded topology, and route again.
+                drop(fences);
+                self.lift_stale(&migration).await?;
+                continue;
+            }
+            let owner = self.router.route(&event.partition_key)?;
+            match self
+                .shards
+                .get(owner)?
+                .write(std::slice::from_ref(&event))
+                .await
+            {
+                Ok(()) => return Ok(Submitted::Delivered { shard: owner }),
+                // The owner gave the key away (or is giving it away): if
+                // the recorded topology moved on, this gate's routing is
+                // stale; follow it and route again.
+                Err(MigrateError::Fenced { .. }) if self.refresh().await? => {
+                    drop(fences);
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
         }
-        let owner = self.router.route(&event.partition_key)?;
-        self.shards.get(owner)?.write(&[event]).await?;
-        Ok(Submitted::Delivered { shard: owner })
+    }
+
+    /// Adopts the recorded topology if it is newer than this gate's;
+    /// whether it was.
+    async fn refresh(&self) -> Result<bool> {
+        match crate::record::current_topology(&self.control).await? {
+            Some(current) if current.version > self.router.current().topology().version => {
+                self.router.swap(ShardRouter::new(current)?)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Drops a fence the control store no longer holds and adopts the
+    /// recorded topology if it is newer than this process's.
+    async fn lift_stale(&self, migration: &str) -> Result<()> {
+        let mut fences = self.fences.write().await;
+        fences.retain(|f| f.migration != migration);
+        self.refresh().await?;
+        Ok(())
     }
 
     /// Starts buffering writes to keys that route differently in `a` and

@@ -29,7 +29,7 @@ pub use gate::{ShardSet, Submitted, WriteGate};
 pub use http::shard_service;
 pub use plan::{
     KeyMove, KeyStats, MigrationPlan, analyze_balance, generate_rebalance_plan, key_stats,
-    plan_add_shard, plan_between, plan_remove_shard, validate_plan,
+    key_stats_at, plan_add_shard, plan_between, plan_remove_shard, validate_plan,
 };
 pub use record::{
     FailureSummary, MigrationReport, MigrationStatus, Phase, Progress, RollbackSummary,

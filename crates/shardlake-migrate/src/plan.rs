@@ -29,12 +29,24 @@ const EVENT_OVERHEAD_BYTES: i64 = 64;
 
 /// Per-key statistics of the lake's current snapshot, by key.
 pub async fn key_stats(engine: &CrossShardQuery) -> Result<Vec<KeyStats>> {
+    key_stats_at(engine, None).await
+}
+
+/// Per-key statistics of `snapshot` (the current one if `None`), by key.
+pub async fn key_stats_at(
+    engine: &CrossShardQuery,
+    snapshot: Option<i64>,
+) -> Result<Vec<KeyStats>> {
     let sql = format!(
         "SELECT partition_key, array_to_string(array_agg(DISTINCT namespace), ','), count(*), \
          sum(octet_length(partition_key) + coalesce(octet_length(payload), 0) + {EVENT_OVERHEAD_BYTES}) \
          FROM events GROUP BY partition_key ORDER BY partition_key"
     );
-    let result = engine.sql(sql).without_cache().await?;
+    let mut query = engine.sql(sql).without_cache();
+    if let Some(snapshot) = snapshot {
+        query = query.at_snapshot(snapshot);
+    }
+    let result = query.await?;
     let mut stats = Vec::new();
     for batch in &result.batches {
         let keys = batch.column(0).as_string::<i32>();

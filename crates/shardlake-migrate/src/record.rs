@@ -247,25 +247,28 @@ pub fn migration_id(plan: &MigrationPlan) -> String {
     )
 }
 
-pub(crate) async fn save(control: &ControlStore, report: &MigrationReport) -> Result<()> {
+/// The stored form of `report`.
+pub(crate) fn row(report: &MigrationReport) -> Result<MigrationRow> {
     let record = serde_json::to_string(report)
-        .map_err(|e| MigrateError::Unknown(format!("unserializable record: {e}")))?;
-    control
-        .save_migration(&MigrationRow {
-            id: report.id.clone(),
-            status: report.status.as_str().to_owned(),
-            phase: report.phase.as_str().to_owned(),
-            fenced: report.fenced,
-            record,
-            updated_at: String::new(),
-        })
-        .await?;
+        .map_err(|e| MigrateError::Internal(format!("unserializable record: {e}")))?;
+    Ok(MigrationRow {
+        id: report.id.clone(),
+        status: report.status.as_str().to_owned(),
+        phase: report.phase.as_str().to_owned(),
+        fenced: report.fenced,
+        record,
+        updated_at: String::new(),
+    })
+}
+
+pub(crate) async fn save(control: &ControlStore, report: &MigrationReport) -> Result<()> {
+    control.save_migration(&row(report)?).await?;
     Ok(())
 }
 
 fn parse(row: &MigrationRow) -> Result<MigrationReport> {
     serde_json::from_str(&row.record)
-        .map_err(|e| MigrateError::Unknown(format!("migration {} has a bad record: {e}", row.id)))
+        .map_err(|e| MigrateError::Internal(format!("migration {} has a bad record: {e}", row.id)))
 }
 
 /// One migration's record.
@@ -285,7 +288,7 @@ pub async fn current_topology(control: &ControlStore) -> Result<Option<Topology>
         .await?
         .map(|(version, json)| {
             serde_json::from_str(&json).map_err(|e| {
-                MigrateError::Unknown(format!("topology version {version} is unreadable: {e}"))
+                MigrateError::Internal(format!("topology version {version} is unreadable: {e}"))
             })
         })
         .transpose()
@@ -294,7 +297,7 @@ pub async fn current_topology(control: &ControlStore) -> Result<Option<Topology>
 /// Publishes `topology` if its version is higher than the current one.
 pub async fn publish_topology(control: &ControlStore, topology: &Topology) -> Result<bool> {
     let json = serde_json::to_string(topology)
-        .map_err(|e| MigrateError::Unknown(format!("unserializable topology: {e}")))?;
+        .map_err(|e| MigrateError::Internal(format!("unserializable topology: {e}")))?;
     Ok(control
         .publish_topology(topology.version as i64, &json)
         .await?)

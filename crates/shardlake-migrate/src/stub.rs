@@ -270,20 +270,25 @@ impl ShardStub for InMemoryShard {
     }
 
     async fn write(&self, events: &[Event]) -> Result<()> {
-        {
+        let refuse_fenced = || {
             let fenced = lock(&self.fenced);
-            if let Some(e) = events.iter().find(|e| fenced.contains(&e.partition_key)) {
-                return Err(MigrateError::Fenced {
+            match events.iter().find(|e| fenced.contains(&e.partition_key)) {
+                Some(e) => Err(MigrateError::Fenced {
                     shard: self.id,
                     key: e.partition_key.clone(),
-                });
+                }),
+                None => Ok(()),
             }
-        }
+        };
+        refuse_fenced()?;
         let Some(emitter) = &self.emitter else {
             return Err(self.shard_error("this shard takes no writes"));
         };
         let ack = {
             let mut guard = emitter.lock().await;
+            // Checked again under the lock `drain` takes: a write either
+            // queues before the drain or sees the fence.
+            refuse_fenced()?;
             let (emitter, last_seq) = &mut *guard;
             let mut stamped = events.to_vec();
             for e in &mut stamped {

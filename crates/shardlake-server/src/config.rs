@@ -52,6 +52,9 @@ pub struct MigrationSettings {
     pub batch_size: usize,
     /// Replay throughput used for plan estimates, events per second.
     pub replay_events_per_second: f64,
+    /// Lease of a running migration, seconds: a migration whose process
+    /// died can be resumed elsewhere once it ran out.
+    pub lease_secs: u64,
 }
 
 impl Default for MigrationSettings {
@@ -63,6 +66,7 @@ impl Default for MigrationSettings {
             // Measured 363k events/s replaying a namespace of the 10M-event
             // benchmark lake on 2 cores, rounded down.
             replay_events_per_second: 300_000.0,
+            lease_secs: 30,
         }
     }
 }

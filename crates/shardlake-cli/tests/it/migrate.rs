@@ -117,6 +117,7 @@ async fn migrate_adds_a_shard_survives_sigkill_and_removes_one() {
         .arg("--warehouse")
         .arg(&warehouse)
         .args(["migrate", "add-shard", "3", "--quiet", "--batch-size", "1"])
+        .args(["--lease-secs", "1"])
         .args(&urls)
         .kill_on_drop(true)
         .spawn()
@@ -154,7 +155,8 @@ async fn migrate_adds_a_shard_survives_sigkill_and_removes_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unfinished") && err.contains(&id), "{err}");
 
-    // Resume completes it.
+    // Resume completes it, once the dead run's lease has run out.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
     let mut args = vec!["migrate", "resume", id.as_str(), "--json"];
     args.extend(urls.iter().map(String::as_str));
     let out = run_ok(&warehouse, &args);

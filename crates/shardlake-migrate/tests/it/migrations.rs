@@ -138,7 +138,7 @@ impl Cluster {
 
     /// A new coordinating process: routing and fences from the control
     /// store, the same shards (other processes, they live on).
-    async fn restart(&self) -> Migrator {
+    async fn restart(&self, config: MigrationConfig) -> Migrator {
         let control = self.lake.control().await.expect("control");
         let stored = current_topology(&control)
             .await
@@ -151,13 +151,25 @@ impl Cluster {
             control,
         ));
         *self.process.lock().expect("lock") = (router, gate);
-        self.migrator(MigrationConfig::default()).await
+        self.migrator(config).await
     }
 
     /// Submits the next write of `key`; returns what happened.
     async fn write_next(&self, key: &str) -> Submitted {
-        let n = self.written.lock().expect("lock")[key] + 1;
-        let outcome = self.gate().submit(write(key, n)).await.expect("submit");
+        self.write_via(&self.gate(), key).await
+    }
+
+    /// The next write of `key` through `gate` (a new key starts at 1).
+    async fn write_via(&self, gate: &WriteGate, key: &str) -> Submitted {
+        let n = self
+            .written
+            .lock()
+            .expect("lock")
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+            + 1;
+        let outcome = gate.submit(write(key, n)).await.expect("submit");
         self.written.lock().expect("lock").insert(key.to_owned(), n);
         outcome
     }
@@ -588,8 +600,12 @@ async fn a_migration_killed_in_any_phase_completes_when_run_again() {
             key: moving.clone(),
             reached: tokio::sync::Notify::new(),
         });
+        let short_lease = || MigrationConfig {
+            lease: Duration::from_millis(300),
+            ..MigrationConfig::default()
+        };
         let doomed = cluster
-            .migrator(MigrationConfig::default())
+            .migrator(short_lease())
             .await
             .with_hook(Arc::clone(&hook) as Arc<dyn PhaseHook>);
         let task = tokio::spawn({
@@ -599,8 +615,14 @@ async fn a_migration_killed_in_any_phase_completes_when_run_again() {
         hook.reached.notified().await;
         task.abort();
         assert!(task.await.is_err(), "{phase}: killed");
+        let dead_gate = cluster.gate();
 
-        let migrator = cluster.restart().await;
+        let migrator = cluster.restart(short_lease()).await;
+        // The dead run still holds its lease: nobody else may drive the
+        // migration until it runs out.
+        let err = migrator.execute(plan.clone()).await.expect_err("leased");
+        assert_eq!(err.code(), "migration_in_progress", "{phase}: {err}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
         let fenced = cluster.gate().is_fenced(&moving).await.expect("fenced");
         assert_eq!(
             fenced,
@@ -618,6 +640,15 @@ async fn a_migration_killed_in_any_phase_completes_when_run_again() {
         );
         assert_eq!(report.attempts, 2, "{phase}");
         assert_eq!(cluster.router().current().topology(), &plan.to);
+        // The dead process's gate, fenced or not, follows the store: its
+        // stale fence is dropped and the write goes to the new owner.
+        assert_eq!(
+            cluster.write_via(&dead_gate, &moving).await,
+            Submitted::Delivered {
+                shard: plan.moves[0].to
+            },
+            "{phase}"
+        );
         cluster.assert_exactly_once().await;
         cluster.assert_owned_once(&report).await;
     }
@@ -856,4 +887,44 @@ async fn an_old_owner_writing_after_the_fence_fails_verification() {
         "{}",
         error.message
     );
+}
+
+#[tokio::test]
+async fn keys_written_after_planning_move_too_and_bad_writes_are_refused_at_the_gate() {
+    let cluster = Arc::new(Cluster::start(4, 1, 100).await);
+    let plan = cluster.plan_add(4).await;
+    // A key the plan has never seen, that the next topology gives shard 4,
+    // written (once) between planning and the migration.
+    let next = ShardRouter::new(plan.to.clone()).expect("router");
+    let born = (1000..)
+        .map(key)
+        .find(|k| next.shard_of(k) == Ok(4))
+        .expect("a key for shard 4");
+    let old_owner = cluster.router().current().shard_of(&born).expect("route");
+    assert_eq!(
+        cluster.write_next(&born).await,
+        Submitted::Delivered { shard: old_owner }
+    );
+    let report = cluster
+        .migrator(MigrationConfig::default())
+        .await
+        .execute(plan.clone())
+        .await
+        .expect("start");
+    assert_eq!(report.status, MigrationStatus::Completed, "{report:#?}");
+    assert_eq!(report.keys_discovered, 1);
+    assert_eq!(report.plan.moves.len(), plan.moves.len() + 1);
+    assert!(
+        cluster.stubs[&4].keys().contains(&born),
+        "the new key moved"
+    );
+    cluster.assert_exactly_once().await;
+    cluster.assert_owned_once(&report).await;
+
+    // A write the lake would refuse is refused before it is routed or
+    // buffered.
+    let mut bad = write(&born, 2);
+    bad.namespace = String::new();
+    let err = cluster.gate().submit(bad).await.expect_err("invalid");
+    assert_eq!(err.code(), "invalid_write", "{err}");
 }

@@ -40,16 +40,18 @@ pub struct ChangeRequest {
 fn api_error(e: MigrateError) -> ApiError {
     let code = e.code();
     match e {
-        MigrateError::InvalidPlan(_) | MigrateError::Routing(_) => {
+        MigrateError::InvalidPlan(_) | MigrateError::Routing(_) | MigrateError::InvalidWrite(_) => {
             ApiError::bad_request(code, e.to_string())
         }
-        MigrateError::KeysBusy { .. } | MigrateError::Fenced { .. } => {
+        MigrateError::KeysBusy { .. } | MigrateError::Fenced { .. } | MigrateError::Busy(_) => {
             ApiError::new(StatusCode::CONFLICT, code, e.to_string())
         }
         MigrateError::Unknown(_) => ApiError::new(StatusCode::NOT_FOUND, code, e.to_string()),
         MigrateError::Query(q) => ApiError::from(q),
         MigrateError::Store(_) | MigrateError::Shard { .. } => ApiError::unavailable(code, &e),
-        MigrateError::Timeout { .. } | MigrateError::VerificationFailed(_) => ApiError::internal(e),
+        MigrateError::Timeout { .. }
+        | MigrateError::VerificationFailed(_)
+        | MigrateError::Internal(_) => ApiError::internal(e),
     }
 }
 
@@ -139,6 +141,7 @@ async fn migrator(state: &AppState, plan: &MigrationPlan) -> Result<Migrator, Ap
         timeout: Duration::from_secs(settings.timeout_secs),
         batch_size: settings.batch_size.max(1),
         rollback_on_failure: settings.rollback_on_failure,
+        lease: Duration::from_secs(settings.lease_secs.max(1)),
         ..MigrationConfig::default()
     };
     Migrator::open(state.lake(), state.engine().clone(), gate, config)
