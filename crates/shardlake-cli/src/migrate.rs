@@ -182,6 +182,17 @@ fn ignore_broken_pipe(result: anyhow::Result<()>) -> anyhow::Result<()> {
     }
 }
 
+/// `topology v2: 5 shards [0, 1, 2, 3, 4], jump`.
+fn describe(t: &Topology) -> String {
+    format!(
+        "topology v{}: {} shards {:?}, {}",
+        t.version,
+        t.shards.len(),
+        t.shards,
+        t.strategy_name()
+    )
+}
+
 /// Runs a `migrate` subcommand.
 pub async fn run(warehouse: &Path, command: MigrateCommand) -> anyhow::Result<()> {
     ignore_broken_pipe(run_command(warehouse, command).await)
@@ -194,14 +205,7 @@ async fn run_command(warehouse: &Path, command: MigrateCommand) -> anyhow::Resul
     match command {
         MigrateCommand::Init { current } => {
             let t = topology_in_use(&lake, &current, true).await?;
-            writeln!(
-                out,
-                "topology v{}: {} shards {:?}, {}",
-                t.version,
-                t.shards.len(),
-                t.shards,
-                t.strategy_name()
-            )?;
+            writeln!(out, "{}", describe(&t))?;
             Ok(())
         }
         MigrateCommand::Plan {
@@ -596,14 +600,7 @@ async fn status(
         return Ok(());
     }
     match &topology {
-        Some(t) => writeln!(
-            out,
-            "topology v{}: {} shards {:?}, {}",
-            t.version,
-            t.shards.len(),
-            t.shards,
-            t.strategy_name()
-        )?,
+        Some(t) => writeln!(out, "{}", describe(t))?,
         None => writeln!(out, "no topology recorded yet")?,
     }
     if reports.is_empty() {

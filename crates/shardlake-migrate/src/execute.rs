@@ -693,18 +693,7 @@ impl Migrator {
     /// Buffers writes to moving keys, fences and drains the old owners,
     /// then applies the last of their events.
     async fn fence(&self, run: &mut Run) -> Result<()> {
-        let plan = run.report.plan.clone();
-        // Durable first: a restarted gate raises the fence again.
-        run.report.fenced = true;
-        record::save(&self.control, &run.report).await?;
-        self.gate
-            .fence(&run.report.id, &plan.from, &plan.to)
-            .await?;
-        for (shard, keys) in by_shard(&plan.moves, |m| m.from) {
-            let stub = self.gate.shards().get(shard)?;
-            stub.set_accepting(&keys, false).await?;
-            stub.drain().await?;
-        }
+        self.raise_fence(run, |m| m.from).await?;
         // Everything the old owners had acknowledged is committed now: any
         // later event of theirs for a moved key is a zombie's (verify).
         if run.report.fence_position.is_none() {
@@ -714,6 +703,24 @@ impl Migrator {
         self.catch_up(run).await?;
         run.report.fence_snapshot = run.report.applied_snapshot;
         record::save(&self.control, &run.report).await
+    }
+
+    /// Buffers writes to the moving keys (durably first: a restarted gate
+    /// raises the fence again), then fences and drains the shards that
+    /// own them now (`owner` picks old or new owner).
+    async fn raise_fence(&self, run: &mut Run, owner: fn(&KeyMove) -> ShardId) -> Result<()> {
+        run.report.fenced = true;
+        record::save(&self.control, &run.report).await?;
+        let plan = &run.report.plan;
+        self.gate
+            .fence(&run.report.id, &plan.from, &plan.to)
+            .await?;
+        for (shard, keys) in by_shard(&plan.moves, owner) {
+            let stub = self.stub(shard)?;
+            stub.set_accepting(&keys, false).await?;
+            stub.drain().await?;
+        }
+        Ok(())
     }
 
     /// Publishes the next topology (durably, then in this process).
@@ -1038,16 +1045,7 @@ impl Migrator {
     /// the restoring version and the writes returned.
     async fn uncut(&self, run: &mut Run) -> Result<(u64, u64)> {
         let plan = run.report.plan.clone();
-        run.report.fenced = true;
-        record::save(&self.control, &run.report).await?;
-        self.gate
-            .fence(&run.report.id, &plan.from, &plan.to)
-            .await?;
-        for (shard, keys) in by_shard(&plan.moves, |m| m.to) {
-            let stub = self.stub(shard)?;
-            stub.set_accepting(&keys, false).await?;
-            stub.drain().await?;
-        }
+        self.raise_fence(run, |m| m.to).await?;
         let current = record::current_topology(&self.control).await?;
         let restored = match current {
             // An earlier rollback attempt republished it already.
