@@ -5,22 +5,22 @@
 //! refused alone), and runs global queries across every shard.
 
 use std::io::Write;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Map;
-use shardlake_lake::{EmitAck, EmitInput, EmitterConfig, Lake};
+use shardlake_lake::{EmitAck, EmitInput, EmitterConfig};
 use shardlake_query::{CrossShardQuery, QueryConfig};
 
 use crate::generate::{GenerateSpec, write_ndjson};
+use crate::lake_args::LakeArgs;
 use crate::output::{self, Format};
 
 const SHARDS: u32 = 8;
 const NAMESPACES: u32 = 6;
 
-pub async fn run(warehouse: &Path, events: u64) -> anyhow::Result<()> {
+pub async fn run(lake_args: &LakeArgs, events: u64) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    let lake = Lake::open_local(warehouse).await?;
+    let lake = lake_args.open().await?;
     let before = lake.commit_state().await?;
     writeln!(
         out,

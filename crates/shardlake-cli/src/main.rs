@@ -2,11 +2,13 @@
 //!
 //! Every command takes `--warehouse DIR` (default `./shardlake-data`, or
 //! `SHARDLAKE_WAREHOUSE`): the embedded default keeps a SQLite catalog and
-//! the table files under that one directory.
+//! the table files under that one directory. `--storage s3://bucket/prefix`
+//! (with `--s3-endpoint`, `--s3-region`) puts the table files on S3.
 
 mod demo;
 mod generate;
 mod ingest;
+mod lake_args;
 mod migrate;
 mod output;
 mod query;
@@ -19,24 +21,19 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::Map;
-use shardlake_lake::{EmitterConfig, Lake};
+use shardlake_lake::EmitterConfig;
 use tracing_subscriber::EnvFilter;
 
 use crate::generate::GenerateSpec;
+use crate::lake_args::LakeArgs;
 use crate::output::Format;
 
 /// shardlake: exactly-once event ingestion into an Iceberg lake, and global SQL over it.
 #[derive(Debug, Parser)]
 #[command(name = "shardlake", version, about)]
 struct Cli {
-    /// Data directory: SQLite catalog plus table files.
-    #[arg(
-        long,
-        global = true,
-        env = "SHARDLAKE_WAREHOUSE",
-        default_value = "./shardlake-data"
-    )]
-    warehouse: PathBuf,
+    #[command(flatten)]
+    lake: LakeArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -266,7 +263,7 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             batch_events,
             flush_ms,
         } => {
-            let lake = Lake::open_local(&cli.warehouse).await?;
+            let lake = cli.lake.open().await?;
             let emitter = lake
                 .emitter(EmitterConfig {
                     max_batch_events: batch_events,
@@ -304,7 +301,7 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             format,
             timeout_ms,
         } => {
-            let lake = Lake::open_local(&cli.warehouse).await?;
+            let lake = cli.lake.open().await?;
             let result = query::run(&lake, &sql, timeout_ms.map(Duration::from_millis)).await?;
             let mut out = std::io::stdout().lock();
             let mut extra = Map::new();
@@ -315,7 +312,7 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Demo { events } => demo::run(&cli.warehouse, events).await,
+        Command::Demo { events } => demo::run(&cli.lake, events).await,
         Command::Replay {
             namespace,
             partition_keys,
@@ -325,7 +322,7 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             snapshot,
             since_snapshot,
         } => {
-            let lake = Lake::open_local(&cli.warehouse).await?;
+            let lake = cli.lake.open().await?;
             query::replay(
                 &lake,
                 shardlake_query::ReplayQuery {
@@ -346,7 +343,7 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             min_files,
             json,
         } => {
-            let lake = Lake::open_local(&cli.warehouse).await?;
+            let lake = cli.lake.open().await?;
             let report = lake
                 .compact(&shardlake_lake::iceberg::CompactionConfig {
                     small_file_bytes: small_file_mib * 1024 * 1024,
@@ -386,7 +383,7 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
                     json,
                 },
         } => route::analyze(&keys, &topology, json, &mut std::io::stdout().lock()),
-        Command::Migrate { command } => migrate::run(&cli.warehouse, command).await,
+        Command::Migrate { command } => migrate::run(&cli.lake, command).await,
         Command::Shard {
             command:
                 ShardCommand::Serve {
@@ -394,12 +391,13 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
                     listen,
                     hydrate,
                 },
-        } => migrate::serve_shard(&cli.warehouse, id, listen, hydrate).await,
+        } => migrate::serve_shard(&cli.lake, id, listen, hydrate).await,
         Command::Serve { config, listen } => {
             serve::run(
                 config.as_deref(),
                 listen,
-                warehouse_flag.then_some(cli.warehouse),
+                warehouse_flag.then_some(cli.lake.warehouse.clone()),
+                &cli.lake,
             )
             .await
         }

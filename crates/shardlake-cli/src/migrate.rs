@@ -3,7 +3,7 @@
 //! HTTP, to try migrations and for the runbook).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ use shardlake_migrate::{
 };
 use shardlake_query::{CrossShardQuery, QueryConfig, ReplayQuery};
 use shardlake_routing::{ShardId, ShardRouter, SharedRouter, Strategy, Topology};
+
+use crate::lake_args::LakeArgs;
 
 /// Replay throughput used for estimates: measured 363k events/s replaying
 /// a namespace of the 10M-event benchmark lake on 2 cores, rounded down.
@@ -194,12 +196,12 @@ fn describe(t: &Topology) -> String {
 }
 
 /// Runs a `migrate` subcommand.
-pub async fn run(warehouse: &Path, command: MigrateCommand) -> anyhow::Result<()> {
-    ignore_broken_pipe(run_command(warehouse, command).await)
+pub async fn run(lake_args: &LakeArgs, command: MigrateCommand) -> anyhow::Result<()> {
+    ignore_broken_pipe(run_command(lake_args, command).await)
 }
 
-async fn run_command(warehouse: &Path, command: MigrateCommand) -> anyhow::Result<()> {
-    let lake = Lake::open_local(warehouse).await?;
+async fn run_command(lake_args: &LakeArgs, command: MigrateCommand) -> anyhow::Result<()> {
+    let lake = lake_args.open().await?;
     let engine = CrossShardQuery::open(&lake, QueryConfig::default()).await?;
     let mut out = std::io::stdout().lock();
     match command {
@@ -626,12 +628,12 @@ async fn status(
 /// lake as shard `id`; with `hydrate`, it first rebuilds the state of the
 /// keys it owns under the recorded topology from the lake.
 pub async fn serve_shard(
-    warehouse: &Path,
+    lake_args: &LakeArgs,
     id: ShardId,
     listen: std::net::SocketAddr,
     hydrate: bool,
 ) -> anyhow::Result<()> {
-    let lake = Lake::open_local(warehouse).await?;
+    let lake = lake_args.open().await?;
     let emitter = Arc::new(lake.emitter(EmitterConfig::default()).await?);
     let last_seq = lake.commit_state().await?.watermark(id as i32);
     let shard = Arc::new(InMemoryShard::with_emitter(

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use shardlake_server::{Server, ServerConfig};
 
+use crate::lake_args::LakeArgs;
+
 /// Loads the configuration (file, then environment, then flags), serves,
 /// and shuts down gracefully on a signal: stop accepting, finish in-flight
 /// requests, commit what the emitter holds, exit 0.
@@ -13,6 +15,7 @@ pub async fn run(
     config: Option<&Path>,
     listen: Option<SocketAddr>,
     warehouse: Option<PathBuf>,
+    lake_args: &LakeArgs,
 ) -> anyhow::Result<()> {
     let mut config = ServerConfig::load(config).context("loading the configuration")?;
     if let Some(listen) = listen {
@@ -21,6 +24,7 @@ pub async fn run(
     if let Some(warehouse) = warehouse {
         config.warehouse = warehouse;
     }
+    lake_args.apply_to(&mut config.storage);
     let server = Server::bind(config).await?;
     let auth = if server.requires_tokens() {
         "bearer tokens required"

@@ -36,6 +36,7 @@ pub use emitter::{
 };
 pub use error::{ConcurrencyError, Error, ErrorKind, Result};
 pub use iceberg::{IcebergCommitter, IcebergEventsTable, WriterConfig};
+pub use storage::{ObjectStorageConfig, StorageRetryConfig};
 pub use warehouse::Warehouse;
 
 /// A lake: a warehouse and its `events` table.
@@ -51,6 +52,16 @@ impl Lake {
     /// `<dir>/catalog.db` and `<dir>/warehouse/`.
     pub async fn open_local(dir: impl AsRef<Path>) -> Result<Self> {
         Self::open(Warehouse::local(dir)?).await
+    }
+
+    /// Opens (creating on first use) a lake whose catalog database lives in
+    /// the local `data_dir` and whose table files live where `storage` says
+    /// (local disk or `s3://bucket/prefix`).
+    pub async fn open_with_storage(
+        data_dir: impl AsRef<Path>,
+        storage: &ObjectStorageConfig,
+    ) -> Result<Self> {
+        Self::open(Warehouse::open(data_dir, storage)?).await
     }
 
     /// Opens (creating on first use) the lake of `warehouse`.

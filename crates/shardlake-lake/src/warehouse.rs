@@ -2,17 +2,18 @@
 //! root, and the local directory holding the SQLite catalog.
 //!
 //! One [`Warehouse`] hands the *same* object store to the Iceberg file IO
-//! (through [`crate::storage::ObjectStoreStorage`]) and to DataFusion, so
+//! (through [`crate::storage::ObjectStoreStorage`], configured by
+//! [`ObjectStorageConfig`]) and to DataFusion, so
 //! writes and reads go through one client and one configuration.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 use url::Url;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::storage::ObjectStorageConfig;
 
 /// File name of the SQLite catalog inside the data directory.
 pub const CATALOG_FILE: &str = "catalog.db";
@@ -34,34 +35,32 @@ impl Warehouse {
     /// The embedded default: everything under one local directory
     /// (`<dir>/catalog.db`, `<dir>/warehouse/`), created if missing.
     pub fn local(dir: impl AsRef<Path>) -> Result<Self> {
-        let dir = dir.as_ref();
-        std::fs::create_dir_all(dir.join(WAREHOUSE_DIR)).map_err(|e| {
+        Self::open(dir, &ObjectStorageConfig::default())
+    }
+
+    /// The catalog database and dead letters in the local `data_dir`, table
+    /// files where `storage` says (by default `<data_dir>/warehouse/`).
+    pub fn open(data_dir: impl AsRef<Path>, storage: &ObjectStorageConfig) -> Result<Self> {
+        let data_dir = data_dir.as_ref();
+        std::fs::create_dir_all(data_dir).map_err(|e| {
             Error::new(
                 ErrorKind::DataInvalid,
-                format!("cannot create warehouse directory {}", dir.display()),
+                format!("cannot create data directory {}", data_dir.display()),
             )
             .with_source(e)
         })?;
-        let data_dir = dir.canonicalize().map_err(|e| {
+        let data_dir = data_dir.canonicalize().map_err(|e| {
             Error::new(
                 ErrorKind::DataInvalid,
-                format!("cannot resolve warehouse directory {}", dir.display()),
+                format!("cannot resolve data directory {}", data_dir.display()),
             )
             .with_source(e)
         })?;
-        let root = Url::from_directory_path(data_dir.join(WAREHOUSE_DIR)).map_err(|()| {
-            Error::new(
-                ErrorKind::DataInvalid,
-                format!(
-                    "warehouse directory {} is not an absolute path",
-                    dir.display()
-                ),
-            )
-        })?;
+        let opened = storage.open(&data_dir.join(WAREHOUSE_DIR))?;
         Ok(Self {
             data_dir,
-            root,
-            store: Arc::new(LocalFileSystem::new()),
+            root: opened.root,
+            store: opened.store,
         })
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
-use shardlake_lake::EmitterConfig;
+use shardlake_lake::{EmitterConfig, ObjectStorageConfig};
 use shardlake_query::{CacheConfig, QueryConfig};
 
 /// The server's configuration.
@@ -20,8 +20,13 @@ use shardlake_query::{CacheConfig, QueryConfig};
 pub struct ServerConfig {
     /// Address to listen on. Without tokens only loopback addresses are accepted.
     pub listen: SocketAddr,
-    /// Data directory of the lake (catalog and table files).
+    /// Data directory of the lake: the SQLite catalog, dead letters, and
+    /// (unless `[storage]` puts them elsewhere) the table files.
     pub warehouse: PathBuf,
+    /// Where table files live: local disk (the default) or
+    /// `s3://bucket/prefix` with its endpoint, region and credentials.
+    /// Credentials are best left to the standard `AWS_*` variables.
+    pub storage: ObjectStorageConfig,
     /// Request and query limits.
     pub limits: Limits,
     /// Result cache.
@@ -86,6 +91,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             warehouse: PathBuf::from("./shardlake-data"),
+            storage: ObjectStorageConfig::default(),
             limits: Limits::default(),
             cache: CacheSettings::default(),
             emitter: EmitterSettings::default(),

@@ -77,7 +77,7 @@ impl Server {
                 config.listen
             )));
         }
-        let lake = Lake::open_local(&config.warehouse).await?;
+        let lake = Lake::open_with_storage(&config.warehouse, &config.storage).await?;
         let engine = CrossShardQuery::open(&lake, config.query_config()).await?;
         let emitter = lake.emitter(config.emitter_config()).await?;
         let listener = TcpListener::bind(config.listen).await?;

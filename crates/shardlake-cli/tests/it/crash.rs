@@ -8,25 +8,25 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::{assert_exactly_n, generate, run_ok, shardlake};
+use shardlake_testkit::moto;
+
+use crate::{assert_exactly_n, generate, put_on_s3, run_ok, shardlake_at};
 
 const EVENTS: u64 = 40_000;
 
 fn spawn_ingest(warehouse: &Path, file: &Path, crash_at: Option<&str>) -> Child {
-    let mut cmd = shardlake();
-    cmd.arg("--warehouse")
-        .arg(warehouse)
-        .args([
-            "ingest",
-            "--quiet",
-            "--batch-events",
-            "5000",
-            "--flush-ms",
-            "20",
-        ])
-        .arg(file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = shardlake_at(warehouse);
+    cmd.args([
+        "ingest",
+        "--quiet",
+        "--batch-events",
+        "5000",
+        "--flush-ms",
+        "20",
+    ])
+    .arg(file)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     if let Some(point) = crash_at {
         cmd.env("SHARDLAKE_CRASH_AT", point);
     }
@@ -77,24 +77,53 @@ fn sigkill_at_every_crash_point_then_resend_yields_exactly_once() {
         let wh = tmp
             .path()
             .join(format!("lake-{}", point.replace([':', '.'], "-")));
-        kill_at_crash_point(spawn_ingest(&wh, &file, Some(point)), point);
-        // Restart and re-send everything, as a shard that never got its ack would.
-        let out = run_ok(
-            &wh,
-            &["ingest", "--quiet", "--json", file.to_str().expect("path")],
-        );
-        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
-        let accepted = summary["accepted"].as_u64().expect("accepted");
-        let duplicates = summary["duplicates"].as_u64().expect("duplicates");
-        assert_eq!(accepted + duplicates, EVENTS, "{point}: {summary}");
-        if point.starts_with("commit.after_catalog") {
-            assert!(
-                duplicates > 0,
-                "{point}: the crashed commit had landed: {summary}"
-            );
-        }
-        assert_exactly_n(&wh, EVENTS);
+        crash_then_resend(&wh, &file, point);
     }
+}
+
+/// Kills an ingest at `point`, restarts it re-sending everything (as a
+/// shard that never got its ack would), and checks the lake.
+fn crash_then_resend(wh: &Path, file: &Path, point: &str) {
+    kill_at_crash_point(spawn_ingest(wh, file, Some(point)), point);
+    let out = run_ok(
+        wh,
+        &["ingest", "--quiet", "--json", file.to_str().expect("path")],
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
+    let accepted = summary["accepted"].as_u64().expect("accepted");
+    let duplicates = summary["duplicates"].as_u64().expect("duplicates");
+    assert_eq!(accepted + duplicates, EVENTS, "{point}: {summary}");
+    if point.starts_with("commit.after_catalog") {
+        assert!(
+            duplicates > 0,
+            "{point}: the crashed commit had landed: {summary}"
+        );
+    }
+    assert_exactly_n(wh, EVENTS);
+}
+
+/// The same crashes with the table files on S3: a data file cut off
+/// mid-upload, a commit dying before and after its catalog swap.
+#[test]
+fn on_s3_sigkill_at_crash_points_then_resend_yields_exactly_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = generate(tmp.path(), EVENTS, 8, 4, 13);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let bucket = runtime.block_on(moto().bucket());
+    for point in [
+        "write.mid_file:3",
+        "commit.before_catalog:2",
+        "commit.after_catalog:2",
+    ] {
+        let name = format!("lake-{}", point.replace([':', '.'], "-"));
+        let wh = tmp.path().join(&name);
+        put_on_s3(&wh, &bucket, &name);
+        crash_then_resend(&wh, &file, point);
+    }
+    // Only the catalog database is local; the table is in the bucket.
+    let keys = runtime.block_on(bucket.keys(""));
+    assert!(keys.iter().any(|k| k.ends_with(".parquet")), "{keys:?}");
+    assert!(!tmp.path().join("lake-write-mid_file-3/warehouse").exists());
 }
 
 #[test]

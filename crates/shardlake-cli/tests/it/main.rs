@@ -7,19 +7,66 @@ mod migrate;
 mod route;
 mod serve;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
+
+use shardlake_testkit::S3Bucket;
 
 /// The binary under test.
 pub fn shardlake() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shardlake"))
 }
 
+/// Data directories whose table files live on S3, with the environment
+/// that says so (the CLI reads storage settings and AWS credentials from
+/// it, as an operator would set them).
+static ON_S3: Mutex<BTreeMap<PathBuf, Vec<(String, String)>>> = Mutex::new(BTreeMap::new());
+
+/// Makes every later command against `warehouse` keep its table files in
+/// `bucket` under `prefix`.
+pub fn put_on_s3(warehouse: &Path, bucket: &S3Bucket, prefix: &str) {
+    let storage = bucket.storage(prefix);
+    let env = vec![
+        (
+            "SHARDLAKE_STORAGE__LOCATION".to_owned(),
+            storage.location.expect("location"),
+        ),
+        (
+            "SHARDLAKE_STORAGE__ENDPOINT".to_owned(),
+            storage.endpoint.expect("endpoint"),
+        ),
+        (
+            "AWS_ACCESS_KEY_ID".to_owned(),
+            storage.access_key_id.expect("key"),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY".to_owned(),
+            storage.secret_access_key.expect("secret"),
+        ),
+        ("AWS_REGION".to_owned(), "us-east-1".to_owned()),
+    ];
+    ON_S3
+        .lock()
+        .expect("registry")
+        .insert(warehouse.to_path_buf(), env);
+}
+
+/// The binary, pointed at the lake in `warehouse` (and its S3 storage if
+/// [`put_on_s3`] registered one).
+pub fn shardlake_at(warehouse: &Path) -> Command {
+    let mut cmd = shardlake();
+    cmd.arg("--warehouse").arg(warehouse);
+    if let Some(env) = ON_S3.lock().expect("registry").get(warehouse) {
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    }
+    cmd
+}
+
 /// Runs the binary with `args` against `warehouse`, expecting success.
 pub fn run_ok(warehouse: &Path, args: &[&str]) -> Output {
-    let out = shardlake()
-        .arg("--warehouse")
-        .arg(warehouse)
+    let out = shardlake_at(warehouse)
         .args(args)
         .output()
         .expect("spawn shardlake");

@@ -104,3 +104,86 @@ async fn serve_answers_http_and_sigterm_commits_pending_events_then_exits_zero()
     let doc = query_json(&warehouse, "SELECT count(*) FROM events");
     assert_eq!(doc["rows"][0][0], 2);
 }
+
+/// The container's configuration (`docker/shardlake.toml`) with the
+/// variables `docker/compose.yml` sets, the S3 server standing in for
+/// MinIO: tokens from the environment are enforced, events land in the
+/// bucket, queries read them back.
+#[tokio::test]
+async fn the_docker_configuration_serves_from_s3_with_tokens_from_the_environment() {
+    let bucket = shardlake_testkit::moto().bucket().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docker/shardlake.toml");
+    let token = "docker-admin-token-0123456789";
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardlake"))
+        // As in compose.yml, except the loopback port and a temp volume.
+        .env("SHARDLAKE_CONFIG", config)
+        .env("SHARDLAKE_WAREHOUSE", dir.path())
+        .env(
+            "SHARDLAKE_STORAGE__LOCATION",
+            format!("s3://{}/lake", bucket.name()),
+        )
+        .env("SHARDLAKE_STORAGE__ENDPOINT", bucket.endpoint())
+        .env("AWS_ACCESS_KEY_ID", shardlake_testkit::ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", shardlake_testkit::SECRET_ACCESS_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env(
+            "SHARDLAKE_TOKENS",
+            format!(
+                r#"[{{name="admin", token="{token}", namespaces=["*"], permissions=["query","ingest","admin"]}}]"#
+            ),
+        )
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn serve");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let banner = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
+        .await
+        .expect("the server starts")
+        .expect("read")
+        .expect("a banner line");
+    assert!(banner.contains("bearer tokens required"), "{banner}");
+    let base = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("an address")
+        .to_owned();
+    let client = reqwest::Client::new();
+    let events = json!([
+        {"namespace": "acme", "shard_id": 1, "seq": 1, "partition_key": "k", "event_type": "a", "ts": "2026-01-01T00:00:00Z"},
+        {"namespace": "beta", "shard_id": 2, "seq": 1, "partition_key": "j", "event_type": "b", "ts": "2026-01-01T00:00:01Z"},
+    ]);
+    let anonymous = client
+        .post(format!("{base}/v1/events"))
+        .json(&events)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(anonymous.status(), 401);
+    let ack = client
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(token)
+        .json(&events)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(ack.status(), 200);
+    let answer: Value = client
+        .post(format!("{base}/v1/query"))
+        .bearer_auth(token)
+        .json(&json!({"sql": "SELECT count(*) AS n FROM events"}))
+        .send()
+        .await
+        .expect("query")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answer["rows"][0][0], 2, "{answer}");
+    let keys = bucket.keys("lake/").await;
+    assert!(keys.iter().any(|k| k.ends_with(".parquet")), "{keys:?}");
+    assert!(!dir.path().join("warehouse").exists());
+    child.start_kill().expect("kill");
+}

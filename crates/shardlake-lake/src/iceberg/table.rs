@@ -103,8 +103,28 @@ impl IcebergEventsTable {
             ident,
             warehouse: warehouse.clone(),
         };
+        table.check_location().await?;
         table.load().await?;
         Ok(table)
+    }
+
+    /// Refuses a catalog whose table lives in another store than the one
+    /// configured (say, a lake created on local disk opened with an S3
+    /// location): every read would fail later with a less helpful error.
+    async fn check_location(&self) -> Result<()> {
+        let metadata = self.current_metadata_location().await?;
+        let root = self.warehouse.root();
+        if metadata.starts_with(root.as_str()) {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::DataInvalid,
+            format!(
+                "the catalog in {} belongs to a lake stored at {metadata}, but storage is \
+                 configured at {root}; open it with the storage location it was created with",
+                self.warehouse.data_dir().display()
+            ),
+        ))
     }
 
     /// Loads the current version of the table and checks its schema.

@@ -1,9 +1,9 @@
 //! Fixtures and checks shared by the lake's integration tests.
 
 use std::collections::HashSet;
-use std::fs::File;
 
 use chrono::{DateTime, Utc};
+use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use shardlake_core::{Event, events_from_batch};
 use shardlake_lake::Lake;
@@ -36,11 +36,21 @@ pub async fn all_rows(lake: &Lake) -> Vec<(String, Event)> {
     let table = lake.events_table().load().await.expect("load");
     let mut rows = Vec::new();
     for file in current_data_files(&table).await.expect("files") {
-        let path = url::Url::parse(file.file_path())
-            .expect("url")
-            .to_file_path()
-            .expect("local file");
-        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).expect("open"))
+        // Through the lake's own store: the same check on disk and on S3.
+        let path = lake
+            .warehouse()
+            .object_path(file.file_path())
+            .expect("inside the warehouse");
+        let bytes = lake
+            .warehouse()
+            .store()
+            .get(&path)
+            .await
+            .expect("get data file")
+            .bytes()
+            .await
+            .expect("read data file");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .expect("parquet")
             .build()
             .expect("reader");

@@ -1,5 +1,5 @@
 //! Integration tests of the lake: a real Iceberg table (SQLite catalog,
-//! Parquet files on disk) written by real emitters.
+//! Parquet files on disk, or on moto's S3 server) written by real emitters.
 
 mod common;
 mod compaction;
@@ -7,3 +7,4 @@ mod concurrency;
 mod emitter;
 mod exactly_once;
 mod faulty;
+mod s3;

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use shardlake_core::Event;
-use shardlake_lake::{EmitInput, EmitterConfig, Lake, WriterConfig};
+use shardlake_lake::{EmitInput, EmitterConfig, Lake, ObjectStorageConfig, WriterConfig};
 use shardlake_query::{CrossShardQuery, QueryConfig};
+use shardlake_testkit::moto;
 
 pub const EVENTS_FILE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -27,8 +28,23 @@ impl Fixture {
 
     /// Like [`Self::build`] with a given file layout.
     pub async fn build_with(commits: usize, writer: WriterConfig) -> Self {
+        Self::build_in(&ObjectStorageConfig::default(), commits, writer).await
+    }
+
+    /// Like [`Self::build`], on a fresh bucket of the test S3 server.
+    pub async fn on_s3(commits: usize) -> Self {
+        let bucket = moto().bucket().await;
+        Self::build_in(&bucket.storage("lake"), commits, WriterConfig::default()).await
+    }
+
+    /// The fixture events in `commits` commits, table files in `storage`.
+    pub async fn build_in(
+        storage: &ObjectStorageConfig,
+        commits: usize,
+        writer: WriterConfig,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let lake = Lake::open_local(dir.path())
+        let lake = Lake::open_with_storage(dir.path(), storage)
             .await
             .expect("lake")
             .with_writer_config(writer);

@@ -3,7 +3,9 @@
 use std::future::IntoFuture;
 use std::time::Duration;
 
+use shardlake_lake::{ObjectStorageConfig, StorageRetryConfig, WriterConfig};
 use shardlake_query::{ErrorKind, QueryConfig};
+use shardlake_testkit::{Fault, FlakyS3, moto};
 
 use crate::fixture::{Fixture, config};
 
@@ -141,4 +143,59 @@ async fn a_result_over_its_limit_fails_for_collected_cached_and_streamed_queries
     assert_eq!(err.kind(), ErrorKind::ResultTooLarge);
     assert!(seen <= 10, "{seen} rows passed the limit");
     assert!(futures::StreamExt::next(&mut stream).await.is_none());
+}
+
+/// Storage that stops answering fails a query with `storage_unavailable`
+/// once the store's retries give up; it does not hang, and it answers
+/// again when storage is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_fails_clearly_when_object_storage_is_down() {
+    let bucket = moto().bucket().await;
+    let proxy = FlakyS3::start(bucket.endpoint(), Fault::None).await;
+    let storage = ObjectStorageConfig {
+        retry: StorageRetryConfig {
+            max_retries: 2,
+            retry_timeout_ms: 3_000,
+            initial_backoff_ms: 10,
+            max_backoff_ms: 100,
+            request_timeout_ms: 500,
+            connect_timeout_ms: 500,
+        },
+        ..bucket.storage_via(proxy.endpoint(), "lake")
+    };
+    let fixture = Fixture::build_in(&storage, 2, WriterConfig::default()).await;
+    let engine = fixture.engine(config()).await;
+    let sql = "SELECT namespace, count(*) AS n, max(seq) FROM events GROUP BY namespace";
+    let before = engine
+        .sql(sql)
+        .without_cache()
+        .await
+        .expect("storage is up");
+
+    proxy.set_fault(Fault::Hang);
+    // The guard catches a hang, the bug under test; it is not a speed check.
+    let err = tokio::time::timeout(
+        Duration::from_secs(120),
+        engine.sql(sql).without_cache().into_future(),
+    )
+    .await
+    .expect("the query hung instead of failing")
+    .expect_err("storage is down");
+    assert_eq!(err.kind(), ErrorKind::Storage, "{err}");
+    assert!(proxy.injected() > 0);
+
+    proxy.set_fault(Fault::None);
+    let after = engine
+        .sql(sql)
+        .without_cache()
+        .await
+        .expect("storage is back");
+    assert_eq!(
+        arrow::util::pretty::pretty_format_batches(&after.batches)
+            .expect("format")
+            .to_string(),
+        arrow::util::pretty::pretty_format_batches(&before.batches)
+            .expect("format")
+            .to_string()
+    );
 }

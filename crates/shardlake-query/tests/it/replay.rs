@@ -77,7 +77,15 @@ async fn a_key_replays_in_commit_order_and_reads_a_fraction_of_its_namespace() {
 
 #[tokio::test]
 async fn replay_resumes_after_a_cursor_and_merges_keys_by_position() {
-    let fixture = Fixture::build(3).await;
+    resumes_and_merges(Fixture::build(3).await).await;
+}
+
+#[tokio::test]
+async fn replay_on_s3_resumes_after_a_cursor_and_merges_keys_by_position() {
+    resumes_and_merges(Fixture::on_s3(3).await).await;
+}
+
+async fn resumes_and_merges(fixture: Fixture) {
     let engine = fixture.engine(config()).await;
     let all = |q: ReplayQuery| collect(engine.replay(q));
     let (full, _, _) = all(ReplayQuery {
@@ -149,7 +157,15 @@ async fn current(engine: &CrossShardQuery) -> i64 {
 
 #[tokio::test]
 async fn replay_pins_a_snapshot_and_catches_up_incrementally() {
-    let fixture = Fixture::build(2).await;
+    pins_and_catches_up(Fixture::build(2).await).await;
+}
+
+#[tokio::test]
+async fn replay_on_s3_pins_a_snapshot_and_catches_up_incrementally() {
+    pins_and_catches_up(Fixture::on_s3(2).await).await;
+}
+
+async fn pins_and_catches_up(fixture: Fixture) {
     let engine = fixture.engine(config()).await;
     let s1 = current(&engine).await;
     let before = fixture.in_namespace("tenant-001").len();

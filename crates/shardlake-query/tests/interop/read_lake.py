@@ -1,0 +1,85 @@
+"""Reads a lake written by shardlake with engines that are not shardlake.
+
+pyiceberg opens the events table through shardlake's own SQLite catalog
+(the SQL catalog schema is shared by pyiceberg and iceberg-rust) and scans
+it; DuckDB reads the data files the Iceberg snapshot lists with its own
+Parquet reader. Both compute the same figures, printed as one JSON object
+for the Rust test to compare with shardlake's answers.
+
+usage: read_lake.py CATALOG_DB WAREHOUSE_URL
+"""
+
+import json
+import sys
+
+import duckdb
+import pyarrow.compute as pc
+from pyiceberg.catalog.sql import SqlCatalog
+
+FIGURES = """
+    SELECT count(*) AS events,
+           count(DISTINCT namespace) AS namespaces,
+           count(DISTINCT shard_id) AS shards,
+           sum(seq) AS seq_sum,
+           min(position) AS first_position,
+           max(position) AS last_position,
+           count(DISTINCT partition_key) AS keys
+    FROM lake
+"""
+PER_NAMESPACE = "SELECT namespace, count(*) AS n FROM lake GROUP BY namespace ORDER BY namespace"
+
+
+def figures(con):
+    row = con.execute(FIGURES).fetchone()
+    names = [d[0] for d in con.description]
+    out = {name: int(value) for name, value in zip(names, row)}
+    out["per_namespace"] = {ns: int(n) for ns, n in con.execute(PER_NAMESPACE).fetchall()}
+    return out
+
+
+def main():
+    catalog_db, warehouse = sys.argv[1], sys.argv[2]
+    catalog = SqlCatalog("shardlake", uri=f"sqlite:///{catalog_db}", warehouse=warehouse)
+    table = catalog.load_table("shardlake.events")
+
+    # pyiceberg: its own scan planning (manifests, partition spec, field ids).
+    scanned = table.scan().to_arrow()
+    con = duckdb.connect()
+    con.register("lake", scanned)
+    by_pyiceberg = figures(con)
+
+    # A pruned scan, planned by pyiceberg from the partition spec.
+    some_ns = sorted(by_pyiceberg["per_namespace"])[0]
+    filtered = table.scan(row_filter=f"namespace == '{some_ns}'")
+    planned = list(filtered.plan_files())
+    pruned_rows = filtered.to_arrow().num_rows
+
+    # DuckDB: its own Parquet reader over the snapshot's data files.
+    files = [task.file.file_path.removeprefix("file://") for task in table.scan().plan_files()]
+    con2 = duckdb.connect()
+    listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    con2.execute(f"CREATE VIEW lake AS SELECT * FROM read_parquet([{listed}])")
+    by_duckdb = figures(con2)
+
+    snapshot = table.current_snapshot()
+    print(json.dumps({
+        "pyiceberg": by_pyiceberg,
+        "duckdb": by_duckdb,
+        "data_files": len(files),
+        "pruned_namespace": some_ns,
+        "pruned_files": len(planned),
+        "pruned_rows": pruned_rows,
+        "snapshot_id": snapshot.snapshot_id,
+        "format_version": table.format_version,
+        "partition_spec": str(table.spec()),
+        "schema_field_ids": {f.name: f.field_id for f in table.schema().fields},
+        "sort_order": str(table.sort_order()),
+        "summary_operation": str(snapshot.summary.operation.value),
+        "added_records": int(snapshot.summary.get("added-records") or 0),
+        "total_records": int(snapshot.summary.get("total-records") or -1),
+        "null_payloads": int(pc.sum(pc.is_null(scanned["payload"])).as_py() or 0),
+    }))
+
+
+if __name__ == "__main__":
+    main()

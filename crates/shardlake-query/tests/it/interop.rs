@@ -1,0 +1,158 @@
+//! The lake is an open format: engines that are not shardlake read the
+//! table shardlake wrote and agree with shardlake's own answers.
+//!
+//! pyiceberg opens the table through shardlake's SQLite catalog and plans
+//! and scans it itself; DuckDB reads the snapshot's data files with its own
+//! Parquet reader (`tests/interop/read_lake.py`). If they cannot read
+//! something shardlake writes, the writer is what gets fixed.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int64Type;
+use shardlake_lake::iceberg::CompactionConfig;
+use shardlake_query::CrossShardQuery;
+
+use crate::fixture::{Fixture, config};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/read_lake.py");
+
+/// One row of `i64` figures from shardlake.
+async fn figures(engine: &CrossShardQuery) -> BTreeMap<String, i64> {
+    let result = engine
+        .sql(
+            "SELECT count(*) AS events, count(DISTINCT namespace) AS namespaces, \
+             count(DISTINCT shard_id) AS shards, sum(seq) AS seq_sum, \
+             min(position) AS first_position, max(position) AS last_position, \
+             count(DISTINCT partition_key) AS keys FROM events",
+        )
+        .without_cache()
+        .await
+        .expect("figures");
+    let batch = &result.batches[0];
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(field, column)| {
+            let column =
+                arrow::compute::cast(column, &arrow::datatypes::DataType::Int64).expect("as i64");
+            (
+                field.name().clone(),
+                column.as_primitive::<Int64Type>().value(0),
+            )
+        })
+        .collect()
+}
+
+async fn per_namespace(engine: &CrossShardQuery) -> BTreeMap<String, i64> {
+    let result = engine
+        .sql("SELECT namespace, count(*) AS n FROM events GROUP BY namespace")
+        .without_cache()
+        .await
+        .expect("per namespace");
+    let mut out = BTreeMap::new();
+    for batch in &result.batches {
+        let ns =
+            arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8).expect("utf8");
+        let ns = ns.as_string::<i32>();
+        let n = batch.column(1).as_primitive::<Int64Type>();
+        for row in 0..batch.num_rows() {
+            assert!(!ns.is_null(row));
+            out.insert(ns.value(row).to_owned(), n.value(row));
+        }
+    }
+    out
+}
+
+fn as_map(value: &serde_json::Value) -> BTreeMap<String, i64> {
+    value
+        .as_object()
+        .expect("object")
+        .iter()
+        .filter_map(|(k, v)| v.as_i64().map(|v| (k.clone(), v)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyiceberg_and_duckdb_read_what_shardlake_wrote() {
+    // Three commits, then one compaction: the snapshot history holds both
+    // `append` and `replace` snapshots, and the manifests both kinds of entry.
+    let fixture = Fixture::build(3).await;
+    let report = fixture
+        .lake
+        .compact(&CompactionConfig {
+            min_small_files: 2,
+            ..CompactionConfig::default()
+        })
+        .await
+        .expect("compact");
+    assert!(report.files_removed > report.files_added, "{report:?}");
+    let engine = fixture.engine(config()).await;
+    let ours = figures(&engine).await;
+    let ours_per_ns = per_namespace(&engine).await;
+    assert_eq!(ours["events"], fixture.events.len() as i64);
+
+    let warehouse = fixture.lake.warehouse();
+    let catalog_db = warehouse.data_dir().join("catalog.db");
+    let output = Command::new(shardlake_testkit::python())
+        .arg(SCRIPT)
+        .arg(&catalog_db)
+        .arg(warehouse.root_location())
+        .output()
+        .expect("run the interop script");
+    assert!(
+        output.status.success(),
+        "read_lake.py failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let theirs: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the script prints JSON");
+
+    for reader in ["pyiceberg", "duckdb"] {
+        let mut got = as_map(&theirs[reader]);
+        let got_per_ns = as_map(&theirs[reader]["per_namespace"]);
+        got.retain(|k, _| k != "per_namespace");
+        assert_eq!(got, ours, "{reader} disagrees with shardlake");
+        assert_eq!(
+            got_per_ns, ours_per_ns,
+            "{reader}: per-namespace counts differ"
+        );
+    }
+
+    // pyiceberg sees shardlake's snapshot, layout and metadata as written.
+    let snapshot = fixture
+        .lake
+        .commit_state()
+        .await
+        .expect("state")
+        .snapshot_id
+        .expect("a snapshot");
+    assert_eq!(theirs["snapshot_id"], snapshot);
+    assert_eq!(theirs["format_version"], 2);
+    assert_eq!(theirs["summary_operation"], "replace");
+    assert_eq!(theirs["total_records"], ours["events"]);
+    let spec = theirs["partition_spec"].as_str().expect("spec");
+    assert!(
+        spec.contains("namespace") && spec.contains("identity"),
+        "{spec}"
+    );
+    let sort = theirs["sort_order"].as_str().expect("sort order");
+    assert!(
+        sort.contains("partition_key") || sort.contains(" 4 "),
+        "{sort}"
+    );
+    let ids = as_map(&theirs["schema_field_ids"]);
+    assert_eq!(ids.len(), 12, "{ids:?}");
+    assert_eq!(ids["namespace"], 1);
+    assert_eq!(ids["position"], 12);
+    // Partition pruning, planned by pyiceberg from shardlake's partition
+    // values: one namespace's scan reads only that namespace's files.
+    let ns = theirs["pruned_namespace"].as_str().expect("namespace");
+    assert_eq!(theirs["pruned_rows"], ours_per_ns[ns]);
+    let pruned = theirs["pruned_files"].as_i64().expect("files");
+    let all = theirs["data_files"].as_i64().expect("files");
+    assert!(pruned > 0 && pruned < all, "{pruned} of {all} files");
+}

@@ -1,0 +1,48 @@
+//! What shardlake's tests run against for real, shared by every crate's
+//! integration tests:
+//!
+//! - [`moto`]: one `moto_server` (an S3 implementation) per test process,
+//!   on a free loopback port, with a fresh bucket per test
+//!   ([`S3Bucket`]);
+//! - [`FlakyS3`]: an HTTP proxy in front of it that answers some requests
+//!   with 503 `SlowDown`, or none at all, to test retries and outages;
+//! - [`python`]: the interpreter of the test virtualenv (pyiceberg,
+//!   DuckDB).
+//!
+//! The tools come from `.venv-test/`, which `bash .ci/test-env` creates
+//! (`bash .ci/test` runs it first). A missing tool fails the test with
+//! that instruction: tests never skip silently.
+
+mod flaky;
+mod moto;
+
+use std::path::PathBuf;
+
+pub use flaky::{Fault, FlakyS3};
+pub use moto::{ACCESS_KEY_ID, MotoServer, S3Bucket, SECRET_ACCESS_KEY, moto};
+
+/// The workspace root (where `.venv-test/` lives).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// A tool of the test virtualenv: `$<env_var>` if set, else
+/// `.venv-test/bin/<name>`. Panics with how to create it when missing.
+pub fn venv_tool(name: &str, env_var: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
+        return PathBuf::from(path);
+    }
+    let path = workspace_root().join(".venv-test/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `bash .ci/test-env` (or the whole suite with `bash .ci/test`), \
+         or point ${env_var} at one",
+        path.display()
+    );
+    path
+}
+
+/// The Python interpreter with pyiceberg and DuckDB installed.
+pub fn python() -> PathBuf {
+    venv_tool("python", "SHARDLAKE_TEST_PYTHON")
+}
