@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use shardlake_lake::{Lake, ObjectStorageConfig};
+use shardlake_lake::{Lake, ObjectStorageConfig, TableFormat};
 
 /// Where the lake is. Credentials for S3 come from the standard `AWS_*`
 /// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...), never from
@@ -28,6 +28,20 @@ pub struct LakeArgs {
         value_name = "URL"
     )]
     pub storage: Option<String>,
+    /// Table format of a new lake: `iceberg` (snapshots, concurrent
+    /// writers, compaction) or `parquet` (Hive-style files, one writer).
+    /// An existing lake must be opened with the format it was created with.
+    #[arg(
+        long = "table-format",
+        global = true,
+        env = "SHARDLAKE_FORMAT",
+        default_value = "iceberg"
+    )]
+    pub table_format: TableFormat,
+    /// Whether `--table-format` (or `SHARDLAKE_FORMAT`) was given rather than
+    /// defaulted: `serve` lets its config file choose otherwise.
+    #[arg(skip)]
+    pub format_given: bool,
     /// S3 endpoint, for S3-compatible servers (MinIO, moto, R2...).
     #[arg(
         long,
@@ -71,6 +85,6 @@ impl LakeArgs {
 
     /// Opens (creating on first use) the lake.
     pub async fn open(&self) -> anyhow::Result<Lake> {
-        Ok(Lake::open_with_storage(&self.warehouse, &self.storage_config()).await?)
+        Ok(Lake::open_with(&self.warehouse, &self.storage_config(), self.table_format).await?)
     }
 }

@@ -206,10 +206,12 @@ async fn main() {
     // SHARDLAKE_WAREHOUSE names one.
     let warehouse_flag =
         matches.value_source("warehouse") != Some(clap::parser::ValueSource::DefaultValue);
-    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+    let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    cli.lake.format_given =
+        matches.value_source("table_format") != Some(clap::parser::ValueSource::DefaultValue);
     init_logs(matches!(cli.command, Command::Serve { .. }));
     if let Err(e) = run(cli, warehouse_flag).await {
         eprintln!("error: {e:#}");

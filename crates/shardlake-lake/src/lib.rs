@@ -1,5 +1,5 @@
-//! shardlake's lake: the `events` table on object storage, and the
-//! exactly-once [`PipelineEmitter`] that writes it.
+//! shardlake's lake: the `events` table on object storage (Iceberg or plain
+//! Parquet), and the exactly-once [`PipelineEmitter`] that writes it.
 //!
 //! ```no_run
 //! # async fn demo() -> shardlake_lake::Result<()> {
@@ -23,7 +23,9 @@ pub mod crashpoint;
 pub mod emitter;
 mod error;
 pub mod file_meta;
+mod format;
 pub mod iceberg;
+pub mod parquet;
 pub mod storage;
 pub mod warehouse;
 
@@ -35,15 +37,16 @@ pub use emitter::{
     PipelineEmitter, RejectedEvent, RetryPolicy,
 };
 pub use error::{ConcurrencyError, Error, ErrorKind, Result};
+pub use format::{DataFileSummary, EventsTable, TableFormat};
 pub use iceberg::{IcebergCommitter, IcebergEventsTable, WriterConfig};
 pub use storage::{ObjectStorageConfig, StorageRetryConfig};
 pub use warehouse::Warehouse;
 
-/// A lake: a warehouse and its `events` table.
+/// A lake: a warehouse and its `events` table, in either format.
 #[derive(Debug, Clone)]
 pub struct Lake {
     warehouse: Warehouse,
-    table: IcebergEventsTable,
+    table: EventsTable,
     writer: WriterConfig,
 }
 
@@ -54,19 +57,26 @@ impl Lake {
         Self::open(Warehouse::local(dir)?).await
     }
 
-    /// Opens (creating on first use) a lake whose catalog database lives in
-    /// the local `data_dir` and whose table files live where `storage` says
-    /// (local disk or `s3://bucket/prefix`).
-    pub async fn open_with_storage(
+    /// Opens (creating on first use) a lake whose local files (catalog or
+    /// control database, dead letters) live in `data_dir` and whose table
+    /// files live where `storage` says (local disk or `s3://bucket/prefix`),
+    /// in `format`.
+    pub async fn open_with(
         data_dir: impl AsRef<Path>,
         storage: &ObjectStorageConfig,
+        format: TableFormat,
     ) -> Result<Self> {
-        Self::open(Warehouse::open(data_dir, storage)?).await
+        Self::open_format(Warehouse::open(data_dir, storage)?, format).await
     }
 
-    /// Opens (creating on first use) the lake of `warehouse`.
+    /// Opens (creating on first use) the Iceberg lake of `warehouse`.
     pub async fn open(warehouse: Warehouse) -> Result<Self> {
-        let table = IcebergEventsTable::open(&warehouse).await?;
+        Self::open_format(warehouse, TableFormat::Iceberg).await
+    }
+
+    /// Opens (creating on first use) the lake of `warehouse` in `format`.
+    pub async fn open_format(warehouse: Warehouse, format: TableFormat) -> Result<Self> {
+        let table = EventsTable::open(&warehouse, format).await?;
         Ok(Self {
             warehouse,
             table,
@@ -85,33 +95,59 @@ impl Lake {
         &self.warehouse
     }
 
-    /// The Iceberg `events` table.
-    pub fn events_table(&self) -> &IcebergEventsTable {
+    /// The `events` table.
+    pub fn table(&self) -> &EventsTable {
         &self.table
+    }
+
+    /// The table format.
+    pub fn format(&self) -> TableFormat {
+        self.table.format()
+    }
+
+    /// The Iceberg `events` table, if the lake is in the Iceberg format.
+    pub fn iceberg_table(&self) -> Option<&IcebergEventsTable> {
+        match &self.table {
+            EventsTable::Iceberg(t) => Some(t),
+            EventsTable::Parquet(_) => None,
+        }
     }
 
     /// The committed state: every shard's watermark and the next position.
     pub async fn commit_state(&self) -> Result<CommitState> {
-        iceberg::commit_state(&self.table.load().await?)
+        self.table.commit_state().await
+    }
+
+    /// The current data files (any format).
+    pub async fn data_files(&self) -> Result<Vec<DataFileSummary>> {
+        self.table.data_files().await
     }
 
     /// Rewrites each namespace's small data files into large sorted ones in
     /// one `replace` snapshot (see [`iceberg::CompactionConfig`]). Rows,
     /// positions and watermarks are unchanged; safe while emitters commit.
+    /// Iceberg only: a plain-Parquet lake has no atomic replace.
     pub async fn compact(
         &self,
         config: &iceberg::CompactionConfig,
     ) -> Result<iceberg::CompactionReport> {
-        self.table.compact(&self.writer, config).await
+        match &self.table {
+            EventsTable::Iceberg(t) => t.compact(&self.writer, config).await,
+            EventsTable::Parquet(_) => Err(Error::new(
+                ErrorKind::DataInvalid,
+                "compaction needs an atomic replace, which only the Iceberg format has; \
+                 a plain-Parquet lake is not compacted",
+            )),
+        }
     }
 
-    /// Durable subscription checkpoints (in the catalog database).
+    /// Durable subscription checkpoints (in the catalog or control database).
     pub async fn checkpoints(&self) -> Result<checkpoint::Checkpoints> {
         self.table.checkpoints().await
     }
 
     /// Topology versions, migration records, key claims and buffered
-    /// writes (in the catalog database).
+    /// writes (in the catalog or control database).
     pub async fn control(&self) -> Result<control::ControlStore> {
         self.table.control().await
     }
@@ -123,7 +159,7 @@ impl Lake {
             config.dead_letter_dir =
                 Some(self.warehouse.data_dir().join(warehouse::DEAD_LETTER_DIR));
         }
-        let committer = IcebergCommitter::new(self.table.clone(), self.writer.clone()).await?;
-        PipelineEmitter::start(Box::new(committer), config)
+        let committer = self.table.committer(self.writer.clone()).await?;
+        PipelineEmitter::start(committer, config)
     }
 }

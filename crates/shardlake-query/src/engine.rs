@@ -120,7 +120,7 @@ impl CrossShardQuery {
     pub async fn open(lake: &Lake, config: QueryConfig) -> Result<Self> {
         let warehouse = lake.warehouse();
         let snapshots = Arc::new(LakeSnapshots::new(
-            lake.events_table().clone(),
+            lake.table().clone(),
             config.manifest_cache_entries,
         ));
         let runtime = RuntimeEnvBuilder::new()

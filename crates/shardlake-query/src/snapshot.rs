@@ -1,5 +1,9 @@
 //! Pinning table versions and caching what planning needs from them.
 //!
+//! For a plain-Parquet lake a snapshot is the set of complete commits a
+//! listing shows (see `shardlake_lake::parquet`); bounds come from each
+//! file's footer, read once. The rest of this page is about Iceberg.
+//!
 //! Every query pins the table's current snapshot. Finding out which snapshot
 //! is current costs one indexed lookup in the catalog database; metadata is
 //! re-read only when that answer changes. The live files of a snapshot are
@@ -11,15 +15,19 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use arrow::array::Array;
 use arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{DataFile, Datum, Literal, ManifestList, PrimitiveLiteral};
 use iceberg::table::Table;
 use object_store::path::Path;
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use shardlake_core::event_schema;
-use shardlake_lake::IcebergEventsTable;
+use shardlake_lake::EventsTable;
+use shardlake_lake::iceberg::IcebergEventsTable;
 use shardlake_lake::iceberg::field_ids;
+use shardlake_lake::parquet::{ParquetDataFile, ParquetEventsTable, ParquetSnapshot};
 use tokio::sync::Mutex;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -158,60 +166,197 @@ impl LakeFile {
     }
 }
 
+impl LakeFile {
+    /// A plain-Parquet data file, its bounds from the footer's row-group
+    /// statistics (the same figures Iceberg keeps in its manifests).
+    fn from_parquet_file(file: &ParquetDataFile) -> Self {
+        let schema = event_schema();
+        let row_groups = file.metadata.row_groups();
+        let parquet_schema = file.metadata.file_metadata().schema_descr();
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|field| {
+                let Ok(converter) =
+                    StatisticsConverter::try_new(field.name(), &schema, parquet_schema)
+                else {
+                    return ColumnBounds::default();
+                };
+                let fold = |array: Option<arrow::array::ArrayRef>, keep: std::cmp::Ordering| {
+                    let array = array?;
+                    let mut best: Option<ScalarValue> = None;
+                    for i in 0..array.len() {
+                        // A row group without statistics makes the bound unknown.
+                        if array.is_null(i) {
+                            return None;
+                        }
+                        let v = ScalarValue::try_from_array(&array, i).ok()?;
+                        best = match best {
+                            Some(b) if b.partial_cmp(&v) != Some(keep.reverse()) => Some(b),
+                            _ => Some(v),
+                        };
+                    }
+                    best
+                };
+                let nulls = converter
+                    .row_group_null_counts(row_groups)
+                    .ok()
+                    .and_then(|counts| {
+                        (counts.null_count() == 0).then(|| counts.values().iter().sum::<u64>())
+                    });
+                ColumnBounds {
+                    min: fold(
+                        converter.row_group_mins(row_groups).ok(),
+                        std::cmp::Ordering::Less,
+                    ),
+                    max: fold(
+                        converter.row_group_maxes(row_groups).ok(),
+                        std::cmp::Ordering::Greater,
+                    ),
+                    nulls,
+                }
+            })
+            .collect();
+        Self {
+            location: file.location.clone(),
+            path: file.path.clone(),
+            size: file.size,
+            namespace: file.namespace.clone(),
+            rows: file.rows,
+            columns,
+        }
+    }
+}
+
+/// Where snapshots come from.
+enum Source {
+    /// Iceberg: the catalog says which metadata is current; manifests list
+    /// the files (cached by path, they are immutable).
+    Iceberg {
+        table: IcebergEventsTable,
+        // Boxed: a loaded table is large, the Parquet variant small.
+        current: Box<Mutex<Option<Table>>>,
+        manifests: moka::sync::Cache<String, Arc<Vec<Arc<LakeFile>>>>,
+    },
+    /// Plain Parquet: a listing says which files exist, their footers which
+    /// commits are complete (the lake caches footers; bounds are cached
+    /// here by path).
+    Parquet {
+        table: ParquetEventsTable,
+        files: moka::sync::Cache<Path, Arc<LakeFile>>,
+    },
+}
+
 /// Pins snapshots of the `events` table and caches their file lists.
 pub struct LakeSnapshots {
-    table: IcebergEventsTable,
+    source: Source,
     store_url: url::Url,
-    current: Mutex<Option<Table>>,
     snapshots: moka::sync::Cache<i64, Arc<SnapshotFiles>>,
-    manifests: moka::sync::Cache<String, Arc<Vec<Arc<LakeFile>>>>,
 }
 
 impl std::fmt::Debug for LakeSnapshots {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let format = match &self.source {
+            Source::Iceberg { .. } => "iceberg",
+            Source::Parquet { .. } => "parquet",
+        };
         f.debug_struct("LakeSnapshots")
-            .field("table", self.table.ident())
+            .field("format", &format)
             .field("cached_snapshots", &self.snapshots.entry_count())
-            .field("cached_manifests", &self.manifests.entry_count())
             .finish()
     }
 }
 
 impl LakeSnapshots {
     /// Snapshot pinning for `table`. Caches the file lists of the 16 most
-    /// recent snapshots and up to `manifest_capacity` parsed manifests.
-    pub fn new(table: IcebergEventsTable, manifest_capacity: u64) -> Self {
+    /// recent snapshots and up to `manifest_capacity` parsed manifests (or,
+    /// for a Parquet table, that many files' bounds times 64).
+    pub fn new(table: EventsTable, manifest_capacity: u64) -> Self {
         let store_url = table.warehouse().store_url();
+        let source = match table {
+            EventsTable::Iceberg(table) => Source::Iceberg {
+                table,
+                current: Box::new(Mutex::new(None)),
+                manifests: moka::sync::Cache::new(manifest_capacity),
+            },
+            EventsTable::Parquet(table) => Source::Parquet {
+                table,
+                files: moka::sync::Cache::new(manifest_capacity.saturating_mul(64)),
+            },
+        };
         Self {
-            table,
+            source,
             store_url,
-            current: Mutex::new(None),
             snapshots: moka::sync::Cache::new(16),
-            manifests: moka::sync::Cache::new(manifest_capacity),
         }
     }
 
-    /// The table's current version: the cached one unless a commit happened.
-    pub async fn current_table(&self) -> Result<Table> {
-        let mut current = self.current.lock().await;
-        let table = match current.as_ref() {
-            Some(known) => self.table.refresh(known).await?,
-            None => self.table.load().await?,
+    /// The Iceberg table's current version: the cached one unless a commit
+    /// happened.
+    async fn current_table(&self) -> Result<Table> {
+        let Source::Iceberg { table, current, .. } = &self.source else {
+            return Err(Error::new(
+                ErrorKind::Unexpected,
+                "an Iceberg table was asked of a Parquet lake",
+            ));
         };
-        *current = Some(table.clone());
-        Ok(table)
+        let mut current = current.lock().await;
+        let loaded = match current.as_ref() {
+            Some(known) => table.refresh(known).await?,
+            None => table.load().await?,
+        };
+        *current = Some(loaded.clone());
+        Ok(loaded)
     }
 
     /// Pins the current snapshot and returns its live files.
     pub async fn pin(&self) -> Result<Arc<SnapshotFiles>> {
+        if let Source::Parquet { table, .. } = &self.source {
+            let snapshot = table.snapshot().await?;
+            return Ok(self.parquet_files(&snapshot));
+        }
         let table = self.current_table().await?;
         self.files_of(&table).await
+    }
+
+    /// The files of a Parquet snapshot, bounds cached per file.
+    fn parquet_files(&self, snapshot: &ParquetSnapshot) -> Arc<SnapshotFiles> {
+        let Some(id) = snapshot.state.snapshot_id else {
+            return Arc::new(SnapshotFiles::default());
+        };
+        if let Some(files) = self.snapshots.get(&id) {
+            return files;
+        }
+        let Source::Parquet { files: cache, .. } = &self.source else {
+            return Arc::new(SnapshotFiles::default());
+        };
+        let files: Vec<Arc<LakeFile>> = snapshot
+            .files
+            .iter()
+            .map(|f| cache.get_with(f.path.clone(), || Arc::new(LakeFile::from_parquet_file(f))))
+            .collect();
+        let namespaces = files.iter().map(|f| f.namespace.clone()).collect();
+        let pinned = Arc::new(SnapshotFiles {
+            snapshot_id: Some(id),
+            files,
+            namespaces,
+        });
+        self.snapshots.insert(id, Arc::clone(&pinned));
+        pinned
     }
 
     /// Pins snapshot `snapshot_id` (time travel, replay at a snapshot).
     pub async fn pin_at(&self, snapshot_id: i64) -> Result<Arc<SnapshotFiles>> {
         if let Some(files) = self.snapshots.get(&snapshot_id) {
             return Ok(files);
+        }
+        if let Source::Parquet { table, .. } = &self.source {
+            let snapshot = table
+                .snapshot()
+                .await?
+                .as_of(snapshot_id)
+                .ok_or_else(|| unknown_snapshot(snapshot_id))?;
+            return Ok(self.parquet_files(&snapshot));
         }
         let table = self.current_table().await?;
         let snapshot = table
@@ -225,6 +370,13 @@ impl LakeSnapshots {
     /// The first position a commit after `snapshot_id` can have: events
     /// with positions at or above it were committed later.
     pub async fn next_position_after(&self, snapshot_id: i64) -> Result<i64> {
+        if let Source::Parquet { table, .. } = &self.source {
+            // A Parquet snapshot id is the position after its last commit.
+            return match table.snapshot().await?.as_of(snapshot_id) {
+                Some(_) => Ok(snapshot_id),
+                None => Err(unknown_snapshot(snapshot_id)),
+            };
+        }
         let table = self.current_table().await?;
         let metadata = table.metadata();
         let mut at = Some(snapshot_id);
@@ -270,7 +422,10 @@ impl LakeSnapshots {
         let per_manifest: Vec<Arc<Vec<Arc<LakeFile>>>> =
             futures::stream::iter(list.entries().to_vec())
                 .map(|manifest| async move {
-                    if let Some(files) = self.manifests.get(&manifest.manifest_path) {
+                    let Source::Iceberg { manifests, .. } = &self.source else {
+                        return Err(Error::new(ErrorKind::Unexpected, "not an Iceberg lake"));
+                    };
+                    if let Some(files) = manifests.get(&manifest.manifest_path) {
                         return Ok::<_, Error>(files);
                     }
                     let loaded = manifest.load_manifest(file_io).await?;
@@ -283,8 +438,7 @@ impl LakeSnapshots {
                         })
                         .collect::<Result<Vec<_>>>()?;
                     let files = Arc::new(files);
-                    self.manifests
-                        .insert(manifest.manifest_path.clone(), Arc::clone(&files));
+                    manifests.insert(manifest.manifest_path.clone(), Arc::clone(&files));
                     Ok(files)
                 })
                 .buffered(MANIFEST_CONCURRENCY)

@@ -11,7 +11,7 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
-use shardlake_lake::{EmitterConfig, ObjectStorageConfig};
+use shardlake_lake::{EmitterConfig, ObjectStorageConfig, TableFormat};
 use shardlake_query::{CacheConfig, QueryConfig};
 
 /// The server's configuration.
@@ -23,6 +23,8 @@ pub struct ServerConfig {
     /// Data directory of the lake: the SQLite catalog, dead letters, and
     /// (unless `[storage]` puts them elsewhere) the table files.
     pub warehouse: PathBuf,
+    /// Table format: `iceberg` (default) or `parquet`.
+    pub format: TableFormat,
     /// Where table files live: local disk (the default) or
     /// `s3://bucket/prefix` with its endpoint, region and credentials.
     /// Credentials are best left to the standard `AWS_*` variables.
@@ -92,6 +94,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             warehouse: PathBuf::from("./shardlake-data"),
             storage: ObjectStorageConfig::default(),
+            format: TableFormat::Iceberg,
             limits: Limits::default(),
             cache: CacheSettings::default(),
             emitter: EmitterSettings::default(),

@@ -77,7 +77,7 @@ impl Server {
                 config.listen
             )));
         }
-        let lake = Lake::open_with_storage(&config.warehouse, &config.storage).await?;
+        let lake = Lake::open_with(&config.warehouse, &config.storage, config.format).await?;
         let engine = CrossShardQuery::open(&lake, config.query_config()).await?;
         let emitter = lake.emitter(config.emitter_config()).await?;
         let listener = TcpListener::bind(config.listen).await?;
@@ -159,6 +159,11 @@ impl Server {
 fn spawn_compactor(state: &AppState) -> Option<tokio::task::JoinHandle<()>> {
     let settings = state.config().compaction.clone();
     if !settings.enabled || settings.interval_secs == 0 {
+        return None;
+    }
+    // Compaction needs Iceberg's atomic replace; a Parquet lake is not compacted.
+    if state.lake().format() != shardlake_lake::TableFormat::Iceberg {
+        tracing::info!("plain-Parquet lake: background compaction is off");
         return None;
     }
     let state = state.clone();

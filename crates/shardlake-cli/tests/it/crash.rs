@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use shardlake_testkit::moto;
 
-use crate::{assert_exactly_n, generate, put_on_s3, run_ok, shardlake_at};
+use crate::{assert_exactly_n, generate, put_on_s3, run_ok, shardlake_at, use_parquet};
 
 const EVENTS: u64 = 40_000;
 
@@ -60,6 +60,18 @@ fn kill_at_crash_point(mut child: Child, point: &str) {
 
 #[test]
 fn sigkill_at_every_crash_point_then_resend_yields_exactly_once() {
+    crash_at_every_point(false);
+}
+
+/// The same crash points in the plain-Parquet format, where "catalog"
+/// means the commit's last file: before it the commit is incomplete and
+/// invisible, after it complete.
+#[test]
+fn parquet_sigkill_at_every_crash_point_then_resend_yields_exactly_once() {
+    crash_at_every_point(true);
+}
+
+fn crash_at_every_point(parquet: bool) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let file = generate(tmp.path(), EVENTS, 8, 4, 11);
     // `:2` crashes in the second commit, after a first commit landed.
@@ -77,6 +89,9 @@ fn sigkill_at_every_crash_point_then_resend_yields_exactly_once() {
         let wh = tmp
             .path()
             .join(format!("lake-{}", point.replace([':', '.'], "-")));
+        if parquet {
+            use_parquet(&wh);
+        }
         crash_then_resend(&wh, &file, point);
     }
 }
@@ -102,35 +117,57 @@ fn crash_then_resend(wh: &Path, file: &Path, point: &str) {
     assert_exactly_n(wh, EVENTS);
 }
 
-/// The same crashes with the table files on S3: a data file cut off
-/// mid-upload, a commit dying before and after its catalog swap.
+/// The same crashes with the table files on S3, in both formats: a data
+/// file cut off mid-upload, a commit dying before and after its commit
+/// point.
 #[test]
 fn on_s3_sigkill_at_crash_points_then_resend_yields_exactly_once() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let file = generate(tmp.path(), EVENTS, 8, 4, 13);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let bucket = runtime.block_on(moto().bucket());
-    for point in [
-        "write.mid_file:3",
-        "commit.before_catalog:2",
-        "commit.after_catalog:2",
+    for (format, point) in [
+        ("iceberg", "write.mid_file:3"),
+        ("iceberg", "commit.before_catalog:2"),
+        ("iceberg", "commit.after_catalog:2"),
+        ("parquet", "write.between_files:2"),
+        ("parquet", "commit.before_catalog:2"),
     ] {
-        let name = format!("lake-{}", point.replace([':', '.'], "-"));
+        let name = format!("lake-{format}-{}", point.replace([':', '.'], "-"));
         let wh = tmp.path().join(&name);
         put_on_s3(&wh, &bucket, &name);
+        if format == "parquet" {
+            use_parquet(&wh);
+        }
         crash_then_resend(&wh, &file, point);
     }
     // Only the catalog database is local; the table is in the bucket.
     let keys = runtime.block_on(bucket.keys(""));
     assert!(keys.iter().any(|k| k.ends_with(".parquet")), "{keys:?}");
-    assert!(!tmp.path().join("lake-write-mid_file-3/warehouse").exists());
+    assert!(
+        !tmp.path()
+            .join("lake-iceberg-write-mid_file-3/warehouse")
+            .exists()
+    );
 }
 
 #[test]
 fn sigkill_at_arbitrary_moments_then_resend_yields_exactly_once() {
+    kill_at_arbitrary_moments(false);
+}
+
+#[test]
+fn parquet_sigkill_at_arbitrary_moments_then_resend_yields_exactly_once() {
+    kill_at_arbitrary_moments(true);
+}
+
+fn kill_at_arbitrary_moments(parquet: bool) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let file = generate(tmp.path(), EVENTS, 8, 4, 12);
     let wh = tmp.path().join("lake");
+    if parquet {
+        use_parquet(&wh);
+    }
     // Deterministic "random" delays spread over an ingest's lifetime.
     for delay_ms in [30u64, 120, 250, 400, 700] {
         let mut child = spawn_ingest(&wh, &file, None);

@@ -19,10 +19,21 @@ pub fn shardlake() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shardlake"))
 }
 
-/// Data directories whose table files live on S3, with the environment
-/// that says so (the CLI reads storage settings and AWS credentials from
-/// it, as an operator would set them).
-static ON_S3: Mutex<BTreeMap<PathBuf, Vec<(String, String)>>> = Mutex::new(BTreeMap::new());
+/// Data directories whose table files live on S3 or in the Parquet format,
+/// with the environment that says so (the CLI reads the format, storage
+/// settings and AWS credentials from it, as an operator would set them).
+static LAKE_ENV: Mutex<BTreeMap<PathBuf, Vec<(String, String)>>> = Mutex::new(BTreeMap::new());
+
+/// Makes every later command against `warehouse` use the plain-Parquet
+/// format (through `SHARDLAKE_FORMAT`, as an operator would set it).
+pub fn use_parquet(warehouse: &Path) {
+    LAKE_ENV
+        .lock()
+        .expect("registry")
+        .entry(warehouse.to_path_buf())
+        .or_default()
+        .push(("SHARDLAKE_FORMAT".to_owned(), "parquet".to_owned()));
+}
 
 /// Makes every later command against `warehouse` keep its table files in
 /// `bucket` under `prefix`.
@@ -47,18 +58,20 @@ pub fn put_on_s3(warehouse: &Path, bucket: &S3Bucket, prefix: &str) {
         ),
         ("AWS_REGION".to_owned(), "us-east-1".to_owned()),
     ];
-    ON_S3
+    LAKE_ENV
         .lock()
         .expect("registry")
-        .insert(warehouse.to_path_buf(), env);
+        .entry(warehouse.to_path_buf())
+        .or_default()
+        .extend(env);
 }
 
 /// The binary, pointed at the lake in `warehouse` (and its S3 storage if
-/// [`put_on_s3`] registered one).
+/// [`put_on_s3`] registered one, and its format if [`use_parquet`] did).
 pub fn shardlake_at(warehouse: &Path) -> Command {
     let mut cmd = shardlake();
     cmd.arg("--warehouse").arg(warehouse);
-    if let Some(env) = ON_S3.lock().expect("registry").get(warehouse) {
+    if let Some(env) = LAKE_ENV.lock().expect("registry").get(warehouse) {
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
     }
     cmd

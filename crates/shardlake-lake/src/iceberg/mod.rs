@@ -7,7 +7,7 @@ mod compact;
 mod files;
 mod schema;
 mod table;
-mod writer;
+pub(crate) mod writer;
 
 pub use catalog::{CATALOG_NAME, PinnedCatalog, open_sql_catalog};
 pub use committer::IcebergCommitter;

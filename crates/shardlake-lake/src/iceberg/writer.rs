@@ -73,7 +73,7 @@ impl Default for WriterConfig {
 pub(crate) const EXPECTED_COMPRESSION: usize = 4;
 
 impl WriterConfig {
-    fn writer_properties(&self, metadata: Vec<KeyValue>) -> Result<WriterProperties> {
+    pub(crate) fn writer_properties(&self, metadata: Vec<KeyValue>) -> Result<WriterProperties> {
         let level = ZstdLevel::try_new(self.zstd_level).map_err(|e| {
             Error::new(
                 ErrorKind::DataInvalid,

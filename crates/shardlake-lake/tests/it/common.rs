@@ -7,7 +7,6 @@ use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use shardlake_core::{Event, events_from_batch};
 use shardlake_lake::Lake;
-use shardlake_lake::iceberg::current_data_files;
 
 pub fn ts(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_767_225_600 + secs, 0).expect("in range")
@@ -33,13 +32,13 @@ pub fn events(shards: std::ops::Range<i32>, per_shard: i64, namespaces: usize) -
 
 /// Every row of the lake's current snapshot, with the file it came from.
 pub async fn all_rows(lake: &Lake) -> Vec<(String, Event)> {
-    let table = lake.events_table().load().await.expect("load");
     let mut rows = Vec::new();
-    for file in current_data_files(&table).await.expect("files") {
-        // Through the lake's own store: the same check on disk and on S3.
+    // Through the lake's own listing and store: the same check for both
+    // formats, on disk and on S3.
+    for file in lake.data_files().await.expect("files") {
         let path = lake
             .warehouse()
-            .object_path(file.file_path())
+            .object_path(&file.location)
             .expect("inside the warehouse");
         let bytes = lake
             .warehouse()
@@ -56,7 +55,7 @@ pub async fn all_rows(lake: &Lake) -> Vec<(String, Event)> {
             .expect("reader");
         for batch in reader {
             for e in events_from_batch(&batch.expect("batch")).expect("events") {
-                rows.push((file.file_path().to_owned(), e));
+                rows.push((file.location.clone(), e));
             }
         }
     }

@@ -45,7 +45,12 @@ async fn small_commits_become_one_sorted_file_per_namespace_with_nothing_changed
         emitter.emit(chunk).await.expect("commit");
     }
     emitter.close().await.expect("close");
-    let table = lake.events_table().load().await.expect("load");
+    let table = lake
+        .iceberg_table()
+        .expect("iceberg")
+        .load()
+        .await
+        .expect("load");
     let before_files = current_data_files(&table).await.expect("files").len();
     assert!(
         before_files >= 40,
@@ -60,7 +65,12 @@ async fn small_commits_become_one_sorted_file_per_namespace_with_nothing_changed
     assert_eq!(report.files_added, 3);
     assert_eq!(report.rows, all.len() as u64);
 
-    let table = lake.events_table().load().await.expect("load");
+    let table = lake
+        .iceberg_table()
+        .expect("iceberg")
+        .load()
+        .await
+        .expect("load");
     let snapshot = table.metadata().current_snapshot().expect("snapshot");
     assert_eq!(Some(snapshot.snapshot_id()), report.snapshot_id);
     assert_eq!(
@@ -154,6 +164,11 @@ async fn compaction_while_an_emitter_commits_loses_and_doubles_nothing() {
     lake.compact(&eager()).await.expect("final compaction");
     assert!(compacted > 0, "no compaction ran alongside the writer");
     assert_exactly(&lake, &all).await;
-    let table = lake.events_table().load().await.expect("load");
+    let table = lake
+        .iceberg_table()
+        .expect("iceberg")
+        .load()
+        .await
+        .expect("load");
     assert_eq!(current_data_files(&table).await.expect("files").len(), 4);
 }

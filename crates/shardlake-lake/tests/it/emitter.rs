@@ -235,7 +235,12 @@ async fn commits_batch_requests_across_shards() {
     }
     assert_eq!(snapshots.len(), 1, "one snapshot for all shards");
     assert_eq!(emitter.metrics().commits, 1);
-    let table = lake.events_table().load().await.expect("load");
+    let table = lake
+        .iceberg_table()
+        .expect("iceberg")
+        .load()
+        .await
+        .expect("load");
     assert_eq!(table.metadata().snapshots().count(), 1);
 }
 

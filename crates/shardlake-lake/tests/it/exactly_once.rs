@@ -85,7 +85,12 @@ async fn two_committers_on_one_table_lose_and_duplicate_nothing() {
     let conflicts = ea.metrics().commit_conflicts + eb.metrics().commit_conflicts;
     let commits = ea.metrics().commits + eb.metrics().commits;
     // Every commit is a snapshot; conflicts were re-planned, never appended.
-    let table = a.events_table().load().await.expect("load");
+    let table = a
+        .iceberg_table()
+        .expect("iceberg")
+        .load()
+        .await
+        .expect("load");
     assert_eq!(table.metadata().snapshots().count() as u64, commits);
     eprintln!("commits {commits}, conflicts resolved {conflicts}");
     ea.close().await.expect("close");

@@ -17,6 +17,8 @@ use object_store::{
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     fail_next: AtomicU64,
+    skip: AtomicU64,
+    fail_after_skip: AtomicBool,
     down: AtomicBool,
     injected: AtomicU64,
 }
@@ -26,6 +28,8 @@ impl FaultyStore {
         Self {
             inner,
             fail_next: AtomicU64::new(0),
+            skip: AtomicU64::new(0),
+            fail_after_skip: AtomicBool::new(false),
             down: AtomicBool::new(false),
             injected: AtomicU64::new(0),
         }
@@ -34,6 +38,12 @@ impl FaultyStore {
     /// The next `n` writes fail with a 503-like error.
     pub fn fail_next_writes(&self, n: u64) {
         self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `skip` writes succeed, the one after fails.
+    pub fn fail_write_after(&self, skip: u64) {
+        self.skip.store(skip, Ordering::SeqCst);
+        self.fail_after_skip.store(true, Ordering::SeqCst);
     }
 
     /// Every write fails until set back.
@@ -47,7 +57,14 @@ impl FaultyStore {
     }
 
     fn check(&self) -> Result<()> {
-        let fail = self.down.load(Ordering::SeqCst)
+        let armed = self.fail_after_skip.load(Ordering::SeqCst)
+            && self
+                .skip
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+            && self.fail_after_skip.swap(false, Ordering::SeqCst);
+        let fail = armed
+            || self.down.load(Ordering::SeqCst)
             || self
                 .fail_next
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

@@ -7,4 +7,5 @@ mod concurrency;
 mod emitter;
 mod exactly_once;
 mod faulty;
+mod parquet;
 mod s3;

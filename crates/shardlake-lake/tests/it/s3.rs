@@ -7,7 +7,7 @@ use std::time::Duration;
 use shardlake_lake::iceberg::CompactionConfig;
 use shardlake_lake::{
     EmitterConfig, ErrorKind, HealthStatus, Lake, ObjectStorageConfig, RetryPolicy,
-    StorageRetryConfig,
+    StorageRetryConfig, TableFormat,
 };
 use shardlake_testkit::{Fault, FlakyS3, moto};
 
@@ -27,7 +27,7 @@ async fn ingest_restart_and_compaction_on_s3_are_exactly_once() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let first = events(0..4, 30, 3);
     {
-        let lake = Lake::open_with_storage(tmp.path(), &storage)
+        let lake = Lake::open_with(tmp.path(), &storage, TableFormat::Iceberg)
             .await
             .expect("open on s3");
         assert_eq!(
@@ -56,7 +56,7 @@ async fn ingest_restart_and_compaction_on_s3_are_exactly_once() {
     assert!(!tmp.path().join("warehouse").exists());
 
     // A restarted process knows every watermark from the lake on S3.
-    let lake = Lake::open_with_storage(tmp.path(), &storage)
+    let lake = Lake::open_with(tmp.path(), &storage, TableFormat::Iceberg)
         .await
         .expect("reopen");
     let emitter = lake.emitter(quick()).await.expect("emitter");
@@ -81,9 +81,13 @@ async fn slow_down_answers_are_retried_and_nothing_doubles() {
     let bucket = moto().bucket().await;
     let proxy = FlakyS3::start(bucket.endpoint(), Fault::SlowDownEvery(4)).await;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let lake = Lake::open_with_storage(tmp.path(), &bucket.storage_via(proxy.endpoint(), "l"))
-        .await
-        .expect("open through a flaky proxy");
+    let lake = Lake::open_with(
+        tmp.path(),
+        &bucket.storage_via(proxy.endpoint(), "l"),
+        TableFormat::Iceberg,
+    )
+    .await
+    .expect("open through a flaky proxy");
     let emitter = lake.emitter(quick()).await.expect("emitter");
     let batch = events(0..3, 40, 2);
     for chunk in batch.chunks(30) {
@@ -116,7 +120,7 @@ async fn an_unreachable_store_fails_the_batch_in_bounded_time_and_loses_nothing(
         },
         ..bucket.storage_via(proxy.endpoint(), "l")
     };
-    let lake = Lake::open_with_storage(tmp.path(), &storage)
+    let lake = Lake::open_with(tmp.path(), &storage, TableFormat::Iceberg)
         .await
         .expect("open");
     let emitter = lake
@@ -152,7 +156,7 @@ async fn a_catalog_opened_with_another_store_is_refused() {
     let bucket = moto().bucket().await;
     let tmp = tempfile::tempdir().expect("tempdir");
     Lake::open_local(tmp.path()).await.expect("local lake");
-    let err = Lake::open_with_storage(tmp.path(), &bucket.storage("x"))
+    let err = Lake::open_with(tmp.path(), &bucket.storage("x"), TableFormat::Iceberg)
         .await
         .expect_err("a local lake's catalog with s3 storage");
     assert_eq!(err.kind(), ErrorKind::DataInvalid);

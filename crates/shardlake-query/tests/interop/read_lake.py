@@ -6,7 +6,10 @@ it; DuckDB reads the data files the Iceberg snapshot lists with its own
 Parquet reader. Both compute the same figures, printed as one JSON object
 for the Rust test to compare with shardlake's answers.
 
-usage: read_lake.py CATALOG_DB WAREHOUSE_URL
+usage: read_lake.py CATALOG_DB WAREHOUSE_URL   (an Iceberg lake)
+       read_lake.py --parquet TABLE_DIR         (a plain-Parquet lake:
+                                                 DuckDB and pyarrow read
+                                                 the Hive layout)
 """
 
 import json
@@ -37,7 +40,36 @@ def figures(con):
     return out
 
 
+def parquet_lake(table_dir):
+    """A plain-Parquet lake, read as Hive-partitioned files."""
+    import pyarrow.dataset as ds
+
+    glob = f"{table_dir}/*/*.parquet"
+    con = duckdb.connect()
+    con.execute(
+        f"CREATE VIEW lake AS SELECT * FROM read_parquet('{glob}', hive_partitioning = true)"
+    )
+    by_duckdb = figures(con)
+    some_ns = sorted(by_duckdb["per_namespace"])[0]
+    plan = con.execute(
+        f"EXPLAIN ANALYZE SELECT count(*) FROM lake WHERE namespace = '{some_ns}'"
+    ).fetchall()
+    dataset = ds.dataset(table_dir, format="parquet", partitioning="hive")
+    con2 = duckdb.connect()
+    con2.register("lake", dataset.to_table())
+    by_pyarrow = figures(con2)
+    print(json.dumps({
+        "duckdb": by_duckdb,
+        "pyarrow": by_pyarrow,
+        "pruned_namespace": some_ns,
+        "duckdb_plan": "\n".join(str(row[1]) for row in plan),
+        "partitioning_fields": [f.name for f in dataset.partitioning.schema],
+    }))
+
+
 def main():
+    if sys.argv[1] == "--parquet":
+        return parquet_lake(sys.argv[2])
     catalog_db, warehouse = sys.argv[1], sys.argv[2]
     catalog = SqlCatalog("shardlake", uri=f"sqlite:///{catalog_db}", warehouse=warehouse)
     table = catalog.load_table("shardlake.events")

@@ -15,7 +15,16 @@ const SQL: &str =
 
 #[tokio::test]
 async fn a_repeat_is_served_from_cache_until_a_commit() {
-    let fixture = Fixture::build(2).await;
+    cached_until_a_commit(Fixture::build(2).await).await;
+}
+
+/// In a Parquet lake a new file (a commit's last) is what invalidates.
+#[tokio::test]
+async fn parquet_a_repeat_is_served_from_cache_until_a_file_is_published() {
+    cached_until_a_commit(Fixture::parquet(2).await).await;
+}
+
+async fn cached_until_a_commit(fixture: Fixture) {
     let engine = fixture.engine(config()).await;
     let cold = engine.sql(SQL).await.expect("cold");
     assert!(!cold.stats.cache_hit);

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use shardlake_core::Event;
-use shardlake_lake::{EmitInput, EmitterConfig, Lake, ObjectStorageConfig, WriterConfig};
+use shardlake_lake::{
+    EmitInput, EmitterConfig, Lake, ObjectStorageConfig, TableFormat, WriterConfig,
+};
 use shardlake_query::{CrossShardQuery, QueryConfig};
 use shardlake_testkit::moto;
 
@@ -28,23 +30,54 @@ impl Fixture {
 
     /// Like [`Self::build`] with a given file layout.
     pub async fn build_with(commits: usize, writer: WriterConfig) -> Self {
-        Self::build_in(&ObjectStorageConfig::default(), commits, writer).await
+        Self::build_in(
+            &ObjectStorageConfig::default(),
+            TableFormat::Iceberg,
+            commits,
+            writer,
+        )
+        .await
     }
 
     /// Like [`Self::build`], on a fresh bucket of the test S3 server.
     pub async fn on_s3(commits: usize) -> Self {
-        let bucket = moto().bucket().await;
-        Self::build_in(&bucket.storage("lake"), commits, WriterConfig::default()).await
+        Self::on_s3_as(TableFormat::Iceberg, commits).await
     }
 
-    /// The fixture events in `commits` commits, table files in `storage`.
+    /// Like [`Self::build`], in `format` on a fresh bucket of the test S3
+    /// server.
+    pub async fn on_s3_as(format: TableFormat, commits: usize) -> Self {
+        let bucket = moto().bucket().await;
+        Self::build_in(
+            &bucket.storage("lake"),
+            format,
+            commits,
+            WriterConfig::default(),
+        )
+        .await
+    }
+
+    /// Like [`Self::build`], as a plain-Parquet lake on local disk.
+    pub async fn parquet(commits: usize) -> Self {
+        Self::build_in(
+            &ObjectStorageConfig::default(),
+            TableFormat::Parquet,
+            commits,
+            WriterConfig::default(),
+        )
+        .await
+    }
+
+    /// The fixture events in `commits` commits, in `format`, table files in
+    /// `storage`.
     pub async fn build_in(
         storage: &ObjectStorageConfig,
+        format: TableFormat,
         commits: usize,
         writer: WriterConfig,
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let lake = Lake::open_with_storage(dir.path(), storage)
+        let lake = Lake::open_with(dir.path(), storage, format)
             .await
             .expect("lake")
             .with_writer_config(writer);

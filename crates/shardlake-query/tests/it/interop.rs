@@ -156,3 +156,53 @@ async fn pyiceberg_and_duckdb_read_what_shardlake_wrote() {
     let all = theirs["data_files"].as_i64().expect("files");
     assert!(pruned > 0 && pruned < all, "{pruned} of {all} files");
 }
+
+/// A plain-Parquet lake is a Hive-partitioned directory of Parquet files:
+/// DuckDB and pyarrow read it as such (the namespace from the directory
+/// names, pruned by it) and agree with shardlake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_and_pyarrow_read_a_parquet_lake_as_hive_partitions() {
+    let fixture = Fixture::parquet(3).await;
+    let engine = fixture.engine(config()).await;
+    let ours = figures(&engine).await;
+    let ours_per_ns = per_namespace(&engine).await;
+    let table_dir = fixture
+        .lake
+        .warehouse()
+        .root()
+        .join("events")
+        .expect("url")
+        .to_file_path()
+        .expect("local");
+    let output = Command::new(shardlake_testkit::python())
+        .arg(SCRIPT)
+        .arg("--parquet")
+        .arg(&table_dir)
+        .output()
+        .expect("run the interop script");
+    assert!(
+        output.status.success(),
+        "read_lake.py failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let theirs: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the script prints JSON");
+    for reader in ["duckdb", "pyarrow"] {
+        let mut got = as_map(&theirs[reader]);
+        got.retain(|k, _| k != "per_namespace");
+        assert_eq!(got, ours, "{reader} disagrees with shardlake");
+        assert_eq!(
+            as_map(&theirs[reader]["per_namespace"]),
+            ours_per_ns,
+            "{reader}: per-namespace counts differ"
+        );
+    }
+    assert_eq!(
+        theirs["partitioning_fields"],
+        serde_json::json!(["namespace"])
+    );
+    // DuckDB prunes by directory: one namespace's query reads one
+    // namespace's files (3 commits: 3 of 12).
+    let plan = theirs["duckdb_plan"].as_str().expect("plan");
+    assert!(plan.contains("Scanning Files: 3/12"), "{plan}");
+}

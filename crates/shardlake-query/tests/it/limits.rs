@@ -3,7 +3,7 @@
 use std::future::IntoFuture;
 use std::time::Duration;
 
-use shardlake_lake::{ObjectStorageConfig, StorageRetryConfig, WriterConfig};
+use shardlake_lake::{ObjectStorageConfig, StorageRetryConfig, TableFormat, WriterConfig};
 use shardlake_query::{ErrorKind, QueryConfig};
 use shardlake_testkit::{Fault, FlakyS3, moto};
 
@@ -163,7 +163,8 @@ async fn a_query_fails_clearly_when_object_storage_is_down() {
         },
         ..bucket.storage_via(proxy.endpoint(), "lake")
     };
-    let fixture = Fixture::build_in(&storage, 2, WriterConfig::default()).await;
+    let fixture =
+        Fixture::build_in(&storage, TableFormat::Iceberg, 2, WriterConfig::default()).await;
     let engine = fixture.engine(config()).await;
     let sql = "SELECT namespace, count(*) AS n, max(seq) FROM events GROUP BY namespace";
     let before = engine

@@ -85,6 +85,11 @@ async fn replay_on_s3_resumes_after_a_cursor_and_merges_keys_by_position() {
     resumes_and_merges(Fixture::on_s3(3).await).await;
 }
 
+#[tokio::test]
+async fn parquet_replay_resumes_after_a_cursor_and_merges_keys_by_position() {
+    resumes_and_merges(Fixture::parquet(3).await).await;
+}
+
 async fn resumes_and_merges(fixture: Fixture) {
     let engine = fixture.engine(config()).await;
     let all = |q: ReplayQuery| collect(engine.replay(q));
@@ -163,6 +168,11 @@ async fn replay_pins_a_snapshot_and_catches_up_incrementally() {
 #[tokio::test]
 async fn replay_on_s3_pins_a_snapshot_and_catches_up_incrementally() {
     pins_and_catches_up(Fixture::on_s3(2).await).await;
+}
+
+#[tokio::test]
+async fn parquet_replay_pins_a_snapshot_and_catches_up_incrementally() {
+    pins_and_catches_up(Fixture::parquet(2).await).await;
 }
 
 async fn pins_and_catches_up(fixture: Fixture) {

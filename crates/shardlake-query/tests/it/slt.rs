@@ -15,6 +15,7 @@ use arrow::datatypes::DataType;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
 use regex::Regex;
+use shardlake_lake::TableFormat;
 use shardlake_query::{CrossShardQuery, QueryConfig};
 use sqllogictest::{DBOutput, DefaultColumnType};
 
@@ -178,6 +179,20 @@ async fn sqllogictest_suite_on_s3() {
     let fixture = Fixture::on_s3(4).await;
     assert_eq!(fixture.lake.warehouse().root().scheme(), "s3");
     run_suite(fixture).await;
+}
+
+/// The same files over a plain-Parquet lake: one suite, two formats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqllogictest_suite_parquet() {
+    let fixture = Fixture::parquet(4).await;
+    assert_eq!(fixture.lake.format(), TableFormat::Parquet);
+    run_suite(fixture).await;
+}
+
+/// Both at once: plain Parquet on S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqllogictest_suite_parquet_on_s3() {
+    run_suite(Fixture::on_s3_as(TableFormat::Parquet, 4).await).await;
 }
 
 async fn run_suite(fixture: Fixture) {
