@@ -7,9 +7,11 @@
 //! - `commits`: builds one table from many small commits and one from a few
 //!   large ones (same rows) and compares planning and query times.
 //! - `load`: concurrent HTTP clients against a real server (see `load.rs`).
+//! - `storage`: Iceberg and plain Parquet, local disk and S3 (see `storage.rs`).
 
 mod load;
 mod replay;
+mod storage;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -92,6 +94,19 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         namespaces: u64,
         /// Runs per timing.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Ingest and queries on Iceberg and plain Parquet, on local disk and
+    /// on S3 (moto), against a ListingTable on the same store.
+    Storage {
+        /// Events ingested into each lake.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: usize,
+        /// Events per emit (one commit each).
+        #[arg(long, default_value_t = 250_000)]
+        batch: usize,
+        /// Runs per query timing.
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
@@ -346,6 +361,11 @@ async fn main() -> anyhow::Result<()> {
             events_per_commit,
             runs,
         } => commits(&dir, n, events_per_commit, runs).await,
+        Command::Storage {
+            events,
+            batch,
+            runs,
+        } => storage::run(events, batch, runs).await,
         Command::Replay {
             dir,
             events,

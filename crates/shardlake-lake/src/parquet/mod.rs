@@ -357,7 +357,7 @@ fn assemble(files: Vec<Arc<ParquetDataFile>>) -> Result<ParquetSnapshot> {
         }
         if facts.first_position != expected {
             return Err(Error::new(
-                ErrorKind::Unexpected,
+                ErrorKind::Storage,
                 format!(
                     "commit {} covers positions {}..{} but the previous commit ends at {expected}: \
                      the lake had two writers, or files were removed by hand",

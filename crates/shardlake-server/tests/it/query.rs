@@ -20,7 +20,19 @@ fn expected_by_namespace() -> Vec<Value> {
 
 #[tokio::test]
 async fn json_answers_carry_columns_rows_and_honest_stats_and_use_the_cache() {
-    let server = TestServer::start(|_| {}).await;
+    json_answers(TestServer::start(|_| {}).await).await;
+}
+
+/// The same over a plain-Parquet lake (`format = "parquet"`).
+#[tokio::test]
+async fn parquet_json_answers_carry_columns_rows_and_honest_stats_and_use_the_cache() {
+    let server = TestServer::start(|c| c.format = shardlake_lake::TableFormat::Parquet).await;
+    assert!(server.warehouse.join("control.db").exists());
+    assert!(!server.warehouse.join("catalog.db").exists());
+    json_answers(server).await;
+}
+
+async fn json_answers(server: TestServer) {
     server.ingest_fixture(None).await;
 
     let first = server.query(None, BY_NAMESPACE).await;

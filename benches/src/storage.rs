@@ -1,0 +1,155 @@
+//! `shardlake-bench storage`: the same ingest and queries on every
+//! (format, store) pair, in one run: Iceberg and plain Parquet, on local
+//! disk and on S3 (moto's server on loopback, from `.venv-test/`).
+//!
+//! The reference for each query is plain DataFusion (a `ListingTable` over
+//! the same files, through the same object store), so a ratio says what
+//! shardlake adds or saves on that store, and the S3/local ratio what the
+//! store costs. moto is a Python server: its figures are an upper bound on
+//! request overhead, not a prediction of AWS S3 or MinIO.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use serde::Serialize;
+use shardlake_core::event_schema;
+use shardlake_lake::{EmitterConfig, Lake, ObjectStorageConfig, TableFormat};
+use shardlake_query::{CrossShardQuery, QueryConfig};
+
+use crate::{events, time};
+
+/// The query set: metadata-only, pruned, and full scans.
+const QUERIES: [(&str, &str); 4] = [
+    ("count", "SELECT count(*) FROM events"),
+    (
+        "one_namespace",
+        "SELECT count(DISTINCT partition_key) FROM events WHERE namespace = 'tenant-3'",
+    ),
+    (
+        "by_namespace",
+        "SELECT namespace, count(*), max(seq) FROM events GROUP BY namespace",
+    ),
+    (
+        "top_keys",
+        "SELECT partition_key, count(*) AS n FROM events GROUP BY partition_key ORDER BY n DESC LIMIT 10",
+    ),
+];
+
+#[derive(Serialize)]
+struct Setup {
+    format: String,
+    store: String,
+    ingest_s: f64,
+    events_per_s: f64,
+    files: usize,
+    queries: BTreeMap<String, (f64, f64)>,
+}
+
+/// Runs the comparison; prints one JSON document and a markdown table.
+pub async fn run(events_total: usize, batch: usize, runs: usize) -> anyhow::Result<()> {
+    let bucket = shardlake_testkit::moto().bucket().await;
+    let all = events(events_total, 0);
+    let mut setups = Vec::new();
+    for format in [TableFormat::Iceberg, TableFormat::Parquet] {
+        for store in ["local", "s3"] {
+            let dir = tempfile::tempdir()?;
+            let storage = match store {
+                "s3" => bucket.storage(&format!("{format}")),
+                _ => ObjectStorageConfig::default(),
+            };
+            let lake = Lake::open_with(dir.path(), &storage, format).await?;
+            let emitter = lake.emitter(EmitterConfig::default()).await?;
+            let started = Instant::now();
+            for chunk in all.chunks(batch) {
+                let ack = emitter.emit(chunk).await?;
+                anyhow::ensure!(ack.accepted == chunk.len(), "lost events");
+            }
+            emitter.close().await?;
+            let ingest_s = started.elapsed().as_secs_f64();
+            let files = lake.data_files().await?.len();
+            let engine = CrossShardQuery::open(&lake, QueryConfig::default()).await?;
+            let listing = listing(&lake).await?;
+            let mut queries = BTreeMap::new();
+            for (name, sql) in QUERIES {
+                engine.sql(sql).without_cache().await?;
+                listing.sql(sql).await?.collect().await?;
+                let (ours, _) = time(runs, || async {
+                    Ok(engine.sql(sql).without_cache().await?)
+                })
+                .await?;
+                let (theirs, _) = time(runs, || async {
+                    Ok(listing.sql(sql).await?.collect().await?)
+                })
+                .await?;
+                queries.insert(name.to_owned(), (ours, theirs));
+            }
+            eprintln!(
+                "{format}/{store}: ingest {ingest_s:.2} s, {files} files, queries {queries:?}"
+            );
+            setups.push(Setup {
+                format: format.to_string(),
+                store: store.to_owned(),
+                ingest_s,
+                events_per_s: events_total as f64 / ingest_s,
+                files,
+                queries,
+            });
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&setups)?);
+    println!("\n| format / store | ingest events/s | vs local | {} |", {
+        QUERIES
+            .iter()
+            .map(|(n, _)| format!("{n} ms (vs ListingTable)"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    });
+    println!("|---|---|---|{}", "---|".repeat(QUERIES.len()));
+    for s in &setups {
+        let local = setups
+            .iter()
+            .find(|l| l.format == s.format && l.store == "local")
+            .map_or(f64::NAN, |l| l.events_per_s);
+        let cells: Vec<String> = QUERIES
+            .iter()
+            .map(|(n, _)| {
+                let (ours, theirs) = s.queries[*n];
+                format!("{ours:.1} ({:.2}x)", ours / theirs)
+            })
+            .collect();
+        println!(
+            "| {} / {} | {:.0} | {:.2}x | {} |",
+            s.format,
+            s.store,
+            s.events_per_s,
+            s.events_per_s / local,
+            cells.join(" | ")
+        );
+    }
+    Ok(())
+}
+
+/// Plain DataFusion over the same files through the same store.
+async fn listing(lake: &Lake) -> anyhow::Result<SessionContext> {
+    let ctx = SessionContext::new_with_config(SessionConfig::new());
+    let warehouse = lake.warehouse();
+    ctx.register_object_store(&warehouse.store_url(), warehouse.store());
+    let dir = match lake.format() {
+        TableFormat::Iceberg => "shardlake/events/data/",
+        TableFormat::Parquet => "events/",
+    };
+    let data = warehouse.root().join(dir)?;
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new(ListingTableUrl::parse(data.as_str())?)
+        .with_listing_options(options)
+        .with_schema(event_schema());
+    ctx.register_table("events", Arc::new(ListingTable::try_new(config)?))?;
+    Ok(ctx)
+}
