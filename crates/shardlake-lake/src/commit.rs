@@ -94,6 +94,18 @@ impl CommitPlan {
         self.base.next_position
     }
 
+    /// Refuses to commit a plan made against another state than the
+    /// committer's: its positions and dedup would be wrong.
+    pub fn check_base(&self, state: &CommitState) -> Result<()> {
+        if self.base == *state {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Unexpected,
+            "plan was made against a state other than the committer's",
+        ))
+    }
+
     /// Number of rows written.
     pub fn rows(&self) -> usize {
         (self.state.next_position - self.base.next_position) as usize

@@ -41,21 +41,7 @@ impl Warehouse {
     /// The catalog database and dead letters in the local `data_dir`, table
     /// files where `storage` says (by default `<data_dir>/warehouse/`).
     pub fn open(data_dir: impl AsRef<Path>, storage: &ObjectStorageConfig) -> Result<Self> {
-        let data_dir = data_dir.as_ref();
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            Error::new(
-                ErrorKind::DataInvalid,
-                format!("cannot create data directory {}", data_dir.display()),
-            )
-            .with_source(e)
-        })?;
-        let data_dir = data_dir.canonicalize().map_err(|e| {
-            Error::new(
-                ErrorKind::DataInvalid,
-                format!("cannot resolve data directory {}", data_dir.display()),
-            )
-            .with_source(e)
-        })?;
+        let data_dir = ensure_dir(data_dir.as_ref(), "data")?;
         let opened = storage.open(&data_dir.join(WAREHOUSE_DIR))?;
         Ok(Self {
             data_dir,
@@ -73,21 +59,14 @@ impl Warehouse {
         root: Url,
         store: Arc<dyn ObjectStore>,
     ) -> Result<Self> {
-        let data_dir = data_dir.as_ref();
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            Error::new(
-                ErrorKind::DataInvalid,
-                format!("cannot create data directory {}", data_dir.display()),
-            )
-            .with_source(e)
-        })?;
+        let data_dir = ensure_dir(data_dir.as_ref(), "data")?;
         let mut root = root;
         if !root.path().ends_with('/') {
             let path = format!("{}/", root.path());
             root.set_path(&path);
         }
         Ok(Self {
-            data_dir: data_dir.to_path_buf(),
+            data_dir,
             root,
             store,
         })
@@ -134,6 +113,25 @@ impl Warehouse {
     pub fn object_path(&self, location: &str) -> Result<object_store::path::Path> {
         to_object_path(&self.store_url(), location)
     }
+}
+
+/// Creates `dir` if missing and returns its absolute path; `what` names
+/// it in errors ("data", "warehouse").
+pub(crate) fn ensure_dir(dir: &Path, what: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::new(
+            ErrorKind::DataInvalid,
+            format!("cannot create {what} directory {}", dir.display()),
+        )
+        .with_source(e)
+    })?;
+    dir.canonicalize().map_err(|e| {
+        Error::new(
+            ErrorKind::DataInvalid,
+            format!("cannot resolve {what} directory {}", dir.display()),
+        )
+        .with_source(e)
+    })
 }
 
 /// Maps `location` to a path inside the store registered at `store_url`.

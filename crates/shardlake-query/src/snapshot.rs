@@ -335,6 +335,11 @@ impl LakeSnapshots {
             .iter()
             .map(|f| cache.get_with(f.path.clone(), || Arc::new(LakeFile::from_parquet_file(f))))
             .collect();
+        self.remember(id, files)
+    }
+
+    /// Caches the file list of snapshot `id`.
+    fn remember(&self, id: i64, files: Vec<Arc<LakeFile>>) -> Arc<SnapshotFiles> {
         let namespaces = files.iter().map(|f| f.namespace.clone()).collect();
         let pinned = Arc::new(SnapshotFiles {
             snapshot_id: Some(id),
@@ -448,14 +453,7 @@ impl LakeSnapshots {
             .iter()
             .flat_map(|m| m.iter().cloned())
             .collect();
-        let namespaces = files.iter().map(|f| f.namespace.clone()).collect();
-        let pinned = Arc::new(SnapshotFiles {
-            snapshot_id: Some(id),
-            files,
-            namespaces,
-        });
-        self.snapshots.insert(id, Arc::clone(&pinned));
-        Ok(pinned)
+        Ok(self.remember(id, files))
     }
 }
 

@@ -20,6 +20,9 @@ pub enum Fault {
     None,
     /// Answer every `n`th request with 503 `SlowDown` instead of forwarding.
     SlowDownEvery(u64),
+    /// Forward every `n`th request, then cut its answer off after the
+    /// headers, as a connection reset mid-response looks to the client.
+    ResetEvery(u64),
     /// Accept requests and never answer (the store is down).
     Hang,
 }
@@ -101,6 +104,8 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         _ => {}
     }
     let (parts, body) = request.into_parts();
+    // A HEAD answer has no body to cut off.
+    let has_body = parts.method != axum::http::Method::HEAD;
     let body: Bytes = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(b) => b,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
@@ -126,16 +131,34 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         Ok(a) => a,
         Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     };
+    let resetting = has_body
+        && matches!(fault, Fault::ResetEvery(every) if every > 0 && n.is_multiple_of(every));
     let mut response = Response::builder().status(answer.status());
     for (name, value) in answer.headers() {
         if name == HeaderName::from_static("transfer-encoding")
             || name == HeaderName::from_static("connection")
+            || (resetting && name == HeaderName::from_static("content-length"))
         {
             continue;
         }
         response = response.header(name, value);
     }
     let bytes = answer.bytes().await.unwrap_or_default();
+    if resetting {
+        // The request took effect upstream; its answer is cut off after
+        // the headers, which is what a reset connection looks like.
+        shared.injected.fetch_add(1, Ordering::SeqCst);
+        let cut = futures::stream::once(async {
+            Err::<Bytes, _>(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "injected: connection reset",
+            ))
+        });
+        return response
+            .header("content-length", (bytes.len() + 1).to_string())
+            .body(Body::from_stream(cut))
+            .unwrap_or_else(|e| (StatusCode::BAD_GATEWAY, e.to_string()).into_response());
+    }
     response
         .body(Body::from(bytes))
         .unwrap_or_else(|e| (StatusCode::BAD_GATEWAY, e.to_string()).into_response())

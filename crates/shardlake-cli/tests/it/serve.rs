@@ -4,9 +4,29 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::ChildStdout;
 
 use crate::query_json;
+
+/// The one line `serve` prints when ready, the base URL in it, and the
+/// rest of stdout (kept open: a closed pipe would fail the server's writes).
+async fn wait_for_banner(
+    child: &mut tokio::process::Child,
+) -> (String, String, Lines<BufReader<ChildStdout>>) {
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let banner = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
+        .await
+        .expect("the server starts")
+        .expect("read")
+        .expect("a banner line");
+    let base = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("an address")
+        .to_owned();
+    (banner, base, stdout)
+}
 
 #[tokio::test]
 async fn serve_answers_http_and_sigterm_commits_pending_events_then_exits_zero() {
@@ -30,18 +50,8 @@ async fn serve_answers_http_and_sigterm_commits_pending_events_then_exits_zero()
         .kill_on_drop(true)
         .spawn()
         .expect("spawn serve");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let banner = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
-        .await
-        .expect("the server starts")
-        .expect("read")
-        .expect("a banner line");
+    let (banner, base, _stdout) = wait_for_banner(&mut child).await;
     assert!(banner.contains("authentication is OFF"), "{banner}");
-    let base = banner
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("an address")
-        .to_owned();
 
     let client = reqwest::Client::new();
     let events = json!([
@@ -139,18 +149,8 @@ async fn the_docker_configuration_serves_from_s3_with_tokens_from_the_environmen
         .kill_on_drop(true)
         .spawn()
         .expect("spawn serve");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let banner = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
-        .await
-        .expect("the server starts")
-        .expect("read")
-        .expect("a banner line");
+    let (banner, base, _stdout) = wait_for_banner(&mut child).await;
     assert!(banner.contains("bearer tokens required"), "{banner}");
-    let base = banner
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("an address")
-        .to_owned();
     let client = reqwest::Client::new();
     let events = json!([
         {"namespace": "acme", "shard_id": 1, "seq": 1, "partition_key": "k", "event_type": "a", "ts": "2026-01-01T00:00:00Z"},

@@ -15,7 +15,7 @@ use super::table::{IcebergEventsTable, commit_state, state_properties, summary};
 use super::writer::{WriterConfig, write_data_files};
 use crate::commit::{CommitPlan, CommitState, TableCommitter};
 use crate::crashpoint;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 
 /// Commits plans to the Iceberg `events` table.
 pub struct IcebergCommitter {
@@ -53,12 +53,7 @@ impl TableCommitter for IcebergCommitter {
     }
 
     async fn commit(&mut self, plan: &Arc<CommitPlan>) -> Result<()> {
-        if plan.base != self.state {
-            return Err(Error::new(
-                ErrorKind::Unexpected,
-                "plan was made against a state other than the committer's",
-            ));
-        }
+        plan.check_base(&self.state)?;
         crashpoint::hit(crashpoint::BEFORE_WRITE);
         let started = std::time::Instant::now();
         let files = write_data_files(&self.current, plan, &self.writer).await?;

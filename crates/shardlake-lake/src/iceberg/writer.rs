@@ -238,14 +238,7 @@ pub(crate) async fn write_data_files(
             let _slot = slots.acquire_owned().await.map_err(|e| {
                 Error::new(ErrorKind::Unexpected, "writer slots closed").with_source(e)
             })?;
-            let sorter = Arc::clone(&plan);
-            let rows = tokio::task::spawn_blocking(move || sorter.namespace_batch(i))
-                .await
-                .map_err(|e| {
-                    Error::new(ErrorKind::Unexpected, "sort task failed").with_source(e)
-                })??;
-            let rows =
-                RecordBatch::try_new(arrow_schema_with_field_ids(), rows.columns().to_vec())?;
+            let rows = sorted_namespace(&plan, i).await?;
             let namespace = &plan.namespaces[i].namespace;
             let mut files = Vec::new();
             for chunk in cut(&rows, max_bytes) {
@@ -267,6 +260,20 @@ pub(crate) async fn write_data_files(
     // Manifest order follows namespace order, whatever order tasks finished in.
     written.sort_by(|a, b| a.file_path().cmp(b.file_path()));
     Ok(written)
+}
+
+/// The rows of namespace `i` of `plan` in write order, in the table's
+/// Arrow schema (with field ids): sorting is CPU work, so it runs on the
+/// blocking pool. Shared by both table formats.
+pub(crate) async fn sorted_namespace(plan: &Arc<CommitPlan>, i: usize) -> Result<RecordBatch> {
+    let sorter = Arc::clone(plan);
+    let rows = tokio::task::spawn_blocking(move || sorter.namespace_batch(i))
+        .await
+        .map_err(|e| Error::new(ErrorKind::Unexpected, "sort task failed").with_source(e))??;
+    Ok(RecordBatch::try_new(
+        arrow_schema_with_field_ids(),
+        rows.columns().to_vec(),
+    )?)
 }
 
 pub(crate) async fn write_file(

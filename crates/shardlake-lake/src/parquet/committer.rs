@@ -18,8 +18,8 @@ use tokio::task::JoinSet;
 use super::{COMMIT_KEY, CommitFacts, ParquetEventsTable, WRITER_LOCK};
 use crate::commit::{CommitPlan, CommitState, TableCommitter};
 use crate::error::{Error, ErrorKind, Result};
-use crate::iceberg::writer::{EXPECTED_COMPRESSION, content_digest, cut};
-use crate::iceberg::{WriterConfig, arrow_schema_with_field_ids};
+use crate::iceberg::WriterConfig;
+use crate::iceberg::writer::{EXPECTED_COMPRESSION, content_digest, cut, sorted_namespace};
 use crate::{crashpoint, file_meta};
 
 /// Commits plans to a plain-Parquet `events` table. Holds the lake's
@@ -108,12 +108,7 @@ impl TableCommitter for ParquetCommitter {
     }
 
     async fn commit(&mut self, plan: &Arc<CommitPlan>) -> Result<()> {
-        if plan.base != self.state {
-            return Err(Error::new(
-                ErrorKind::Unexpected,
-                "plan was made against a state other than the committer's",
-            ));
-        }
+        plan.check_base(&self.state)?;
         crashpoint::hit(crashpoint::BEFORE_WRITE);
         let chunks = sorted_chunks(plan, &self.writer).await?;
         let facts = CommitFacts {
@@ -194,14 +189,7 @@ async fn sorted_chunks(
             let _slot = slots.acquire_owned().await.map_err(|e| {
                 Error::new(ErrorKind::Unexpected, "writer slots closed").with_source(e)
             })?;
-            let sorter = Arc::clone(&plan);
-            let rows = tokio::task::spawn_blocking(move || sorter.namespace_batch(i))
-                .await
-                .map_err(|e| {
-                    Error::new(ErrorKind::Unexpected, "sort task failed").with_source(e)
-                })??;
-            let rows =
-                RecordBatch::try_new(arrow_schema_with_field_ids(), rows.columns().to_vec())?;
+            let rows = sorted_namespace(&plan, i).await?;
             let namespace = plan.namespaces[i].namespace.clone();
             Ok::<_, Error>(
                 cut(&rows, max_bytes)

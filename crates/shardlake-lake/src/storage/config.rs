@@ -260,20 +260,7 @@ impl ObjectStorageConfig {
 }
 
 fn local(dir: &std::path::Path) -> Result<OpenedStore> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        Error::new(
-            ErrorKind::DataInvalid,
-            format!("cannot create warehouse directory {}", dir.display()),
-        )
-        .with_source(e)
-    })?;
-    let dir = dir.canonicalize().map_err(|e| {
-        Error::new(
-            ErrorKind::DataInvalid,
-            format!("cannot resolve warehouse directory {}", dir.display()),
-        )
-        .with_source(e)
-    })?;
+    let dir = crate::warehouse::ensure_dir(dir, "warehouse")?;
     let root = Url::from_directory_path(&dir).map_err(|()| {
         Error::new(
             ErrorKind::DataInvalid,

@@ -105,6 +105,29 @@ async fn slow_down_answers_are_retried_and_nothing_doubles() {
 }
 
 #[tokio::test]
+async fn reset_connections_are_retried_and_nothing_doubles() {
+    let bucket = moto().bucket().await;
+    let proxy = FlakyS3::start(bucket.endpoint(), Fault::ResetEvery(3)).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lake = Lake::open_with(
+        tmp.path(),
+        &bucket.storage_via(proxy.endpoint(), "l"),
+        TableFormat::Iceberg,
+    )
+    .await
+    .expect("open through a proxy that resets connections");
+    let emitter = lake.emitter(quick()).await.expect("emitter");
+    let batch = events(0..3, 40, 2);
+    for chunk in batch.chunks(30) {
+        emitter.emit(chunk).await.expect("retried to success");
+    }
+    emitter.close().await.expect("close");
+    // Reading back goes through the proxy too: cut-off GETs are retried.
+    assert_exactly(&lake, &batch).await;
+    assert!(proxy.injected() >= 5, "only {} resets", proxy.injected());
+}
+
+#[tokio::test]
 async fn an_unreachable_store_fails_the_batch_in_bounded_time_and_loses_nothing() {
     let bucket = moto().bucket().await;
     let proxy = FlakyS3::start(bucket.endpoint(), Fault::None).await;

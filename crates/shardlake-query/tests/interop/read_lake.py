@@ -93,8 +93,21 @@ def main():
     con2.execute(f"CREATE VIEW lake AS SELECT * FROM read_parquet([{listed}])")
     by_duckdb = figures(con2)
 
+    # The statistics shardlake writes into manifests, as pyiceberg reads
+    # them: per-file record counts, and namespace bounds equal to the
+    # file's partition value.
+    files_meta = table.inspect.files().to_pylist()
+    bounds_match = all(
+        f["readable_metrics"]["namespace"]["lower_bound"] == f["partition"]["namespace"]
+        and f["readable_metrics"]["namespace"]["upper_bound"] == f["partition"]["namespace"]
+        and f["readable_metrics"]["position"]["lower_bound"] is not None
+        for f in files_meta
+    )
+
     snapshot = table.current_snapshot()
     print(json.dumps({
+        "manifest_record_count": sum(f["record_count"] for f in files_meta),
+        "namespace_bounds_match_partitions": bounds_match,
         "pyiceberg": by_pyiceberg,
         "duckdb": by_duckdb,
         "data_files": len(files),

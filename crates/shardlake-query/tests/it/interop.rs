@@ -76,6 +76,40 @@ fn as_map(value: &serde_json::Value) -> BTreeMap<String, i64> {
         .collect()
 }
 
+/// Runs `read_lake.py` with `args` in the test virtualenv; its JSON.
+fn read_lake(args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let output = Command::new(shardlake_testkit::python())
+        .arg(SCRIPT)
+        .args(args)
+        .output()
+        .expect("run the interop script");
+    assert!(
+        output.status.success(),
+        "read_lake.py failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the script prints JSON")
+}
+
+/// Each reader's figures and per-namespace counts equal shardlake's.
+fn assert_agree(
+    theirs: &serde_json::Value,
+    readers: &[&str],
+    ours: &BTreeMap<String, i64>,
+    ours_per_ns: &BTreeMap<String, i64>,
+) {
+    for reader in readers {
+        let mut got = as_map(&theirs[reader]);
+        got.retain(|k, _| k != "per_namespace");
+        assert_eq!(&got, ours, "{reader} disagrees with shardlake");
+        assert_eq!(
+            &as_map(&theirs[reader]["per_namespace"]),
+            ours_per_ns,
+            "{reader}: per-namespace counts differ"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyiceberg_and_duckdb_read_what_shardlake_wrote() {
     // Three commits, then one compaction: the snapshot history holds both
@@ -97,30 +131,8 @@ async fn pyiceberg_and_duckdb_read_what_shardlake_wrote() {
 
     let warehouse = fixture.lake.warehouse();
     let catalog_db = warehouse.data_dir().join("catalog.db");
-    let output = Command::new(shardlake_testkit::python())
-        .arg(SCRIPT)
-        .arg(&catalog_db)
-        .arg(warehouse.root_location())
-        .output()
-        .expect("run the interop script");
-    assert!(
-        output.status.success(),
-        "read_lake.py failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let theirs: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("the script prints JSON");
-
-    for reader in ["pyiceberg", "duckdb"] {
-        let mut got = as_map(&theirs[reader]);
-        let got_per_ns = as_map(&theirs[reader]["per_namespace"]);
-        got.retain(|k, _| k != "per_namespace");
-        assert_eq!(got, ours, "{reader} disagrees with shardlake");
-        assert_eq!(
-            got_per_ns, ours_per_ns,
-            "{reader}: per-namespace counts differ"
-        );
-    }
+    let theirs = read_lake(&[catalog_db.as_os_str(), warehouse.root_location().as_ref()]);
+    assert_agree(&theirs, &["pyiceberg", "duckdb"], &ours, &ours_per_ns);
 
     // pyiceberg sees shardlake's snapshot, layout and metadata as written.
     let snapshot = fixture
@@ -134,6 +146,8 @@ async fn pyiceberg_and_duckdb_read_what_shardlake_wrote() {
     assert_eq!(theirs["format_version"], 2);
     assert_eq!(theirs["summary_operation"], "replace");
     assert_eq!(theirs["total_records"], ours["events"]);
+    assert_eq!(theirs["manifest_record_count"], ours["events"]);
+    assert_eq!(theirs["namespace_bounds_match_partitions"], true);
     let spec = theirs["partition_spec"].as_str().expect("spec");
     assert!(
         spec.contains("namespace") && spec.contains("identity"),
@@ -174,29 +188,8 @@ async fn duckdb_and_pyarrow_read_a_parquet_lake_as_hive_partitions() {
         .expect("url")
         .to_file_path()
         .expect("local");
-    let output = Command::new(shardlake_testkit::python())
-        .arg(SCRIPT)
-        .arg("--parquet")
-        .arg(&table_dir)
-        .output()
-        .expect("run the interop script");
-    assert!(
-        output.status.success(),
-        "read_lake.py failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let theirs: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("the script prints JSON");
-    for reader in ["duckdb", "pyarrow"] {
-        let mut got = as_map(&theirs[reader]);
-        got.retain(|k, _| k != "per_namespace");
-        assert_eq!(got, ours, "{reader} disagrees with shardlake");
-        assert_eq!(
-            as_map(&theirs[reader]["per_namespace"]),
-            ours_per_ns,
-            "{reader}: per-namespace counts differ"
-        );
-    }
+    let theirs = read_lake(&["--parquet".as_ref(), table_dir.as_os_str()]);
+    assert_agree(&theirs, &["duckdb", "pyarrow"], &ours, &ours_per_ns);
     assert_eq!(
         theirs["partitioning_fields"],
         serde_json::json!(["namespace"])
