@@ -280,8 +280,10 @@ impl ParquetEventsTable {
             .and_then(|kv| kv.iter().find(|kv| kv.key == COMMIT_KEY))
             .and_then(|kv| kv.value.as_deref())
             .ok_or_else(|| {
+                // A foreign file in the table directory: refuse to guess
+                // which commit it belongs to.
                 Error::new(
-                    ErrorKind::DataInvalid,
+                    ErrorKind::Storage,
                     format!(
                         "{} has no {COMMIT_KEY} in its footer: not written by shardlake",
                         meta.location
@@ -290,7 +292,7 @@ impl ParquetEventsTable {
             })?;
         let commit: CommitFacts = serde_json::from_str(facts).map_err(|e| {
             Error::new(
-                ErrorKind::DataInvalid,
+                ErrorKind::Storage,
                 format!("{} has a bad {COMMIT_KEY}", meta.location),
             )
             .with_source(e)
