@@ -187,7 +187,7 @@ async fn a_query_fails_clearly_when_object_storage_is_down() {
     let fixture =
         Fixture::build_in(&storage, TableFormat::Iceberg, 2, WriterConfig::default()).await;
     let engine = fixture.engine(config()).await;
-    let sql = "SELECT namespace, count(*) AS n, max(seq) FROM events GROUP BY namespace";
+    let sql = "SELECT namespace, count(*) AS n, max(seq) FROM events GROUP BY namespace ORDER BY namespace";
     let before = engine
         .sql(sql)
         .without_cache()
