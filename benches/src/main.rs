@@ -26,8 +26,8 @@ use datafusion::datasource::listing::{
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::Serialize;
 use shardlake_core::{Event, event_schema};
-use shardlake_lake::{EmitterConfig, Lake};
-use shardlake_query::{CrossShardQuery, QueryConfig, THINGS_SQL};
+use shardlake_lake::{EmitterConfig, Lake, TableFormat};
+use shardlake_query::{CrossShardQuery, QueryConfig, QueryResult, THINGS_SQL};
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -160,10 +160,17 @@ struct QueryTiming {
 }
 
 /// Plain DataFusion over the lake's data files: a ListingTable on the data
-/// directory, default options, the same schema.
+/// directory through the lake's own object store, default options, the
+/// same schema.
 async fn listing_context(lake: &Lake) -> anyhow::Result<SessionContext> {
     let ctx = SessionContext::new_with_config(SessionConfig::new());
-    let data = lake.warehouse().root().join("shardlake/events/data/")?;
+    let warehouse = lake.warehouse();
+    ctx.register_object_store(&warehouse.store_url(), warehouse.store());
+    let dir = match lake.format() {
+        TableFormat::Iceberg => "shardlake/events/data/",
+        TableFormat::Parquet => "events/",
+    };
+    let data = warehouse.root().join(dir)?;
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     let config = ListingTableConfig::new(ListingTableUrl::parse(data.as_str())?)
@@ -173,6 +180,28 @@ async fn listing_context(lake: &Lake) -> anyhow::Result<SessionContext> {
     let things = ctx.sql(THINGS_SQL).await?.into_view();
     ctx.register_table("things", things)?;
     Ok(ctx)
+}
+
+/// One query on shardlake (uncached) and on the `ListingTable`, each warmed
+/// once (file metadata caches, page cache) and then timed `runs` times:
+/// the two medians in ms and shardlake's last result.
+async fn side_by_side(
+    engine: &CrossShardQuery,
+    listing: &SessionContext,
+    sql: &str,
+    runs: usize,
+) -> anyhow::Result<(f64, f64, QueryResult)> {
+    engine.sql(sql).without_cache().await?;
+    listing.sql(sql).await?.collect().await?;
+    let (ours, result) = time(runs, || async {
+        Ok(engine.sql(sql).without_cache().await?)
+    })
+    .await?;
+    let (theirs, _) = time(runs, || async {
+        Ok(listing.sql(sql).await?.collect().await?)
+    })
+    .await?;
+    Ok((ours, theirs, result))
 }
 
 async fn queries(
@@ -186,17 +215,7 @@ async fn queries(
     let listing = listing_context(&lake).await?;
     let mut out = BTreeMap::new();
     for (name, sql) in &set {
-        // Warm both engines once (file metadata caches, page cache).
-        engine.sql(sql).without_cache().await?;
-        listing.sql(sql).await?.collect().await?;
-        let (shardlake_ms, result) = time(runs, || async {
-            Ok(engine.sql(sql).without_cache().await?)
-        })
-        .await?;
-        let (listing_ms, _) = time(runs, || async {
-            Ok(listing.sql(sql).await?.collect().await?)
-        })
-        .await?;
+        let (shardlake_ms, listing_ms, result) = side_by_side(&engine, &listing, sql, runs).await?;
         engine.clear_cache().await;
         let started = Instant::now();
         engine.sql(sql).await?;

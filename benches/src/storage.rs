@@ -9,20 +9,13 @@
 //! request overhead, not a prediction of AWS S3 or MinIO.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
-use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::Serialize;
-use shardlake_core::event_schema;
 use shardlake_lake::{EmitterConfig, Lake, ObjectStorageConfig, TableFormat};
 use shardlake_query::{CrossShardQuery, QueryConfig};
 
-use crate::{events, time};
+use crate::{events, listing_context, side_by_side};
 
 /// The query set: metadata-only, pruned, and full scans.
 const QUERIES: [(&str, &str); 4] = [
@@ -74,19 +67,10 @@ pub async fn run(events_total: usize, batch: usize, runs: usize) -> anyhow::Resu
             let ingest_s = started.elapsed().as_secs_f64();
             let files = lake.data_files().await?.len();
             let engine = CrossShardQuery::open(&lake, QueryConfig::default()).await?;
-            let listing = listing(&lake).await?;
+            let listing = listing_context(&lake).await?;
             let mut queries = BTreeMap::new();
             for (name, sql) in QUERIES {
-                engine.sql(sql).without_cache().await?;
-                listing.sql(sql).await?.collect().await?;
-                let (ours, _) = time(runs, || async {
-                    Ok(engine.sql(sql).without_cache().await?)
-                })
-                .await?;
-                let (theirs, _) = time(runs, || async {
-                    Ok(listing.sql(sql).await?.collect().await?)
-                })
-                .await?;
+                let (ours, theirs, _) = side_by_side(&engine, &listing, sql, runs).await?;
                 queries.insert(name.to_owned(), (ours, theirs));
             }
             eprintln!(
@@ -133,23 +117,4 @@ pub async fn run(events_total: usize, batch: usize, runs: usize) -> anyhow::Resu
         );
     }
     Ok(())
-}
-
-/// Plain DataFusion over the same files through the same store.
-async fn listing(lake: &Lake) -> anyhow::Result<SessionContext> {
-    let ctx = SessionContext::new_with_config(SessionConfig::new());
-    let warehouse = lake.warehouse();
-    ctx.register_object_store(&warehouse.store_url(), warehouse.store());
-    let dir = match lake.format() {
-        TableFormat::Iceberg => "shardlake/events/data/",
-        TableFormat::Parquet => "events/",
-    };
-    let data = warehouse.root().join(dir)?;
-    let options =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new(ListingTableUrl::parse(data.as_str())?)
-        .with_listing_options(options)
-        .with_schema(event_schema());
-    ctx.register_table("events", Arc::new(ListingTable::try_new(config)?))?;
-    Ok(ctx)
 }

@@ -6,8 +6,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::commit::{CommitState, TableCommitter};
+use crate::data_file::WriterConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::iceberg::{self, IcebergCommitter, IcebergEventsTable, WriterConfig};
+use crate::iceberg::{self, IcebergCommitter, IcebergEventsTable};
 use crate::parquet::{ParquetCommitter, ParquetEventsTable};
 use crate::warehouse::Warehouse;
 

@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod commit;
 pub mod control;
 pub mod crashpoint;
+mod data_file;
 pub mod emitter;
 mod error;
 pub mod file_meta;
@@ -32,13 +33,14 @@ pub mod warehouse;
 use std::path::Path;
 
 pub use commit::{CommitState, TableCommitter};
+pub use data_file::WriterConfig;
 pub use emitter::{
     AckFuture, EmitAck, EmitInput, EmitterConfig, EmitterMetricsSnapshot, Health, HealthStatus,
     PipelineEmitter, RejectedEvent, RetryPolicy,
 };
 pub use error::{ConcurrencyError, Error, ErrorKind, Result};
 pub use format::{DataFileSummary, EventsTable, TableFormat};
-pub use iceberg::{IcebergCommitter, IcebergEventsTable, WriterConfig};
+pub use iceberg::{IcebergCommitter, IcebergEventsTable};
 pub use storage::{ObjectStorageConfig, StorageRetryConfig};
 pub use warehouse::Warehouse;
 

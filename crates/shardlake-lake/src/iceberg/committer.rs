@@ -12,9 +12,10 @@ use uuid::Uuid;
 
 use super::catalog::PinnedCatalog;
 use super::table::{IcebergEventsTable, commit_state, state_properties, summary};
-use super::writer::{WriterConfig, write_data_files};
+use super::writer::write_data_files;
 use crate::commit::{CommitPlan, CommitState, TableCommitter};
 use crate::crashpoint;
+use crate::data_file::WriterConfig;
 use crate::error::Result;
 
 /// Commits plans to the Iceberg `events` table.

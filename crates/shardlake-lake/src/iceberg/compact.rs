@@ -35,7 +35,8 @@ use shardlake_core::schema::columns;
 
 use super::schema::arrow_schema_with_field_ids;
 use super::table::IcebergEventsTable;
-use super::writer::{EXPECTED_COMPRESSION, WriterConfig, cut, write_file};
+use super::writer::write_file;
+use crate::data_file::{EXPECTED_COMPRESSION, WriterConfig, cut};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Summary property marking a compaction snapshot.

@@ -7,7 +7,7 @@ mod compact;
 mod files;
 mod schema;
 mod table;
-pub(crate) mod writer;
+mod writer;
 
 pub use catalog::{CATALOG_NAME, PinnedCatalog, open_sql_catalog};
 pub use committer::IcebergCommitter;
@@ -17,4 +17,3 @@ pub use schema::{arrow_schema_with_field_ids, check_schema, field_ids, iceberg_s
 pub use table::{
     EVENTS_TABLE, ICEBERG_NAMESPACE, IcebergEventsTable, commit_state, properties, summary,
 };
-pub use writer::WriterConfig;

@@ -17,9 +17,8 @@ use tokio::task::JoinSet;
 
 use super::{COMMIT_KEY, CommitFacts, ParquetEventsTable, WRITER_LOCK};
 use crate::commit::{CommitPlan, CommitState, TableCommitter};
+use crate::data_file::{EXPECTED_COMPRESSION, WriterConfig, content_digest, cut, sorted_namespace};
 use crate::error::{Error, ErrorKind, Result};
-use crate::iceberg::WriterConfig;
-use crate::iceberg::writer::{EXPECTED_COMPRESSION, content_digest, cut, sorted_namespace};
 use crate::{crashpoint, file_meta};
 
 /// Commits plans to a plain-Parquet `events` table. Holds the lake's

@@ -78,8 +78,19 @@ async fn ingest_restart_and_compaction_on_s3_are_exactly_once() {
 
 #[tokio::test]
 async fn slow_down_answers_are_retried_and_nothing_doubles() {
+    emit_through_a_faulty_proxy_exactly_once(Fault::SlowDownEvery(4)).await;
+}
+
+#[tokio::test]
+async fn reset_connections_are_retried_and_nothing_doubles() {
+    emit_through_a_faulty_proxy_exactly_once(Fault::ResetEvery(3)).await;
+}
+
+/// Emits and reads back through a proxy injecting `fault`: every batch is
+/// retried to success, nothing doubles, and the fault really fired.
+async fn emit_through_a_faulty_proxy_exactly_once(fault: Fault) {
     let bucket = moto().bucket().await;
-    let proxy = FlakyS3::start(bucket.endpoint(), Fault::SlowDownEvery(4)).await;
+    let proxy = FlakyS3::start(bucket.endpoint(), fault).await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let lake = Lake::open_with(
         tmp.path(),
@@ -87,44 +98,22 @@ async fn slow_down_answers_are_retried_and_nothing_doubles() {
         TableFormat::Iceberg,
     )
     .await
-    .expect("open through a flaky proxy");
+    .expect("open through a faulty proxy");
     let emitter = lake.emitter(quick()).await.expect("emitter");
     let batch = events(0..3, 40, 2);
     for chunk in batch.chunks(30) {
         let ack = emitter.emit(chunk).await.expect("retried to success");
         assert!(ack.rejected.is_empty());
     }
-    assert_exactly(&lake, &batch).await;
     emitter.close().await.expect("close");
+    // Reading back goes through the proxy too: failed GETs are retried.
+    assert_exactly(&lake, &batch).await;
     assert!(
         proxy.injected() >= 5,
         "only {} of {} requests failed",
         proxy.injected(),
         proxy.requests()
     );
-}
-
-#[tokio::test]
-async fn reset_connections_are_retried_and_nothing_doubles() {
-    let bucket = moto().bucket().await;
-    let proxy = FlakyS3::start(bucket.endpoint(), Fault::ResetEvery(3)).await;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let lake = Lake::open_with(
-        tmp.path(),
-        &bucket.storage_via(proxy.endpoint(), "l"),
-        TableFormat::Iceberg,
-    )
-    .await
-    .expect("open through a proxy that resets connections");
-    let emitter = lake.emitter(quick()).await.expect("emitter");
-    let batch = events(0..3, 40, 2);
-    for chunk in batch.chunks(30) {
-        emitter.emit(chunk).await.expect("retried to success");
-    }
-    emitter.close().await.expect("close");
-    // Reading back goes through the proxy too: cut-off GETs are retried.
-    assert_exactly(&lake, &batch).await;
-    assert!(proxy.injected() >= 5, "only {} resets", proxy.injected());
 }
 
 #[tokio::test]
