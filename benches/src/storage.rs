@@ -41,7 +41,12 @@ struct Setup {
     ingest_s: f64,
     events_per_s: f64,
     files: usize,
-    queries: BTreeMap<String, (f64, f64)>,
+    /// (shardlake ms, ListingTable ms) per query, with the emitter still
+    /// open in this process, as in `shardlake serve`.
+    with_writer: BTreeMap<String, (f64, f64)>,
+    /// The same once the emitter closed, as for `shardlake query` next to
+    /// a server in another process.
+    reader_only: BTreeMap<String, (f64, f64)>,
 }
 
 /// Runs the comparison; prints one JSON document and a markdown table.
@@ -63,18 +68,25 @@ pub async fn run(events_total: usize, batch: usize, runs: usize) -> anyhow::Resu
                 let ack = emitter.emit(chunk).await?;
                 anyhow::ensure!(ack.accepted == chunk.len(), "lost events");
             }
-            emitter.close().await?;
+            emitter.flush().await?;
             let ingest_s = started.elapsed().as_secs_f64();
             let files = lake.data_files().await?.len();
             let engine = CrossShardQuery::open(&lake, QueryConfig::default()).await?;
             let listing = listing_context(&lake).await?;
-            let mut queries = BTreeMap::new();
+            let mut with_writer = BTreeMap::new();
             for (name, sql) in QUERIES {
                 let (ours, theirs, _) = side_by_side(&engine, &listing, sql, runs).await?;
-                queries.insert(name.to_owned(), (ours, theirs));
+                with_writer.insert(name.to_owned(), (ours, theirs));
+            }
+            emitter.close().await?;
+            let mut reader_only = BTreeMap::new();
+            for (name, sql) in QUERIES {
+                let (ours, theirs, _) = side_by_side(&engine, &listing, sql, runs).await?;
+                reader_only.insert(name.to_owned(), (ours, theirs));
             }
             eprintln!(
-                "{format}/{store}: ingest {ingest_s:.2} s, {files} files, queries {queries:?}"
+                "{format}/{store}: ingest {ingest_s:.2} s, {files} files, \
+                 queries {with_writer:?}, reader only {reader_only:?}"
             );
             setups.push(Setup {
                 format: format.to_string(),
@@ -82,39 +94,45 @@ pub async fn run(events_total: usize, batch: usize, runs: usize) -> anyhow::Resu
                 ingest_s,
                 events_per_s: events_total as f64 / ingest_s,
                 files,
-                queries,
+                with_writer,
+                reader_only,
             });
         }
     }
     println!("{}", serde_json::to_string_pretty(&setups)?);
-    println!("\n| format / store | ingest events/s | vs local | {} |", {
-        QUERIES
-            .iter()
-            .map(|(n, _)| format!("{n} ms (vs ListingTable)"))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    });
-    println!("|---|---|---|{}", "---|".repeat(QUERIES.len()));
+    println!(
+        "\n| format / store | ingest events/s | vs local | writer in process | {} |",
+        {
+            QUERIES
+                .iter()
+                .map(|(n, _)| format!("{n} ms (vs ListingTable)"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        }
+    );
+    println!("|---|---|---|---|{}", "---|".repeat(QUERIES.len()));
     for s in &setups {
         let local = setups
             .iter()
             .find(|l| l.format == s.format && l.store == "local")
             .map_or(f64::NAN, |l| l.events_per_s);
-        let cells: Vec<String> = QUERIES
-            .iter()
-            .map(|(n, _)| {
-                let (ours, theirs) = s.queries[*n];
-                format!("{ours:.1} ({:.2}x)", ours / theirs)
-            })
-            .collect();
-        println!(
-            "| {} / {} | {:.0} | {:.2}x | {} |",
-            s.format,
-            s.store,
-            s.events_per_s,
-            s.events_per_s / local,
-            cells.join(" | ")
-        );
+        for (writer, queries) in [("yes", &s.with_writer), ("no", &s.reader_only)] {
+            let cells: Vec<String> = QUERIES
+                .iter()
+                .map(|(n, _)| {
+                    let (ours, theirs) = queries[*n];
+                    format!("{ours:.1} ({:.2}x)", ours / theirs)
+                })
+                .collect();
+            println!(
+                "| {} / {} | {:.0} | {:.2}x | {writer} | {} |",
+                s.format,
+                s.store,
+                s.events_per_s,
+                s.events_per_s / local,
+                cells.join(" | ")
+            );
+        }
     }
     Ok(())
 }

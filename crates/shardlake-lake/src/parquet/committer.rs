@@ -60,7 +60,14 @@ impl ParquetCommitter {
             )
             .with_source(e)
         })?;
-        let snapshot = recover(&table).await?;
+        table.set_exclusive(true);
+        let snapshot = match recover(&table).await {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                table.set_exclusive(false);
+                return Err(e);
+            }
+        };
         Ok(Self {
             committed: snapshot
                 .commits
@@ -108,6 +115,7 @@ impl TableCommitter for ParquetCommitter {
 
     async fn commit(&mut self, plan: &Arc<CommitPlan>) -> Result<()> {
         plan.check_base(&self.state)?;
+        let _change = self.table.change();
         crashpoint::hit(crashpoint::BEFORE_WRITE);
         let chunks = sorted_chunks(plan, &self.writer).await?;
         let facts = CommitFacts {
@@ -154,6 +162,13 @@ impl TableCommitter for ParquetCommitter {
 
     fn contains_commit(&self, commit_id: &str) -> bool {
         self.committed.contains(commit_id)
+    }
+}
+
+impl Drop for ParquetCommitter {
+    fn drop(&mut self) {
+        // The lock goes with the committer: other processes may write now.
+        self.table.set_exclusive(false);
     }
 }
 

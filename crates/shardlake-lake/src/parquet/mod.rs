@@ -144,7 +144,7 @@ impl ParquetSnapshot {
 }
 
 /// Handle on the plain-Parquet `events` table of a warehouse. Cheap to
-/// clone; clones share the footer cache.
+/// clone; clones share the footer cache and the listing cache.
 #[derive(Debug, Clone)]
 pub struct ParquetEventsTable {
     warehouse: Warehouse,
@@ -152,6 +152,44 @@ pub struct ParquetEventsTable {
     pool: SqlitePool,
     // Files are immutable: a footer is read once per process.
     footers: Arc<Mutex<HashMap<Path, Arc<ParquetDataFile>>>>,
+    listing: Arc<Mutex<ListingCache>>,
+}
+
+/// The last listing, reusable while this process holds the writer lock.
+///
+/// Only the lock holder changes the table, so while a committer made from
+/// this handle (or a clone) is alive, the table changes exactly when it
+/// publishes or deletes files, and a listing taken with no change in
+/// flight stays true until the next one. A reader without the lock (a CLI
+/// query next to a running server) lists every time.
+#[derive(Debug, Default)]
+struct ListingCache {
+    /// A committer of this handle holds the writer lock.
+    exclusive: bool,
+    /// Changes the committer has started and not finished.
+    changing: usize,
+    /// Bumped when a change starts and when it ends.
+    generation: u64,
+    /// The snapshot listed at `generation`, taken with no change in flight.
+    snapshot: Option<(u64, ParquetSnapshot)>,
+    /// LISTs of the table directory made through this handle.
+    listings: u64,
+}
+
+/// Marks the table as changing while alive (a commit, an orphan cleanup):
+/// listings taken meanwhile are not reused.
+pub(crate) struct Change {
+    listing: Arc<Mutex<ListingCache>>,
+}
+
+impl Drop for Change {
+    fn drop(&mut self) {
+        // Runs on success, error and cancellation alike.
+        let mut cache = self.listing.lock().unwrap_or_else(|p| p.into_inner());
+        cache.changing -= 1;
+        cache.generation += 1;
+        cache.snapshot = None;
+    }
 }
 
 fn storage(what: &str) -> impl FnOnce(object_store::Error) -> Error + '_ {
@@ -187,6 +225,7 @@ impl ParquetEventsTable {
             prefix,
             pool,
             footers: Arc::new(Mutex::new(HashMap::new())),
+            listing: Arc::new(Mutex::new(ListingCache::default())),
         })
     }
 
@@ -210,9 +249,55 @@ impl ParquetEventsTable {
         crate::control::ControlStore::open(self.pool.clone()).await
     }
 
-    /// Lists the table and assembles its latest snapshot: one LIST of the
-    /// table directory, plus one footer read per file not seen before.
+    /// The table's latest snapshot: one LIST of the table directory plus
+    /// one footer read per file not seen before, or no request at all while
+    /// this process holds the writer lock and nothing changed since the
+    /// last listing.
     pub async fn snapshot(&self) -> Result<ParquetSnapshot> {
+        let generation = {
+            let mut cache = self.listing.lock().map_err(|_| poisoned())?;
+            if let Some((at, snapshot)) = &cache.snapshot
+                && *at == cache.generation
+            {
+                return Ok(snapshot.clone());
+            }
+            cache.listings += 1;
+            cache.generation
+        };
+        let snapshot = self.list().await?;
+        let mut cache = self.listing.lock().map_err(|_| poisoned())?;
+        if cache.exclusive && cache.changing == 0 && cache.generation == generation {
+            cache.snapshot = Some((generation, snapshot.clone()));
+        }
+        Ok(snapshot)
+    }
+
+    /// How many times this handle (and its clones) listed the table
+    /// directory: for diagnostics and tests.
+    pub fn listings(&self) -> u64 {
+        self.listing.lock().map_or(0, |cache| cache.listings)
+    }
+
+    /// Called by the committer once it holds the writer lock (`true`) and
+    /// when it lets go (`false`).
+    pub(crate) fn set_exclusive(&self, exclusive: bool) {
+        let mut cache = self.listing.lock().unwrap_or_else(|p| p.into_inner());
+        cache.exclusive = exclusive;
+        cache.snapshot = None;
+    }
+
+    /// Starts a change of the table's files; it ends when the guard drops.
+    pub(crate) fn change(&self) -> Change {
+        let mut cache = self.listing.lock().unwrap_or_else(|p| p.into_inner());
+        cache.changing += 1;
+        cache.generation += 1;
+        cache.snapshot = None;
+        Change {
+            listing: Arc::clone(&self.listing),
+        }
+    }
+
+    async fn list(&self) -> Result<ParquetSnapshot> {
         let store = self.warehouse.store();
         let listed: Vec<ObjectMeta> = store
             .list(Some(&self.prefix))
@@ -312,6 +397,7 @@ impl ParquetEventsTable {
 
     /// Deletes files (the writer's cleanup of incomplete commits).
     pub(crate) async fn delete(&self, files: &[Arc<ParquetDataFile>]) -> Result<()> {
+        let _change = self.change();
         let store = self.warehouse.store();
         for file in files {
             match store.delete(&file.path).await {

@@ -11,8 +11,8 @@ use object_store::local::LocalFileSystem;
 use object_store::{ObjectStore, ObjectStoreExt};
 use shardlake_lake::parquet::{COMMIT_KEY, CommitFacts};
 use shardlake_lake::{
-    EmitterConfig, ErrorKind, Lake, ObjectStorageConfig, RetryPolicy, TableFormat, Warehouse,
-    WriterConfig,
+    EmitterConfig, ErrorKind, EventsTable, Lake, ObjectStorageConfig, RetryPolicy, TableFormat,
+    Warehouse, WriterConfig,
 };
 use shardlake_testkit::moto;
 
@@ -238,6 +238,65 @@ async fn a_crashed_commits_files_are_ignored_and_its_positions_reused() {
     assert_eq!(ack.snapshot_id, Some(31));
     emitter.close().await.expect("close");
     assert_exactly(&lake, &all).await;
+}
+
+/// While a committer of this process holds the writer lock, the table
+/// changes only through it: a snapshot is listed once per change, not per
+/// read (a query costs no LIST). A reader without the lock, like a CLI
+/// query next to a running server, lists every time and is never stale.
+#[tokio::test]
+async fn the_lock_holder_lists_once_per_change_and_other_readers_every_time() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lake = parquet_lake(tmp.path()).await;
+    let EventsTable::Parquet(table) = lake.table() else {
+        panic!("a parquet lake")
+    };
+    let emitter = lake.emitter(quick()).await.expect("emitter");
+    emitter.emit(&events(0..2, 10, 2)).await.expect("emit");
+    let first = table.snapshot().await.expect("snapshot");
+    let listed = table.listings();
+    for _ in 0..3 {
+        assert_eq!(table.snapshot().await.expect("snapshot").state, first.state);
+    }
+    assert_eq!(
+        table.listings(),
+        listed,
+        "an unchanged table was listed again"
+    );
+
+    let reader = Lake::open_with(
+        tmp.path(),
+        &ObjectStorageConfig::default(),
+        TableFormat::Parquet,
+    )
+    .await
+    .expect("a second handle");
+    let EventsTable::Parquet(other) = reader.table() else {
+        panic!("a parquet lake")
+    };
+    let before = other.listings();
+    for _ in 0..2 {
+        assert_eq!(other.snapshot().await.expect("snapshot").state, first.state);
+    }
+    assert_eq!(other.listings(), before + 2);
+
+    // A commit invalidates the listing: both see it, the holder after one LIST.
+    emitter.emit(&events(0..2, 20, 2)).await.expect("emit");
+    let second = table.snapshot().await.expect("snapshot");
+    assert!(second.state.next_position > first.state.next_position);
+    assert_eq!(second.files.len(), first.files.len() + 2);
+    assert_eq!(table.listings(), listed + 1);
+    assert_eq!(
+        other.snapshot().await.expect("snapshot").state,
+        second.state
+    );
+
+    // Without the lock, this handle is a reader like any other.
+    emitter.close().await.expect("close");
+    let released = table.listings();
+    table.snapshot().await.expect("snapshot");
+    table.snapshot().await.expect("snapshot");
+    assert_eq!(table.listings(), released + 2);
 }
 
 #[tokio::test]
