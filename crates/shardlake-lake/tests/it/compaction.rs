@@ -151,10 +151,16 @@ async fn compaction_while_an_emitter_commits_loses_and_doubles_nothing() {
             emitter.close().await.expect("close");
         })
     };
+    // Every lost race needs a writer commit inside the attempt's window:
+    // the writer makes 24, so 50 attempts cannot all lose.
+    let patient = CompactionConfig {
+        max_attempts: 50,
+        ..eager()
+    };
     let mut compacted = 0;
     while !writer.is_finished() {
         let report = lake
-            .compact(&eager())
+            .compact(&patient)
             .await
             .expect("compaction never fails here");
         compacted += report.files_removed;

@@ -600,8 +600,10 @@ async fn a_migration_killed_in_any_phase_completes_when_run_again() {
             key: moving.clone(),
             reached: tokio::sync::Notify::new(),
         });
+        // Long enough that the refusal below cannot miss it on a loaded
+        // machine, short enough to wait out.
         let short_lease = || MigrationConfig {
-            lease: Duration::from_millis(300),
+            lease: Duration::from_secs(2),
             ..MigrationConfig::default()
         };
         let doomed = cluster
@@ -622,7 +624,8 @@ async fn a_migration_killed_in_any_phase_completes_when_run_again() {
         // migration until it runs out.
         let err = migrator.execute(plan.clone()).await.expect_err("leased");
         assert_eq!(err.code(), "migration_in_progress", "{phase}: {err}");
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Past the lease, counted from its last renewal before the kill.
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
         let fenced = cluster.gate().is_fenced(&moving).await.expect("fenced");
         assert_eq!(
             fenced,

@@ -25,7 +25,7 @@ async fn a_timeout_stops_the_query_not_just_the_wait() {
     let running = tokio::spawn(
         engine
             .sql(ENDLESS)
-            .with_timeout(Duration::from_millis(1500))
+            .with_timeout(Duration::from_millis(3000))
             .into_future(),
     );
     // While it runs, its hash table holds memory from the pool...
@@ -43,8 +43,10 @@ async fn a_timeout_stops_the_query_not_just_the_wait() {
     assert!(started.elapsed() < Duration::from_secs(20));
     // ...and once it is really stopped, its operators are dropped and the
     // pool is empty again. An abandoned query would keep growing it.
+    // (Polled up to 30 s: dropping the operators is not instant on a
+    // loaded machine, and this is not a speed check.)
     let mut released = false;
-    for _ in 0..100 {
+    for _ in 0..1500 {
         if engine.metrics().await.memory_reserved == 0 {
             released = true;
             break;

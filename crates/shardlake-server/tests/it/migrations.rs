@@ -7,16 +7,30 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use shardlake_migrate::{InMemoryShard, ShardStub, shard_service};
 use shardlake_server::ShardEndpoint;
+use tokio::sync::watch;
 
 use crate::support::{ACME, ADMIN, TestServer, assert_error, tokens};
 
-/// An in-memory shard behind the shard protocol on a loopback socket.
-async fn shard(id: u32) -> (Arc<InMemoryShard>, ShardEndpoint) {
+/// An in-memory shard behind the shard protocol on a loopback socket. It
+/// answers only while `open` says so: a closed gate holds a migration in
+/// flight for as long as the test needs it running.
+async fn shard(id: u32, open: watch::Receiver<bool>) -> (Arc<InMemoryShard>, ShardEndpoint) {
     let inner = Arc::new(InMemoryShard::new(id));
-    let app = axum::Router::new().nest(
-        "/shard",
-        shard_service(Arc::clone(&inner) as Arc<dyn ShardStub>),
-    );
+    let app = axum::Router::new()
+        .nest(
+            "/shard",
+            shard_service(Arc::clone(&inner) as Arc<dyn ShardStub>),
+        )
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let mut open = open.clone();
+                async move {
+                    // A dropped sender counts as open.
+                    let _ = open.wait_for(|open| *open).await;
+                    next.run(request).await
+                }
+            },
+        ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -42,9 +56,10 @@ fn jump(shards: u32) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_are_planned_started_watched_and_refused_with_codes() {
+    let (gate, open) = watch::channel(true);
     let mut shards = Vec::new();
     for id in 0..4 {
-        shards.push(shard(id).await);
+        shards.push(shard(id, open.clone()).await);
     }
     let endpoints: Vec<ShardEndpoint> = shards.iter().map(|(_, e)| e.clone()).collect();
     let server = TestServer::start(|c| {
@@ -155,7 +170,9 @@ async fn migrations_are_planned_started_watched_and_refused_with_codes() {
         .expect("request");
     assert_error(r, 404, "migration_not_found").await;
     // A rebalance (to hash over the same shards) from the recorded v2; a
-    // second change while it is open is refused.
+    // second change while it is open is refused. The shards hold the
+    // rebalance until the refusal is checked.
+    gate.send_replace(false);
     let rebalance =
         json!({"topology": {"version": 1, "shards": [0, 1, 2, 3], "strategy": {"kind": "hash"}}});
     let r = server
@@ -175,6 +192,7 @@ async fn migrations_are_planned_started_watched_and_refused_with_codes() {
             .contains(&body["error"].as_str().unwrap_or("")),
         "{body}"
     );
+    gate.send_replace(true);
     let report = watch(&server, &location).await;
     assert_eq!(report["status"], "completed", "{report}");
     assert_eq!(report["plan"]["to"]["version"], 3);

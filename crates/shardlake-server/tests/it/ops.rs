@@ -117,7 +117,11 @@ async fn shutdown_finishes_in_flight_requests_and_commits() {
             .body(body);
         tokio::spawn(async move { request.send().await.expect("request") })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    server
+        .wait_for_stats(None, "the fixture to be queued", |s| {
+            s["emitter"]["queued_events"].as_u64() > Some(0)
+        })
+        .await;
     assert!(
         !in_flight.is_finished(),
         "the commit should still be pending"

@@ -306,7 +306,7 @@ async fn bad_requests_get_stable_codes() {
 /// Runs until stopped, holding a little memory.
 const ENDLESS: &str = "SELECT count(DISTINCT value % 1000000) FROM range(10000000000)";
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_overload_and_memory_get_504_and_429() {
     let server = TestServer::start(|c| {
         c.limits.max_concurrent_queries = 1;
@@ -326,10 +326,14 @@ async fn timeouts_overload_and_memory_get_504_and_429() {
     let busy = {
         let request = server
             .post("/v1/query", None)
-            .json(&json!({"sql": ENDLESS, "timeout_ms": 3000}));
+            .json(&json!({"sql": ENDLESS, "timeout_ms": 5_000}));
         tokio::spawn(async move { request.send().await.expect("request").status() })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server
+        .wait_for_stats(None, "the busy query to hold the slot", |s| {
+            s["server"]["queries_running"] == 1
+        })
+        .await;
     let refused = server.query_raw(None, json!({"sql": "SELECT 1"})).await;
     assert_eq!(
         refused

@@ -106,6 +106,29 @@ impl TestServer {
             .expect("json")
     }
 
+    /// Polls `GET /v1/stats` until `ready` holds and returns those stats.
+    /// Tests wait for a state this way instead of sleeping; the deadline
+    /// only turns a hang into a failure.
+    pub async fn wait_for_stats(
+        &self,
+        token: Option<&str>,
+        what: &str,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let stats = self.get_json("/v1/stats", token).await;
+            if ready(&stats) {
+                return stats;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited a minute for {what}: {stats}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// POSTs `body` as JSON to `path`.
     pub async fn post_json(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
         self.post(path, token)
