@@ -24,40 +24,78 @@ pub fn moto() -> &'static MotoServer {
     MOTO.get_or_init(MotoServer::start)
 }
 
+/// Whether moto answers a ListBuckets on `port` (an unsigned GET of `/`,
+/// which moto accepts).
+fn answers_s3(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut answer = String::new();
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .and_then(|()| stream.read_to_string(&mut answer))
+        .is_ok()
+        && answer.contains("ListAllMyBucketsResult")
+}
+
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr").port()
 }
 
 impl MotoServer {
+    /// Starts moto on a free port. The port is free when chosen but may be
+    /// taken by another test's listener before Python binds it, so a start
+    /// that fails to bind is retried on a new port, and readiness means
+    /// an S3 answer from moto, not merely something listening.
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the guard is kept in Self for the process's life or waited for \
+                  before the next attempt; the lint does not follow the loop"
+    )]
     fn start() -> Self {
         let exe: PathBuf = crate::venv_tool("moto_server", "SHARDLAKE_MOTO_SERVER");
-        let port = free_port();
-        let log = std::env::temp_dir().join(format!("shardlake-moto-{port}.log"));
-        let guard = Command::new("sh")
-            .arg("-c")
-            .arg(r#""$0" -H 127.0.0.1 -p "$1" >"$2" 2>&1 & m=$!; read -r _; kill "$m""#)
-            .arg(&exe)
-            .arg(port.to_string())
-            .arg(&log)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not listen on {endpoint} within 60 s; its log: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let log = std::env::temp_dir().join(format!("shardlake-moto-{port}.log"));
+            let mut guard = Command::new("sh")
+                .arg("-c")
+                .arg(r#""$0" -H 127.0.0.1 -p "$1" >"$2" 2>&1 & m=$!; read -r _; kill "$m""#)
+                .arg(&exe)
+                .arg(port.to_string())
+                .arg(&log)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+            let endpoint = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if answers_s3(port) {
+                    return Self {
+                        endpoint,
+                        _guard: guard,
+                    };
+                }
+                last_log = std::fs::read_to_string(&log).unwrap_or_default();
+                let lost_port = last_log.contains("Address already in use");
+                if lost_port || Instant::now() >= deadline {
+                    // Closing its stdin ends the shell and moto with it.
+                    drop(guard.stdin.take());
+                    let _ = guard.wait();
+                    assert!(
+                        lost_port,
+                        "moto_server did not answer on {endpoint} within 60 s; its log: {last_log}"
+                    );
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
-        Self {
-            endpoint,
-            _guard: guard,
-        }
+        panic!("moto_server lost its port three times; its last log: {last_log}")
     }
 
     /// `http://127.0.0.1:<port>`.
