@@ -811,21 +811,19 @@ impl PhaseHook for Slow {
 async fn a_timeout_cancels_the_work_and_rolls_back() {
     let cluster = Arc::new(Cluster::start(4, 1, 100).await);
     let plan = cluster.plan_add(4).await;
-    let started = std::time::Instant::now();
-    let report = cluster
+    let migrator = cluster
         .migrator(MigrationConfig {
             timeout: Duration::from_millis(500),
             ..MigrationConfig::default()
         })
         .await
-        .with_hook(Arc::new(Slow))
-        .execute(plan.clone())
+        .with_hook(Arc::new(Slow));
+    // The guard catches a wait that was not cancelled (the hook sleeps far
+    // longer); it is not a speed check.
+    let report = tokio::time::timeout(Duration::from_secs(60), migrator.execute(plan.clone()))
         .await
+        .expect("the timeout did not cancel the wait")
         .expect("start");
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "the wait was cancelled"
-    );
     assert_eq!(report.status, MigrationStatus::RolledBack, "{report:#?}");
     let error = report.error.expect("error");
     assert_eq!(

@@ -21,7 +21,6 @@ const ENDLESS: &str = "SELECT count(DISTINCT value % 1000000) FROM range(1000000
 async fn a_timeout_stops_the_query_not_just_the_wait() {
     let fixture = Fixture::build(1).await;
     let engine = fixture.engine(config()).await;
-    let started = std::time::Instant::now();
     let running = tokio::spawn(
         engine
             .sql(ENDLESS)
@@ -38,9 +37,13 @@ async fn a_timeout_stops_the_query_not_just_the_wait() {
         held > 0,
         "the query never reserved memory; the check below would prove nothing"
     );
-    let err = running.await.expect("task").expect_err("times out");
+    // The guard catches a query the timeout did not stop; not a speed check.
+    let err = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .expect("the timeout did not stop the query")
+        .expect("task")
+        .expect_err("times out");
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-    assert!(started.elapsed() < Duration::from_secs(20));
     // ...and once it is really stopped, its operators are dropped and the
     // pool is empty again. An abandoned query would keep growing it.
     // (Polled up to 30 s: dropping the operators is not instant on a
