@@ -7,7 +7,9 @@
 //! - [`FlakyS3`]: an HTTP proxy in front of it that answers some requests
 //!   with 503 `SlowDown`, or none at all, to test retries and outages;
 //! - [`python`]: the interpreter of the test virtualenv (pyiceberg,
-//!   DuckDB).
+//!   DuckDB);
+//! - [`wait_for_stats`]: waiting for a running server's state instead of
+//!   sleeping.
 //!
 //! The tools come from `.venv-test/`, which `bash .ci/test-env` creates
 //! (`bash .ci/test` runs it first). A missing tool fails the test with
@@ -15,11 +17,13 @@
 
 mod flaky;
 mod moto;
+mod stats;
 
 use std::path::PathBuf;
 
 pub use flaky::{Fault, FlakyS3};
 pub use moto::{ACCESS_KEY_ID, MotoServer, S3Bucket, SECRET_ACCESS_KEY, moto};
+pub use stats::wait_for_stats;
 
 /// The workspace root (where `.venv-test/` lives).
 pub fn workspace_root() -> PathBuf {

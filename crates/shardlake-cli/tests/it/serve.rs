@@ -64,25 +64,12 @@ async fn serve_answers_http_and_sigterm_commits_pending_events_then_exits_zero()
     };
     // Wait until the events are queued (a state, not a time): only then
     // does the signal test draining rather than a refused connection.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let stats: Value = client
-            .get(format!("{base}/v1/stats"))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("json");
-        if stats["emitter"]["queued_events"] == 2 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never queued: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    shardlake_testkit::wait_for_stats(
+        || client.get(format!("{base}/v1/stats")),
+        "the events to be queued",
+        |s| s["emitter"]["queued_events"] == 2,
+    )
+    .await;
     assert!(
         !pending.is_finished(),
         "the commit waits for the flush interval"

@@ -60,14 +60,8 @@ impl ParquetCommitter {
             )
             .with_source(e)
         })?;
+        let snapshot = recover(&table).await?;
         table.set_exclusive(true);
-        let snapshot = match recover(&table).await {
-            Ok(snapshot) => snapshot,
-            Err(e) => {
-                table.set_exclusive(false);
-                return Err(e);
-            }
-        };
         Ok(Self {
             committed: snapshot
                 .commits

@@ -159,21 +159,29 @@ pub struct ParquetEventsTable {
 ///
 /// Only the lock holder changes the table, so while a committer made from
 /// this handle (or a clone) is alive, the table changes exactly when it
-/// publishes or deletes files, and a listing taken with no change in
-/// flight stays true until the next one. A reader without the lock (a CLI
-/// query next to a running server) lists every time.
+/// publishes or deletes files. Every change drops the kept listing when it
+/// starts and when it ends, and a listing is kept only if no change started
+/// or ended while it ran (same `generation`), so a kept listing is never
+/// older than the last change. A reader without the lock (a CLI query next
+/// to a running server) lists every time.
 #[derive(Debug, Default)]
 struct ListingCache {
     /// A committer of this handle holds the writer lock.
     exclusive: bool,
-    /// Changes the committer has started and not finished.
-    changing: usize,
     /// Bumped when a change starts and when it ends.
     generation: u64,
-    /// The snapshot listed at `generation`, taken with no change in flight.
-    snapshot: Option<(u64, ParquetSnapshot)>,
+    /// The last listing, if it is still the table's state.
+    snapshot: Option<ParquetSnapshot>,
     /// LISTs of the table directory made through this handle.
     listings: u64,
+}
+
+impl ListingCache {
+    /// A change started or ended: the kept listing may be out of date.
+    fn changed(&mut self) {
+        self.generation += 1;
+        self.snapshot = None;
+    }
 }
 
 /// Marks the table as changing while alive (a commit, an orphan cleanup):
@@ -185,10 +193,10 @@ pub(crate) struct Change {
 impl Drop for Change {
     fn drop(&mut self) {
         // Runs on success, error and cancellation alike.
-        let mut cache = self.listing.lock().unwrap_or_else(|p| p.into_inner());
-        cache.changing -= 1;
-        cache.generation += 1;
-        cache.snapshot = None;
+        self.listing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .changed();
     }
 }
 
@@ -256,9 +264,7 @@ impl ParquetEventsTable {
     pub async fn snapshot(&self) -> Result<ParquetSnapshot> {
         let generation = {
             let mut cache = self.listing.lock().map_err(|_| poisoned())?;
-            if let Some((at, snapshot)) = &cache.snapshot
-                && *at == cache.generation
-            {
+            if let Some(snapshot) = &cache.snapshot {
                 return Ok(snapshot.clone());
             }
             cache.listings += 1;
@@ -266,8 +272,8 @@ impl ParquetEventsTable {
         };
         let snapshot = self.list().await?;
         let mut cache = self.listing.lock().map_err(|_| poisoned())?;
-        if cache.exclusive && cache.changing == 0 && cache.generation == generation {
-            cache.snapshot = Some((generation, snapshot.clone()));
+        if cache.exclusive && cache.generation == generation {
+            cache.snapshot = Some(snapshot.clone());
         }
         Ok(snapshot)
     }
@@ -288,10 +294,10 @@ impl ParquetEventsTable {
 
     /// Starts a change of the table's files; it ends when the guard drops.
     pub(crate) fn change(&self) -> Change {
-        let mut cache = self.listing.lock().unwrap_or_else(|p| p.into_inner());
-        cache.changing += 1;
-        cache.generation += 1;
-        cache.snapshot = None;
+        self.listing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .changed();
         Change {
             listing: Arc::clone(&self.listing),
         }

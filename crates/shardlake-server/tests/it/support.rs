@@ -106,27 +106,15 @@ impl TestServer {
             .expect("json")
     }
 
-    /// Polls `GET /v1/stats` until `ready` holds and returns those stats.
-    /// Tests wait for a state this way instead of sleeping; the deadline
-    /// only turns a hang into a failure.
+    /// Polls `GET /v1/stats` until `ready` holds
+    /// ([`shardlake_testkit::wait_for_stats`]).
     pub async fn wait_for_stats(
         &self,
         token: Option<&str>,
         what: &str,
         ready: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let stats = self.get_json("/v1/stats", token).await;
-            if ready(&stats) {
-                return stats;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "waited a minute for {what}: {stats}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        shardlake_testkit::wait_for_stats(|| self.get("/v1/stats", token), what, ready).await
     }
 
     /// POSTs `body` as JSON to `path`.
