@@ -299,7 +299,7 @@ async fn commits(dir: &std::path::Path, n: usize, per: usize, runs: usize) -> an
     // The remedy for many small commits: compaction, then the same queries.
     let started = Instant::now();
     let compaction = many
-        .compact(&shardlake_lake::iceberg::CompactionConfig::default())
+        .compact(&shardlake_lake::CompactionConfig::default())
         .await?;
     let mut compacted = measure(&many, runs).await?;
     compacted["compaction_seconds"] = serde_json::json!(started.elapsed().as_secs_f64());

@@ -9,6 +9,7 @@ mod demo;
 mod generate;
 mod ingest;
 mod lake_args;
+mod maintain;
 mod migrate;
 mod output;
 mod query;
@@ -85,6 +86,13 @@ enum Command {
         /// Cancel the query after this many milliseconds.
         #[arg(long)]
         timeout_ms: Option<u64>,
+        /// Time travel: run against this retained snapshot (see `shardlake snapshots`).
+        #[arg(long, conflicts_with = "as_of")]
+        snapshot: Option<i64>,
+        /// Time travel: run against the snapshot current at this RFC 3339
+        /// time (e.g. 2026-12-01T10:00:00Z).
+        #[arg(long)]
+        as_of: Option<String>,
     },
     /// Generate, ingest, re-send duplicates and query: a tour in under a minute.
     Demo {
@@ -111,8 +119,11 @@ enum Command {
         #[arg(long)]
         after_seq: Option<i64>,
         /// Read this snapshot instead of the current one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "as_of")]
         snapshot: Option<i64>,
+        /// Read the snapshot current at this RFC 3339 time.
+        #[arg(long)]
+        as_of: Option<String>,
         /// Only events committed after this snapshot (catch-up).
         #[arg(long)]
         since_snapshot: Option<i64>,
@@ -127,6 +138,16 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         min_files: usize,
         /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep the lake's cost bounded: compact small files, merge manifests,
+    /// expire old snapshots and delete unreachable files, once (the server
+    /// does this in the background).
+    Maintain(maintain::MaintainArgs),
+    /// List the retained snapshots (what `--snapshot` and `--as-of` reach).
+    Snapshots {
+        /// Print them as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -302,9 +323,12 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             sql,
             format,
             timeout_ms,
+            snapshot,
+            as_of,
         } => {
             let lake = cli.lake.open().await?;
-            let result = query::run(&lake, &sql, timeout_ms.map(Duration::from_millis)).await?;
+            let at = query::TimeTravel::new(snapshot, as_of.as_deref())?;
+            let result = query::run(&lake, &sql, timeout_ms.map(Duration::from_millis), at).await?;
             let mut out = std::io::stdout().lock();
             let mut extra = Map::new();
             extra.insert("stats".into(), serde_json::to_value(&result.stats)?);
@@ -322,11 +346,14 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             after_position,
             after_seq,
             snapshot,
+            as_of,
             since_snapshot,
         } => {
             let lake = cli.lake.open().await?;
+            let at = query::TimeTravel::new(None, as_of.as_deref())?;
             query::replay(
                 &lake,
+                at,
                 shardlake_query::ReplayQuery {
                     namespace,
                     partition_keys,
@@ -347,7 +374,7 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
         } => {
             let lake = cli.lake.open().await?;
             let report = lake
-                .compact(&shardlake_lake::iceberg::CompactionConfig {
+                .compact(&shardlake_lake::CompactionConfig {
                     small_file_bytes: small_file_mib * 1024 * 1024,
                     min_small_files: min_files,
                     ..Default::default()
@@ -373,6 +400,14 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
                 )?;
             }
             Ok(())
+        }
+        Command::Maintain(args) => {
+            let lake = cli.lake.open().await?;
+            maintain::maintain(&lake, &args).await
+        }
+        Command::Snapshots { json } => {
+            let lake = cli.lake.open().await?;
+            maintain::snapshots(&lake, json).await
         }
         Command::Route { key, topology } => {
             route::route(&key, &topology, &mut std::io::stdout().lock())

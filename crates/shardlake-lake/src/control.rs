@@ -35,6 +35,10 @@ pub struct MigrationRow {
     pub record: String,
     /// Last change (UTC, SQLite `CURRENT_TIMESTAMP`).
     pub updated_at: String,
+    /// Snapshots the migration still reads (its copy and catch-up
+    /// snapshots): pinned against expiry, in the same transaction that
+    /// saves the row, as holder `migration:<id>`. Empty once it is over.
+    pub pinned_snapshots: Vec<i64>,
 }
 
 /// One buffered write.
@@ -84,7 +88,7 @@ const SCHEMA: [&str; 4] = [
 
 impl ControlStore {
     pub(crate) async fn open(pool: SqlitePool) -> Result<Self> {
-        for ddl in SCHEMA {
+        for ddl in SCHEMA.iter().chain([&crate::pins::PINS_DDL]) {
             sqlx::query(ddl).execute(&pool).await.map_err(storage)?;
         }
         Ok(Self { pool })
@@ -261,8 +265,9 @@ impl ControlStore {
 
     /// Creates or replaces a migration's row.
     pub async fn save_migration(&self, row: &MigrationRow) -> Result<()> {
-        let mut conn = self.pool.acquire().await.map_err(storage)?;
-        Self::upsert(&mut conn, row).await
+        let mut tx = self.write_transaction().await?;
+        Self::upsert(&mut tx, row).await?;
+        tx.commit().await.map_err(storage)
     }
 
     async fn upsert(conn: &mut sqlx::SqliteConnection, row: &MigrationRow) -> Result<()> {
@@ -276,9 +281,26 @@ impl ControlStore {
         .bind(&row.phase)
         .bind(row.fenced)
         .bind(&row.record)
-        .execute(conn)
+        .execute(&mut *conn)
         .await
         .map_err(storage)?;
+        let holder = format!("migration:{}", row.id);
+        sqlx::query("DELETE FROM shardlake_snapshot_pins WHERE holder = ?")
+            .bind(&holder)
+            .execute(&mut *conn)
+            .await
+            .map_err(storage)?;
+        for id in &row.pinned_snapshots {
+            sqlx::query(
+                "INSERT OR IGNORE INTO shardlake_snapshot_pins (holder, snapshot_id, expires_at_ms) \
+                 VALUES (?, ?, NULL)",
+            )
+            .bind(&holder)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(storage)?;
+        }
         Ok(())
     }
 
@@ -318,6 +340,7 @@ impl ControlStore {
                     fenced,
                     record,
                     updated_at,
+                    pinned_snapshots: Vec::new(),
                 },
             )
             .collect())

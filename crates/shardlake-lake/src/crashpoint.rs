@@ -25,6 +25,17 @@ pub const BETWEEN_FILES: &str = "write.between_files";
 pub const BEFORE_CATALOG: &str = "commit.before_catalog";
 /// After the catalog commit, before the events are acknowledged.
 pub const AFTER_CATALOG: &str = "commit.after_catalog";
+/// Compaction wrote its data files, before its commit (Iceberg: the
+/// catalog swap; Parquet: the sealing file).
+pub const COMPACT_BEFORE_COMMIT: &str = "maintain.compact.before_commit";
+/// Compaction committed, before it reports.
+pub const COMPACT_AFTER_COMMIT: &str = "maintain.compact.after_commit";
+/// Manifest merging, before its commit.
+pub const MERGE_BEFORE_COMMIT: &str = "maintain.merge.before_commit";
+/// Expiry, before its commit (Parquet: before deleting superseded files).
+pub const EXPIRE_BEFORE_COMMIT: &str = "maintain.expire.before_commit";
+/// Cleanup, after deleting its first file.
+pub const CLEANUP_MID_DELETE: &str = "maintain.cleanup.mid_delete";
 
 struct Armed {
     name: String,

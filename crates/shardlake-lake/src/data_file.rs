@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMicrosecondType};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -191,6 +192,45 @@ pub(crate) async fn sorted_namespace(plan: &Arc<CommitPlan>, i: usize) -> Result
         arrow_schema_with_field_ids(),
         rows.columns().to_vec(),
     )?)
+}
+
+/// `batches` (rows of one namespace, from any files of the table) as one
+/// batch in the table's order, `(partition_key, position)`: what compaction
+/// writes, in either format.
+pub(crate) fn sort_rows(batches: &[RecordBatch]) -> Result<RecordBatch> {
+    let schema = arrow_schema_with_field_ids();
+    let batches: Vec<RecordBatch> = batches
+        .iter()
+        .map(|b| RecordBatch::try_new(Arc::clone(&schema), b.columns().to_vec()))
+        .collect::<std::result::Result<_, _>>()?;
+    let all = concat_batches(&schema, &batches)?;
+    let column = |name: &str| {
+        all.column_by_name(name)
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::Unexpected, format!("data file without `{name}`")))
+    };
+    let indices = lexsort_to_indices(
+        &[
+            SortColumn {
+                values: column(columns::PARTITION_KEY)?,
+                options: None,
+            },
+            SortColumn {
+                values: column(columns::POSITION)?,
+                options: None,
+            },
+        ],
+        None,
+    )?;
+    Ok(take_record_batch(&all, &indices)?)
+}
+
+pub(crate) fn min_position(rows: &RecordBatch) -> Result<i64> {
+    let positions = rows
+        .column_by_name(columns::POSITION)
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::Int64Array>())
+        .ok_or_else(|| Error::new(ErrorKind::Unexpected, "positions are not Int64"))?;
+    Ok(arrow::compute::min(positions).unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@ pub enum ErrorKind {
     Storage,
     /// The operation ran out of time.
     Timeout,
+    /// The snapshot asked for is not retained (it expired, or never
+    /// existed).
+    SnapshotExpired,
     /// A bug or an impossible state on our side.
     Unexpected,
 }
@@ -39,6 +42,7 @@ impl ErrorKind {
             Self::Closed => "Closed",
             Self::Storage => "Storage",
             Self::Timeout => "Timeout",
+            Self::SnapshotExpired => "SnapshotExpired",
             Self::Unexpected => "Unexpected",
         }
     }

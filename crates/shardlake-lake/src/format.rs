@@ -17,11 +17,11 @@ use crate::warehouse::Warehouse;
 #[serde(rename_all = "lowercase")]
 pub enum TableFormat {
     /// An Iceberg table in a SQL catalog (the default): concurrent writers,
-    /// snapshots, compaction, readable by any Iceberg engine.
+    /// snapshots, readable by any Iceberg engine.
     #[default]
     Iceberg,
     /// Hive-style Parquet files and nothing else: readable by any Parquet
-    /// reader; one writer at a time, no compaction.
+    /// reader; one writer at a time, which also maintains the lake.
     Parquet,
 }
 
@@ -114,29 +114,26 @@ impl EventsTable {
     /// Locations of the current data files, with their namespace and rows.
     pub async fn data_files(&self) -> Result<Vec<DataFileSummary>> {
         match self {
-            Self::Iceberg(t) => {
-                let table = t.load().await?;
-                Ok(iceberg::current_data_files(&table)
-                    .await?
-                    .iter()
-                    .map(|f| DataFileSummary {
-                        location: f.file_path().to_owned(),
-                        namespace: f
-                            .partition()
-                            .fields()
-                            .first()
-                            .and_then(|v| v.as_ref())
-                            .map(|v| match v {
-                                ::iceberg::spec::Literal::Primitive(
-                                    ::iceberg::spec::PrimitiveLiteral::String(s),
-                                ) => s.clone(),
-                                other => format!("{other:?}"),
-                            })
-                            .unwrap_or_default(),
-                        rows: f.record_count(),
-                    })
-                    .collect())
-            }
+            Self::Iceberg(t) => Ok(iceberg::current_data_files(t)
+                .await?
+                .iter()
+                .map(|f| DataFileSummary {
+                    location: f.file_path().to_owned(),
+                    namespace: f
+                        .partition()
+                        .fields()
+                        .first()
+                        .and_then(|v| v.as_ref())
+                        .map(|v| match v {
+                            ::iceberg::spec::Literal::Primitive(
+                                ::iceberg::spec::PrimitiveLiteral::String(s),
+                            ) => s.clone(),
+                            other => format!("{other:?}"),
+                        })
+                        .unwrap_or_default(),
+                    rows: f.record_count(),
+                })
+                .collect()),
             Self::Parquet(t) => Ok(t
                 .snapshot()
                 .await?
@@ -164,6 +161,22 @@ impl EventsTable {
         match self {
             Self::Iceberg(t) => t.control().await,
             Self::Parquet(t) => t.control().await,
+        }
+    }
+
+    /// What keeps snapshots from expiring.
+    pub fn pins(&self) -> &crate::pins::SnapshotPins {
+        match self {
+            Self::Iceberg(t) => t.pins(),
+            Self::Parquet(t) => t.pins(),
+        }
+    }
+
+    /// The lake's local database (catalog or control database).
+    pub(crate) fn pool(&self) -> &sqlx::SqlitePool {
+        match self {
+            Self::Iceberg(t) => t.pool(),
+            Self::Parquet(t) => t.pool(),
         }
     }
 

@@ -25,8 +25,11 @@ pub mod emitter;
 mod error;
 pub mod file_meta;
 mod format;
+pub mod history;
 pub mod iceberg;
+pub mod maintenance;
 pub mod parquet;
+pub mod pins;
 pub mod storage;
 pub mod warehouse;
 
@@ -40,7 +43,13 @@ pub use emitter::{
 };
 pub use error::{ConcurrencyError, Error, ErrorKind, Result};
 pub use format::{DataFileSummary, EventsTable, TableFormat};
+pub use history::SnapshotInfo;
 pub use iceberg::{IcebergCommitter, IcebergEventsTable};
+pub use maintenance::{
+    Action, CleanupReport, CompactionConfig, CompactionReport, ExpiryReport, MaintenanceConfig,
+    MaintenanceReport, ManifestMergeReport, RetentionConfig,
+};
+pub use pins::{Pin, SnapshotPins};
 pub use storage::{ObjectStorageConfig, StorageRetryConfig};
 pub use warehouse::Warehouse;
 
@@ -125,22 +134,30 @@ impl Lake {
         self.table.data_files().await
     }
 
-    /// Rewrites each namespace's small data files into large sorted ones in
-    /// one `replace` snapshot (see [`iceberg::CompactionConfig`]). Rows,
-    /// positions and watermarks are unchanged; safe while emitters commit.
-    /// Iceberg only: a plain-Parquet lake has no atomic replace.
-    pub async fn compact(
+    /// Rewrites each namespace's small data files into large sorted ones
+    /// (see [`CompactionConfig`]): one `replace` snapshot in Iceberg, one
+    /// commit over the same positions in plain Parquet. Rows, positions and
+    /// watermarks are unchanged; safe while emitters commit. Part of
+    /// [`Lake::maintain`], which also expires and cleans up.
+    pub async fn compact(&self, config: &CompactionConfig) -> Result<CompactionReport> {
+        self.compact_with(config, false).await
+    }
+
+    /// [`Lake::compact`], or with `dry_run` what it would rewrite.
+    pub(crate) async fn compact_with(
         &self,
-        config: &iceberg::CompactionConfig,
-    ) -> Result<iceberg::CompactionReport> {
+        config: &CompactionConfig,
+        dry_run: bool,
+    ) -> Result<CompactionReport> {
         match &self.table {
-            EventsTable::Iceberg(t) => t.compact(&self.writer, config).await,
-            EventsTable::Parquet(_) => Err(Error::new(
-                ErrorKind::DataInvalid,
-                "compaction needs an atomic replace, which only the Iceberg format has; \
-                 a plain-Parquet lake is not compacted",
-            )),
+            EventsTable::Iceberg(t) => t.compact_with(&self.writer, config, dry_run).await,
+            EventsTable::Parquet(t) => t.compact_with(&self.writer, config, dry_run).await,
         }
+    }
+
+    /// What keeps snapshots from expiring (open queries, leases, pins).
+    pub fn pins(&self) -> &SnapshotPins {
+        self.table.pins()
     }
 
     /// Durable subscription checkpoints (in the catalog or control database).

@@ -258,7 +258,32 @@ pub(crate) fn row(report: &MigrationReport) -> Result<MigrationRow> {
         fenced: report.fenced,
         record,
         updated_at: String::new(),
+        pinned_snapshots: pinned_snapshots(report),
     })
+}
+
+/// The snapshots an unfinished migration still reads: its copy snapshot
+/// (a resumed copy replays it again) and the snapshot the targets are
+/// caught up to (the next catch-up replays what came after it). A finished
+/// one reads none.
+fn pinned_snapshots(report: &MigrationReport) -> Vec<i64> {
+    if matches!(
+        report.status,
+        MigrationStatus::Completed | MigrationStatus::RolledBack
+    ) {
+        return Vec::new();
+    }
+    let mut ids: Vec<i64> = [
+        report.copy_snapshot,
+        report.applied_snapshot,
+        report.fence_snapshot,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 pub(crate) async fn save(control: &ControlStore, report: &MigrationReport) -> Result<()> {

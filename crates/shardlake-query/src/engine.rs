@@ -23,6 +23,7 @@ use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use shardlake_lake::Lake;
+use shardlake_lake::pins::OpenPin;
 
 use crate::cache::{CacheConfig, CacheKey, CacheMetrics, CachedResult, ResultCache};
 use crate::context::QueryContext;
@@ -210,7 +211,17 @@ impl CrossShardQuery {
             scope: Scope::All,
             limit: ResultLimit::NONE,
             snapshot_id: None,
+            as_of_ms: None,
         }
+    }
+
+    /// The snapshot that was current at `at` (time travel): the newest
+    /// retained one committed at or before it.
+    pub async fn snapshot_as_of(&self, at: chrono::DateTime<chrono::Utc>) -> Result<i64> {
+        self.inner
+            .snapshots
+            .snapshot_as_of(at.timestamp_millis())
+            .await
     }
 
     /// A session for one query: the engine's template plus the query's context.
@@ -327,8 +338,10 @@ pub struct SqlQuery {
     use_cache: bool,
     scope: Scope,
     limit: ResultLimit,
-    /// Pinned snapshot; `None`: the current one.
+    /// Pinned snapshot; `None`: the current one (or the one of `as_of`).
     snapshot_id: Option<i64>,
+    /// Time travel: the snapshot current at this time (Unix ms).
+    as_of_ms: Option<i64>,
 }
 
 /// The most a result may hold. A query whose result grows past it fails
@@ -394,17 +407,39 @@ impl SqlQuery {
         self
     }
 
-    /// Runs against snapshot `snapshot_id` instead of the current one.
+    /// Runs against snapshot `snapshot_id` instead of the current one. A
+    /// snapshot that is no longer retained fails with
+    /// [`ErrorKind::SnapshotExpired`].
     pub fn at_snapshot(mut self, snapshot_id: i64) -> Self {
         self.snapshot_id = Some(snapshot_id);
         self
     }
 
-    async fn pin(&self) -> Result<Arc<SnapshotFiles>> {
+    /// Runs against the snapshot that was current at `at` (time travel).
+    pub fn as_of(mut self, at: chrono::DateTime<chrono::Utc>) -> Self {
+        self.as_of_ms = Some(at.timestamp_millis());
+        self
+    }
+
+    /// Pins the query's snapshot for as long as the returned guard lives:
+    /// expiry in this process keeps it meanwhile.
+    async fn pin(&self) -> Result<(Arc<SnapshotFiles>, Option<OpenPin>)> {
         let snapshots = &self.engine.inner.snapshots;
-        match self.snapshot_id {
-            Some(id) => snapshots.pin_at(id).await,
-            None => snapshots.pin().await,
+        let id = match (self.snapshot_id, self.as_of_ms) {
+            (Some(id), _) => Some(id),
+            (None, Some(at)) => Some(snapshots.snapshot_as_of(at).await?),
+            (None, None) => None,
+        };
+        match id {
+            Some(id) => {
+                let hold = snapshots.hold(id);
+                Ok((snapshots.pin_at(id).await?, Some(hold)))
+            }
+            None => {
+                let files = snapshots.pin().await?;
+                let hold = files.snapshot_id.map(|id| snapshots.hold(id));
+                Ok((files, hold))
+            }
         }
     }
 
@@ -481,7 +516,7 @@ impl SqlQuery {
 
     async fn execute_inner(&self, started: Instant) -> Result<QueryResult> {
         let engine = &self.engine;
-        let snapshot = self.pin().await?;
+        let (snapshot, _hold) = self.pin().await?;
         let compute = async {
             let (ctx, recorder) = engine.session(&snapshot, &self.scope);
             let plan = self.physical(&ctx).await?;
@@ -558,7 +593,7 @@ impl SqlQuery {
             return Ok(None);
         }
         let started = Instant::now();
-        let snapshot = self.pin().await?;
+        let (snapshot, _hold) = self.pin().await?;
         let key = self.cache_key(&snapshot)?;
         match self.engine.inner.cache.peek(&key).await {
             Some(result) => self.served_from_cache(&result, started).map(Some),
@@ -573,7 +608,7 @@ impl SqlQuery {
         let started = Instant::now();
         let deadline = self.timeout.map(|t| (t, tokio::time::Instant::now() + t));
         let engine = self.engine.clone();
-        let snapshot = self.pin().await?;
+        let (snapshot, hold) = self.pin().await?;
         let (ctx, recorder) = engine.session(&snapshot, &self.scope);
         let plan = match deadline {
             Some((limit, at)) => tokio::time::timeout_at(at, self.physical(&ctx))
@@ -594,6 +629,7 @@ impl SqlQuery {
             snapshot_id: snapshot.snapshot_id,
             deadline: deadline.map(|(limit, at)| (limit, Box::pin(tokio::time::sleep_until(at)))),
             stats: None,
+            _hold: hold,
         })
     }
 }
@@ -631,6 +667,8 @@ pub struct QueryStream {
     snapshot_id: Option<i64>,
     deadline: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     stats: Option<ScanStats>,
+    /// Keeps the snapshot from expiring until the stream is dropped.
+    _hold: Option<OpenPin>,
 }
 
 impl QueryStream {

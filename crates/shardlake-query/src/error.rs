@@ -20,6 +20,9 @@ pub enum ErrorKind {
     ResourcesExhausted,
     /// The result has more rows or bytes than the caller's limit.
     ResultTooLarge,
+    /// The snapshot asked for (time travel, a replay cursor) is not
+    /// retained: it expired, or never existed.
+    SnapshotExpired,
     /// Reading the lake failed (storage, catalog).
     Storage,
     /// A bug or an impossible state on our side.
@@ -35,6 +38,7 @@ impl ErrorKind {
             Self::Timeout => "query_timeout",
             Self::ResourcesExhausted => "resources_exhausted",
             Self::ResultTooLarge => "result_too_large",
+            Self::SnapshotExpired => "snapshot_expired",
             Self::Storage => "storage_unavailable",
             Self::Unexpected => "internal_error",
         }
@@ -146,6 +150,7 @@ impl From<shardlake_lake::Error> for Error {
             shardlake_lake::ErrorKind::Storage | shardlake_lake::ErrorKind::SchemaMismatch => {
                 ErrorKind::Storage
             }
+            shardlake_lake::ErrorKind::SnapshotExpired => ErrorKind::SnapshotExpired,
             _ => ErrorKind::Unexpected,
         };
         Error::new(kind, e.message().to_owned()).with_source(e)

@@ -28,6 +28,7 @@ use shardlake_lake::EventsTable;
 use shardlake_lake::iceberg::IcebergEventsTable;
 use shardlake_lake::iceberg::field_ids;
 use shardlake_lake::parquet::{ParquetDataFile, ParquetEventsTable, ParquetSnapshot};
+use shardlake_lake::pins::OpenPin;
 use tokio::sync::Mutex;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -250,6 +251,7 @@ enum Source {
 /// Pins snapshots of the `events` table and caches their file lists.
 pub struct LakeSnapshots {
     source: Source,
+    table: EventsTable,
     store_url: url::Url,
     snapshots: moka::sync::Cache<i64, Arc<SnapshotFiles>>,
 }
@@ -273,7 +275,7 @@ impl LakeSnapshots {
     /// for a Parquet table, that many files' bounds times 64).
     pub fn new(table: EventsTable, manifest_capacity: u64) -> Self {
         let store_url = table.warehouse().store_url();
-        let source = match table {
+        let source = match table.clone() {
             EventsTable::Iceberg(table) => Source::Iceberg {
                 table,
                 current: Box::new(Mutex::new(None)),
@@ -286,9 +288,21 @@ impl LakeSnapshots {
         };
         Self {
             source,
+            table,
             store_url,
             snapshots: moka::sync::Cache::new(16),
         }
+    }
+
+    /// Keeps snapshot `snapshot_id` from expiring in this process while the
+    /// guard lives (an open query's pin).
+    pub fn hold(&self, snapshot_id: i64) -> OpenPin {
+        self.table.pins().hold(snapshot_id)
+    }
+
+    /// The snapshot that was current at `at_ms` (Unix milliseconds).
+    pub async fn snapshot_as_of(&self, at_ms: i64) -> Result<i64> {
+        Ok(self.table.snapshot_as_of(at_ms).await?)
     }
 
     /// The Iceberg table's current version: the cached one unless a commit
@@ -352,9 +366,8 @@ impl LakeSnapshots {
 
     /// Pins snapshot `snapshot_id` (time travel, replay at a snapshot).
     pub async fn pin_at(&self, snapshot_id: i64) -> Result<Arc<SnapshotFiles>> {
-        if let Some(files) = self.snapshots.get(&snapshot_id) {
-            return Ok(files);
-        }
+        // Whether the snapshot is still retained is asked every time: a
+        // cached file list must not outlive the snapshot's expiry.
         if let Source::Parquet { table, .. } = &self.source {
             let snapshot = table
                 .snapshot()
@@ -385,11 +398,13 @@ impl LakeSnapshots {
         let table = self.current_table().await?;
         let metadata = table.metadata();
         let mut at = Some(snapshot_id);
-        // Compaction snapshots carry no positions: walk back to a commit's.
+        // Every snapshot shardlake writes now carries its next position;
+        // compaction snapshots of older versions did not: walk back to a
+        // commit's (an expired parent makes the answer unknown).
         while let Some(id) = at {
             let snapshot = metadata
                 .snapshot_by_id(id)
-                .ok_or_else(|| unknown_snapshot(id))?;
+                .ok_or_else(|| unknown_snapshot(snapshot_id))?;
             if let Some(next) = snapshot
                 .summary()
                 .additional_properties
@@ -458,8 +473,5 @@ impl LakeSnapshots {
 }
 
 fn unknown_snapshot(id: i64) -> Error {
-    Error::new(
-        ErrorKind::InvalidQuery,
-        format!("snapshot {id} does not exist in the table (or has expired)"),
-    )
+    shardlake_lake::history::snapshot_not_retained(id).into()
 }

@@ -35,7 +35,10 @@ pub struct ServerConfig {
     pub cache: CacheSettings,
     /// Ingestion batching.
     pub emitter: EmitterSettings,
-    /// Background compaction of small files.
+    /// Background lake maintenance: compaction, manifest merging, snapshot
+    /// expiry and cleanup.
+    pub maintenance: MaintenanceSettings,
+    /// How maintenance compacts small files.
     pub compaction: CompactionSettings,
     /// Bearer tokens. Empty: no authentication, loopback only.
     pub tokens: Vec<TokenConfig>,
@@ -98,6 +101,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             cache: CacheSettings::default(),
             emitter: EmitterSettings::default(),
+            maintenance: MaintenanceSettings::default(),
             compaction: CompactionSettings::default(),
             tokens: Vec::new(),
             migration: MigrationSettings::default(),
@@ -209,16 +213,63 @@ impl Default for EmitterSettings {
     }
 }
 
-/// Background compaction: every commit adds small files (one per namespace
-/// touched), so a server that commits every few hundred milliseconds
-/// rewrites them into large ones now and then.
+/// Lake maintenance, run in the background while the server serves:
+/// compaction (`[compaction]`), manifest merging, snapshot expiry and
+/// cleanup of unreachable files, so the lake's cost is bounded by these
+/// settings instead of growing with its age (see docs/operations.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct CompactionSettings {
-    /// Run it at all.
+pub struct MaintenanceSettings {
+    /// Run maintenance in the background at all.
     pub enabled: bool,
     /// Seconds between runs.
     pub interval_secs: u64,
+    /// Snapshots replaced longer ago than this are expired (time travel
+    /// reaches back this far).
+    pub snapshot_retention_secs: u64,
+    /// The newest snapshots always kept, whatever their age.
+    pub min_snapshots_to_keep: usize,
+    /// Files younger than this are never deleted (protects commits other
+    /// processes are making).
+    pub orphan_grace_secs: u64,
+    /// How long a snapshot handed out by `/v1/replay` (its
+    /// `x-shardlake-snapshot`) stays pinned against expiry; each replay at
+    /// it renews the lease.
+    pub replay_cursor_lease_secs: u64,
+}
+
+impl Default for MaintenanceSettings {
+    fn default() -> Self {
+        let d = shardlake_lake::MaintenanceConfig::default();
+        Self {
+            enabled: true,
+            interval_secs: 60,
+            snapshot_retention_secs: d.retention.retention.as_secs(),
+            min_snapshots_to_keep: d.retention.min_snapshots_to_keep,
+            orphan_grace_secs: d.orphan_grace.as_secs(),
+            replay_cursor_lease_secs: 600,
+        }
+    }
+}
+
+impl MaintenanceSettings {
+    /// How long a replay cursor's snapshot is leased.
+    pub fn replay_cursor_lease(&self) -> Duration {
+        Duration::from_secs(self.replay_cursor_lease_secs)
+    }
+}
+
+/// How maintenance compacts: every commit adds small files (one per
+/// namespace touched), which compaction rewrites into large ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompactionSettings {
+    /// Compact at all (as part of maintenance).
+    pub enabled: bool,
+    /// Replaced by `maintenance.interval_secs`: compaction runs with the
+    /// rest of maintenance. Refused with that message when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval_secs: Option<u64>,
     /// Files smaller than this are candidates.
     pub small_file_bytes: u64,
     /// A namespace is compacted once it has this many small files.
@@ -227,10 +278,10 @@ pub struct CompactionSettings {
 
 impl Default for CompactionSettings {
     fn default() -> Self {
-        let c = shardlake_lake::iceberg::CompactionConfig::default();
+        let c = shardlake_lake::CompactionConfig::default();
         Self {
             enabled: true,
-            interval_secs: 300,
+            interval_secs: None,
             small_file_bytes: c.small_file_bytes,
             min_small_files: c.min_small_files,
         }
@@ -239,8 +290,8 @@ impl Default for CompactionSettings {
 
 impl CompactionSettings {
     /// The lake's compaction configuration.
-    pub fn config(&self) -> shardlake_lake::iceberg::CompactionConfig {
-        shardlake_lake::iceberg::CompactionConfig {
+    pub fn config(&self) -> shardlake_lake::CompactionConfig {
+        shardlake_lake::CompactionConfig {
             small_file_bytes: self.small_file_bytes,
             min_small_files: self.min_small_files,
             ..Default::default()
@@ -313,6 +364,37 @@ impl ServerConfig {
         }
     }
 
+    /// Refuses settings that parse but cannot work together, with what to
+    /// write instead.
+    pub fn check(&self) -> Result<(), String> {
+        if self.compaction.interval_secs.is_some() {
+            return Err(
+                "`compaction.interval_secs` is gone: compaction runs as part of \
+                        maintenance; set `maintenance.interval_secs` instead"
+                    .to_owned(),
+            );
+        }
+        if self.maintenance.enabled && self.maintenance.interval_secs == 0 {
+            return Err("`maintenance.interval_secs` must be positive (or set \
+                        `maintenance.enabled = false`)"
+                .to_owned());
+        }
+        Ok(())
+    }
+
+    /// The lake maintenance these settings describe.
+    pub fn maintenance_config(&self) -> shardlake_lake::MaintenanceConfig {
+        let m = &self.maintenance;
+        shardlake_lake::MaintenanceConfig {
+            compaction: self.compaction.enabled.then(|| self.compaction.config()),
+            retention: shardlake_lake::RetentionConfig {
+                retention: Duration::from_secs(m.snapshot_retention_secs),
+                min_snapshots_to_keep: m.min_snapshots_to_keep.max(1),
+            },
+            orphan_grace: Duration::from_secs(m.orphan_grace_secs),
+        }
+    }
+
     /// The emitter configuration these settings describe.
     pub fn emitter_config(&self) -> EmitterConfig {
         let mut c = EmitterConfig {
@@ -360,5 +442,42 @@ permissions = ["query", "ingest"]
         std::fs::write(&file, "[limits]\nquery_timeot_ms = 1\n").expect("write");
         let err = ServerConfig::load(Some(&file)).expect_err("typo");
         assert!(err.to_string().contains("query_timeot_ms"), "{err}");
+    }
+
+    #[test]
+    fn the_maintenance_section_has_the_documented_keys_and_the_old_interval_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("shardlake.toml");
+        std::fs::write(
+            &file,
+            r#"
+[maintenance]
+enabled = true
+interval_secs = 5
+snapshot_retention_secs = 120
+min_snapshots_to_keep = 3
+orphan_grace_secs = 30
+[compaction]
+min_small_files = 4
+"#,
+        )
+        .expect("write");
+        let c = ServerConfig::load(Some(&file)).expect("loads");
+        c.check().expect("consistent");
+        let m = c.maintenance_config();
+        assert_eq!(m.retention.retention, Duration::from_secs(120));
+        assert_eq!(m.retention.min_snapshots_to_keep, 3);
+        assert_eq!(m.orphan_grace, Duration::from_secs(30));
+        assert_eq!(m.compaction.map(|c| c.min_small_files), Some(4));
+        let defaults = ServerConfig::default();
+        assert_eq!(defaults.maintenance.interval_secs, 60);
+        assert_eq!(defaults.maintenance.snapshot_retention_secs, 3600);
+        assert_eq!(defaults.maintenance.min_snapshots_to_keep, 10);
+        assert_eq!(defaults.maintenance.orphan_grace_secs, 3600);
+
+        std::fs::write(&file, "[compaction]\ninterval_secs = 300\n").expect("write");
+        let old = ServerConfig::load(Some(&file)).expect("parses");
+        let err = old.check().expect_err("refused");
+        assert!(err.contains("maintenance.interval_secs"), "{err}");
     }
 }

@@ -151,6 +151,7 @@ impl From<shardlake_query::Error> for ApiError {
                 Self::bad_request(code, e.message())
             }
             K::Timeout => Self::new(StatusCode::GATEWAY_TIMEOUT, code, e.message()),
+            K::SnapshotExpired => Self::new(StatusCode::GONE, code, e.message()),
             // The pool is shared by all running queries: less concurrent
             // work (or a smaller query) gets through.
             K::ResourcesExhausted => Self::overloaded(code, e.message(), 1),
@@ -180,6 +181,7 @@ impl From<shardlake_lake::Error> for ApiError {
                 Self::unavailable("storage_unavailable", &e)
             }
             K::Timeout => Self::new(StatusCode::GATEWAY_TIMEOUT, "commit_timeout", e.message()),
+            K::SnapshotExpired => Self::new(StatusCode::GONE, "snapshot_expired", e.message()),
             _ => Self::internal(&e),
         }
     }

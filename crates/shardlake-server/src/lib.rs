@@ -8,7 +8,10 @@
 //! - [`routes`]: one module per endpoint family; every failure is an
 //!   [`ApiError`] with a stable code.
 //! - [`encode`]: streaming result encoders (NDJSON, CSV, Arrow IPC).
-//! - [`metrics`]: Prometheus metrics of requests, queries, cache and emitter.
+//! - [`metrics`]: Prometheus metrics of requests, queries, cache, emitter
+//!   and maintenance.
+//! - [`maintenance`]: the background lake maintenance (compaction, manifest
+//!   merging, snapshot expiry, cleanup) and what its runs did.
 //! - [`server`]: binding, the loopback rule, graceful shutdown.
 //!
 //! ```no_run
@@ -26,14 +29,15 @@ pub mod auth;
 pub mod config;
 mod encode;
 mod error;
+pub mod maintenance;
 pub mod metrics;
 pub mod routes;
 mod server;
 mod state;
 
 pub use config::{
-    CacheSettings, EmitterSettings, Limits, MigrationSettings, Permission, ServerConfig,
-    ShardEndpoint, TokenConfig,
+    CacheSettings, CompactionSettings, EmitterSettings, Limits, MaintenanceSettings,
+    MigrationSettings, Permission, ServerConfig, ShardEndpoint, TokenConfig,
 };
 pub use error::ApiError;
 pub use routes::app;

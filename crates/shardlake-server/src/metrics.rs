@@ -7,12 +7,13 @@
 //! there is one source of truth for each figure.
 
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use shardlake_lake::EmitterMetricsSnapshot;
@@ -59,6 +60,22 @@ pub struct ServerMetrics {
     pub overloaded: Counter,
     /// Background compactions that replaced files.
     pub compactions: Counter,
+    /// Background maintenance runs completed.
+    pub maintenance_runs: Counter,
+    /// Runs skipped because another process held the maintenance lease.
+    pub maintenance_skipped: Counter,
+    /// Runs that failed.
+    pub maintenance_failures: Counter,
+    /// Files deleted by maintenance (unreachable, expired).
+    pub maintenance_files_removed: Counter,
+    /// Bytes deleted by cleanup.
+    pub maintenance_bytes_removed: Counter,
+    /// Snapshots expired.
+    pub maintenance_snapshots_expired: Counter,
+    /// How long the last run took, seconds.
+    pub maintenance_last_duration: Gauge<f64, AtomicU64>,
+    /// When the last run finished, Unix seconds.
+    pub maintenance_last_run: Gauge<f64, AtomicU64>,
 }
 
 impl ServerMetrics {
@@ -74,6 +91,14 @@ impl ServerMetrics {
         let cached_queries = Counter::default();
         let overloaded = Counter::default();
         let compactions = Counter::default();
+        let maintenance_runs = Counter::default();
+        let maintenance_skipped = Counter::default();
+        let maintenance_failures = Counter::default();
+        let maintenance_files_removed = Counter::default();
+        let maintenance_bytes_removed = Counter::default();
+        let maintenance_snapshots_expired = Counter::default();
+        let maintenance_last_duration = Gauge::<f64, AtomicU64>::default();
+        let maintenance_last_run = Gauge::<f64, AtomicU64>::default();
         let r = registry.sub_registry_with_prefix("shardlake");
         r.register("http_requests", "HTTP requests answered", requests.clone());
         r.register(
@@ -106,6 +131,46 @@ impl ServerMetrics {
             "Background compactions that replaced small files",
             compactions.clone(),
         );
+        r.register(
+            "maintenance_runs",
+            "Background maintenance runs completed",
+            maintenance_runs.clone(),
+        );
+        r.register(
+            "maintenance_skipped",
+            "Maintenance runs skipped: another process held the lake's maintenance lease",
+            maintenance_skipped.clone(),
+        );
+        r.register(
+            "maintenance_failures",
+            "Maintenance runs that failed",
+            maintenance_failures.clone(),
+        );
+        r.register(
+            "maintenance_files_removed",
+            "Files deleted by maintenance (unreachable or expired)",
+            maintenance_files_removed.clone(),
+        );
+        r.register(
+            "maintenance_bytes_removed",
+            "Bytes of files deleted by cleanup",
+            maintenance_bytes_removed.clone(),
+        );
+        r.register(
+            "maintenance_snapshots_expired",
+            "Snapshots expired by maintenance",
+            maintenance_snapshots_expired.clone(),
+        );
+        r.register(
+            "maintenance_last_duration_seconds",
+            "Duration of the last maintenance run",
+            maintenance_last_duration.clone(),
+        );
+        r.register(
+            "maintenance_last_run_timestamp_seconds",
+            "When the last maintenance run finished (Unix time)",
+            maintenance_last_run.clone(),
+        );
         Self {
             registry,
             requests,
@@ -115,6 +180,14 @@ impl ServerMetrics {
             cached_queries,
             overloaded,
             compactions,
+            maintenance_runs,
+            maintenance_skipped,
+            maintenance_failures,
+            maintenance_files_removed,
+            maintenance_bytes_removed,
+            maintenance_snapshots_expired,
+            maintenance_last_duration,
+            maintenance_last_run,
         }
     }
 

@@ -67,6 +67,7 @@ impl Server {
     /// binds the socket. Without tokens only a loopback address is allowed:
     /// an unauthenticated server must not be reachable from the network.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        config.check().map_err(ServerError::Config)?;
         let auth =
             Authenticator::new(&config.tokens).map_err(|e| ServerError::Config(e.to_string()))?;
         if !auth.is_enabled() && !config.listen.ip().is_loopback() {
@@ -122,7 +123,7 @@ impl Server {
     ) -> Result<(), ServerError> {
         let state = self.state.clone();
         let draining = self.state.clone();
-        let compactor = spawn_compactor(&self.state);
+        let maintainer = crate::maintenance::spawn(&self.state);
         let (flusher_tx, flusher_rx) = tokio::sync::oneshot::channel();
         axum::serve(self.listener, app(self.state))
             .with_graceful_shutdown(async move {
@@ -144,51 +145,14 @@ impl Server {
         if let Ok(flusher) = flusher_rx.await {
             flusher.abort();
         }
-        if let Some(compactor) = compactor {
-            // A compaction in flight has not swapped the catalog row yet or
-            // has finished: stopping it loses nothing but its work.
-            compactor.abort();
+        if let Some(maintainer) = maintainer {
+            // A maintenance action in flight has either not committed yet
+            // or has: stopping it loses nothing but its work, and the
+            // lease it held runs out.
+            maintainer.abort();
         }
         state.emitter().close().await?;
         tracing::info!("emitter flushed and closed; bye");
         Ok(())
     }
-}
-
-/// Runs compaction every `compaction.interval_secs` while the server serves.
-fn spawn_compactor(state: &AppState) -> Option<tokio::task::JoinHandle<()>> {
-    let settings = state.config().compaction.clone();
-    if !settings.enabled || settings.interval_secs == 0 {
-        return None;
-    }
-    // Compaction needs Iceberg's atomic replace; a Parquet lake is not compacted.
-    if state.lake().format() != shardlake_lake::TableFormat::Iceberg {
-        tracing::info!("plain-Parquet lake: background compaction is off");
-        return None;
-    }
-    let state = state.clone();
-    Some(tokio::spawn(async move {
-        let interval = std::time::Duration::from_secs(settings.interval_secs);
-        let config = settings.config();
-        loop {
-            tokio::time::sleep(interval).await;
-            if state.is_draining() {
-                return;
-            }
-            match state.lake().compact(&config).await {
-                Ok(report) if report.snapshot_id.is_some() => {
-                    state.metrics().compactions.inc();
-                    tracing::info!(
-                        namespaces = report.namespaces,
-                        files_removed = report.files_removed,
-                        files_added = report.files_added,
-                        rows = report.rows,
-                        "compacted small files"
-                    );
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "compaction failed; retrying next interval"),
-            }
-        }
-    }))
 }

@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
+use crate::maintenance::MaintenanceState;
 use crate::metrics::ServerMetrics;
 
 /// Shared state of one server. Cheap to clone.
@@ -30,6 +31,8 @@ struct Inner {
     draining: AtomicBool,
     /// Held by the one migration this server runs at a time.
     migration_slot: Arc<tokio::sync::Mutex<()>>,
+    /// What the background maintenance did.
+    maintenance: MaintenanceState,
 }
 
 impl AppState {
@@ -53,6 +56,7 @@ impl AppState {
                 metrics: ServerMetrics::new(),
                 draining: AtomicBool::new(false),
                 migration_slot: Arc::default(),
+                maintenance: MaintenanceState::default(),
             }),
         }
     }
@@ -85,6 +89,11 @@ impl AppState {
     /// The metrics.
     pub fn metrics(&self) -> &ServerMetrics {
         &self.inner.metrics
+    }
+
+    /// What the background maintenance did.
+    pub fn maintenance(&self) -> &MaintenanceState {
+        &self.inner.maintenance
     }
 
     /// A slot to run one query in: waits up to `limits.queue_wait_ms` for

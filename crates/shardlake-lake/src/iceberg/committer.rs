@@ -1,22 +1,26 @@
 //! [`TableCommitter`] for the Iceberg `events` table: data files plus one
-//! `fast_append` snapshot per commit, with the commit state in the same
-//! metadata update, conditional on the snapshot the plan was made against.
+//! append snapshot per commit ([`super::append`]), with the commit state in
+//! the same metadata update, conditional on the version the plan was made
+//! against.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use iceberg::table::Table;
-use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use uuid::Uuid;
 
-use super::catalog::PinnedCatalog;
+use super::append::append;
 use super::table::{IcebergEventsTable, commit_state, state_properties, summary};
 use super::writer::write_data_files;
 use crate::commit::{CommitPlan, CommitState, TableCommitter};
 use crate::crashpoint;
 use crate::data_file::WriterConfig;
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Versions a plan may be carried onto when only maintenance (compaction,
+/// manifest merging, expiry) committed in between: each is a cheap
+/// re-commit of the same files, never a rewrite.
+const MAX_REBASES: u32 = 50;
 
 /// Commits plans to the Iceberg `events` table.
 pub struct IcebergCommitter {
@@ -40,6 +44,12 @@ impl IcebergCommitter {
     }
 }
 
+/// Whether `a` and `b` record the same commits: what a plan depends on.
+/// Maintenance commits change the snapshot but never the state.
+fn same_commits(a: &CommitState, b: &CommitState) -> bool {
+    a.watermarks == b.watermarks && a.next_position == b.next_position
+}
+
 #[async_trait]
 impl TableCommitter for IcebergCommitter {
     fn state(&self) -> &CommitState {
@@ -61,45 +71,60 @@ impl TableCommitter for IcebergCommitter {
         let written = started.elapsed();
         crashpoint::hit(crashpoint::BEFORE_CATALOG);
 
-        let mut snapshot_props = HashMap::new();
-        snapshot_props.insert(summary::COMMIT_ID.to_owned(), plan.commit_id.clone());
-        snapshot_props.insert(
-            summary::FIRST_POSITION.to_owned(),
-            plan.first_position().to_string(),
-        );
-        snapshot_props.insert(
-            summary::NEXT_POSITION.to_owned(),
-            plan.state.next_position.to_string(),
-        );
-
-        let tx = Transaction::new(&self.current);
-        let mut props = tx.update_table_properties();
-        for (k, v) in state_properties(&plan.state)? {
-            props = props.set(k, v);
+        let snapshot_props = HashMap::from([
+            (summary::COMMIT_ID.to_owned(), plan.commit_id.clone()),
+            (
+                summary::FIRST_POSITION.to_owned(),
+                plan.first_position().to_string(),
+            ),
+            (
+                summary::NEXT_POSITION.to_owned(),
+                plan.state.next_position.to_string(),
+            ),
+        ]);
+        let properties = state_properties(&plan.state)?;
+        let mut base = self.current.clone();
+        for _ in 0..MAX_REBASES {
+            if let Some(table) = append(
+                &self.table,
+                &base,
+                &files,
+                properties.clone(),
+                snapshot_props.clone(),
+            )
+            .await?
+            {
+                crashpoint::hit(crashpoint::AFTER_CATALOG);
+                tracing::debug!(
+                    rows = plan.rows(),
+                    write_ms = written.as_secs_f64() * 1e3,
+                    catalog_ms = (started.elapsed() - written).as_secs_f64() * 1e3,
+                    "iceberg commit"
+                );
+                self.state = commit_state(&table)?;
+                self.current = table;
+                return Ok(());
+            }
+            // Someone else committed. If it changed the commit state (another
+            // emitter), the plan is stale: the caller re-plans. If not
+            // (maintenance), the same files go on top of the new version.
+            let latest = self.table.load().await?;
+            let state = commit_state(&latest)?;
+            self.state = state.clone();
+            self.current = latest.clone();
+            if !same_commits(&state, &plan.base) {
+                return Err(Error::new(
+                    ErrorKind::CommitConflict,
+                    "another committer moved the table on; re-planning",
+                ));
+            }
+            tracing::debug!("maintenance committed in between; re-committing the same files");
+            base = latest;
         }
-        let tx = props.apply(tx)?;
-        let commit_uuid = Uuid::parse_str(&plan.commit_id).unwrap_or_else(|_| Uuid::new_v4());
-        let tx = tx
-            .fast_append()
-            // Watermarks already guarantee no event is appended twice; the
-            // duplicate-file check would read every manifest on every commit.
-            .with_check_duplicate(false)
-            .set_commit_uuid(commit_uuid)
-            .set_snapshot_properties(snapshot_props)
-            .add_data_files(files)
-            .apply(tx)?;
-        let pinned = PinnedCatalog::new(self.table.catalog(), self.current.clone());
-        let table = tx.commit(&pinned).await?;
-        crashpoint::hit(crashpoint::AFTER_CATALOG);
-        tracing::debug!(
-            rows = plan.rows(),
-            write_ms = written.as_secs_f64() * 1e3,
-            catalog_ms = (started.elapsed() - written).as_secs_f64() * 1e3,
-            "iceberg commit"
-        );
-        self.state = commit_state(&table)?;
-        self.current = table;
-        Ok(())
+        Err(Error::new(
+            ErrorKind::CommitConflict,
+            format!("the table moved on {MAX_REBASES} times during one commit"),
+        ))
     }
 
     fn contains_commit(&self, commit_id: &str) -> bool {

@@ -7,17 +7,22 @@
 //! cost one map entry per shard, not one per shard per snapshot.
 
 use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
 use std::sync::Arc;
 
+use iceberg::io::{FileIO, FileIOBuilder};
+use iceberg::spec::{TableMetadata, TableMetadataBuilder};
 use iceberg::table::Table;
-use iceberg::{Catalog, NamespaceIdent, TableCreation, TableIdent};
-use iceberg_catalog_sql::SqlCatalog;
+use iceberg::{Catalog, MetadataLocation, NamespaceIdent, TableCreation, TableIdent};
 use sqlx::SqlitePool;
 
 use super::catalog::{CATALOG_NAME, open_sql_catalog};
+use super::manifests::ManifestCache;
 use super::schema::{check_schema, iceberg_schema, partition_spec, sort_order};
 use crate::commit::{CommitState, FIRST_POSITION};
 use crate::error::{Error, ErrorKind, Result};
+use crate::pins::SnapshotPins;
+use crate::storage::ObjectStoreStorageFactory;
 use crate::warehouse::Warehouse;
 
 /// Iceberg namespace holding shardlake's tables.
@@ -31,8 +36,36 @@ pub mod properties {
     pub const WATERMARKS: &str = "shardlake.watermarks";
     /// Position the next committed event gets.
     pub const NEXT_POSITION: &str = "shardlake.next-position";
-    /// Version of shardlake's table layout.
+    /// Version of shardlake's table layout: 1 before the lake lifecycle
+    /// properties below existed, 2 since.
     pub const LAYOUT_VERSION: &str = "shardlake.layout-version";
+    /// Standard Iceberg: delete metadata files that fall out of the
+    /// metadata log after each commit.
+    pub const METADATA_DELETE_AFTER_COMMIT: &str = "write.metadata.delete-after-commit.enabled";
+    /// Standard Iceberg: previous metadata files kept in the log.
+    pub const METADATA_PREVIOUS_VERSIONS_MAX: &str = "write.metadata.previous-versions-max";
+    /// Standard Iceberg: merge small manifests.
+    pub const MANIFEST_MERGE_ENABLED: &str = "commit.manifest-merge.enabled";
+    /// Standard Iceberg: merge once a snapshot has at least this many manifests.
+    pub const MANIFEST_MIN_COUNT_TO_MERGE: &str = "commit.manifest.min-count-to-merge";
+    /// Standard Iceberg: size merged manifests are packed to.
+    pub const MANIFEST_TARGET_SIZE_BYTES: &str = "commit.manifest.target-size-bytes";
+
+    /// The layout shardlake writes now.
+    pub const CURRENT_LAYOUT: &str = "2";
+
+    /// What shardlake sets on the tables it creates (and adds, where
+    /// missing, to tables of an older layout). A user's own values are
+    /// never overwritten and always honoured.
+    pub fn lifecycle_defaults() -> [(&'static str, &'static str); 5] {
+        [
+            (METADATA_DELETE_AFTER_COMMIT, "true"),
+            (METADATA_PREVIOUS_VERSIONS_MAX, "100"),
+            (MANIFEST_MERGE_ENABLED, "true"),
+            (MANIFEST_MIN_COUNT_TO_MERGE, "100"),
+            (MANIFEST_TARGET_SIZE_BYTES, "8388608"),
+        ]
+    }
 }
 
 /// Snapshot summary properties written by shardlake on each commit.
@@ -41,25 +74,35 @@ pub mod summary {
     pub const COMMIT_ID: &str = "shardlake.commit-id";
     /// Position of the first event of the snapshot.
     pub const FIRST_POSITION: &str = "shardlake.first-position";
-    /// Position after the last event of the snapshot.
+    /// Position after the last event of the snapshot (on every snapshot
+    /// shardlake writes, maintenance ones included, so a snapshot answers
+    /// "what was committed after it" even when its parents expired).
     pub const NEXT_POSITION: &str = "shardlake.next-position";
 }
 
-/// Handle on the Iceberg `events` table of a warehouse.
+/// Handle on the Iceberg `events` table of a warehouse. Cheap to clone;
+/// clones share the manifest cache and the snapshot pins.
 #[derive(Debug, Clone)]
 pub struct IcebergEventsTable {
-    catalog: Arc<SqlCatalog>,
-    // A direct connection to the catalog database, for the one cheap question
-    // the Iceberg catalog API cannot answer without reading and parsing the
-    // metadata file: "which metadata file is current?".
+    catalog: Arc<iceberg_catalog_sql::SqlCatalog>,
+    // A direct connection to the catalog database: the table pointer is read
+    // and compare-and-swapped here, with the statements the SQL catalog uses.
     pool: SqlitePool,
     ident: TableIdent,
     warehouse: Warehouse,
+    file_io: FileIO,
+    manifests: ManifestCache,
+    pins: SnapshotPins,
 }
 
+/// Reads of a metadata file that vanished between reading the pointer and
+/// the file (pruned by a commit in between) before giving up.
+const LOAD_ATTEMPTS: usize = 3;
+
 impl IcebergEventsTable {
-    /// Opens the table, creating namespace and table on first use, and checks
-    /// its schema. Safe to race with another process doing the same.
+    /// Opens the table, creating namespace and table on first use, checks
+    /// its schema, and brings a table of an older shardlake layout up to
+    /// date. Safe to race with another process doing the same.
     pub async fn open(warehouse: &Warehouse) -> Result<Self> {
         let catalog = open_sql_catalog(warehouse).await?;
         let namespace = NamespaceIdent::new(ICEBERG_NAMESPACE.to_owned());
@@ -72,19 +115,28 @@ impl IcebergEventsTable {
             return Err(e.into());
         }
         if !catalog.table_exists(&ident).await? {
+            let mut props = vec![
+                ("write.format.default".to_owned(), "parquet".to_owned()),
+                (
+                    "write.parquet.compression-codec".to_owned(),
+                    "zstd".to_owned(),
+                ),
+                (
+                    properties::LAYOUT_VERSION.to_owned(),
+                    properties::CURRENT_LAYOUT.to_owned(),
+                ),
+            ];
+            props.extend(
+                properties::lifecycle_defaults()
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+            );
             let creation = TableCreation::builder()
                 .name(EVENTS_TABLE.to_owned())
                 .schema((*iceberg_schema()).clone())
                 .partition_spec(partition_spec()?)
                 .sort_order(sort_order()?)
-                .properties([
-                    ("write.format.default".to_owned(), "parquet".to_owned()),
-                    (
-                        "write.parquet.compression-codec".to_owned(),
-                        "zstd".to_owned(),
-                    ),
-                    (properties::LAYOUT_VERSION.to_owned(), "1".to_owned()),
-                ])
+                .properties(props)
                 .build();
             if let Err(e) = catalog.create_table(&namespace, creation).await
                 && !catalog.table_exists(&ident).await?
@@ -97,15 +149,56 @@ impl IcebergEventsTable {
             .map_err(|e| {
                 Error::new(ErrorKind::Storage, "cannot open the catalog database").with_source(e)
             })?;
+        let file_io = FileIOBuilder::new(Arc::new(ObjectStoreStorageFactory::new(
+            warehouse.store(),
+            warehouse.store_url(),
+        )))
+        .build();
         let table = Self {
             catalog,
+            pins: SnapshotPins::open(pool.clone()).await?,
             pool,
             ident,
             warehouse: warehouse.clone(),
+            file_io,
+            manifests: ManifestCache::default(),
         };
         table.check_location().await?;
-        table.load().await?;
+        let loaded = table.load().await?;
+        table.upgrade_layout(loaded).await?;
         Ok(table)
+    }
+
+    /// Adds the lifecycle properties a table of layout 1 lacks (keeping any
+    /// the user set), in one commit.
+    async fn upgrade_layout(&self, mut table: Table) -> Result<()> {
+        loop {
+            let props = table.metadata().properties();
+            if props.get(properties::LAYOUT_VERSION).map(String::as_str)
+                == Some(properties::CURRENT_LAYOUT)
+            {
+                return Ok(());
+            }
+            let mut missing: HashMap<String, String> = properties::lifecycle_defaults()
+                .iter()
+                .filter(|(k, _)| !props.contains_key(*k))
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            missing.insert(
+                properties::LAYOUT_VERSION.to_owned(),
+                properties::CURRENT_LAYOUT.to_owned(),
+            );
+            match self
+                .commit(&table, |b| Ok(b.set_properties(missing)?))
+                .await?
+            {
+                Some(_) => {
+                    tracing::info!("table upgraded to layout {}", properties::CURRENT_LAYOUT);
+                    return Ok(());
+                }
+                None => table = self.load().await?,
+            }
+        }
     }
 
     /// Refuses a catalog whose table lives in another store than the one
@@ -127,11 +220,41 @@ impl IcebergEventsTable {
         ))
     }
 
-    /// Loads the current version of the table and checks its schema.
+    /// Loads the current version of the table and checks its schema: one
+    /// catalog lookup and one read of the metadata file.
     pub async fn load(&self) -> Result<Table> {
-        let table = self.catalog.load_table(&self.ident).await?;
-        check_schema(table.metadata().current_schema())?;
-        Ok(table)
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let location = self.current_metadata_location().await?;
+            match TableMetadata::read_from(&self.file_io, &location).await {
+                Ok(metadata) => {
+                    check_schema(metadata.current_schema())?;
+                    return self.table_at(metadata, location);
+                }
+                // A commit may have pruned the file after we read the
+                // pointer: the pointer has moved on, read it again.
+                Err(e)
+                    if attempt < LOAD_ATTEMPTS
+                        && !self.file_io.exists(&location).await.unwrap_or(true) =>
+                {
+                    tracing::debug!(error = %e, location, "metadata file gone; reloading");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn table_at(&self, metadata: TableMetadata, location: String) -> Result<Table> {
+        Ok(Table::builder()
+            .file_io(self.file_io.clone())
+            .identifier(self.ident.clone())
+            .metadata(metadata)
+            .metadata_location(location)
+            .runtime(iceberg::Runtime::try_current()?)
+            // shardlake reads manifests through its own cache.
+            .disable_cache()
+            .build()?)
     }
 
     /// Location of the table's current metadata file: one indexed catalog
@@ -161,7 +284,7 @@ impl IcebergEventsTable {
     /// Makes `new` the table's metadata file if `expected` still is
     /// (compare-and-swap in the catalog database, the same statement the
     /// SQL catalog commits with). Returns whether it swapped.
-    pub(crate) async fn swap_metadata_location(&self, expected: &str, new: &str) -> Result<bool> {
+    async fn swap_metadata_location(&self, expected: &str, new: &str) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
              WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? \
@@ -177,6 +300,50 @@ impl IcebergEventsTable {
         .await
         .map_err(|e| Error::new(ErrorKind::Storage, "catalog update failed").with_source(e))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Commits the next version of the table: `update` turns `base`'s
+    /// metadata into the next one, which is written next to it and made
+    /// current with a compare-and-swap on the catalog row, conditional on
+    /// `base` still being current. Every shardlake commit (appends,
+    /// compaction, manifest merging, expiry, property changes) goes through
+    /// here.
+    ///
+    /// Returns the new version, or `None` if another commit made `base`
+    /// stale (nothing was changed; the file written for the attempt is
+    /// removed again). After a successful swap, metadata files that fell out
+    /// of the metadata log are deleted when
+    /// `write.metadata.delete-after-commit.enabled` is on, keeping at most
+    /// `write.metadata.previous-versions-max` previous ones. An error other
+    /// than a lost swap leaves it unknown whether the commit landed.
+    pub(crate) async fn commit(
+        &self,
+        base: &Table,
+        update: impl FnOnce(TableMetadataBuilder) -> Result<TableMetadataBuilder>,
+    ) -> Result<Option<Table>> {
+        let current = base.metadata_location_result()?.to_owned();
+        let builder = base.metadata().clone().into_builder(Some(current.clone()));
+        let built = update(builder)?.build()?;
+        let location = MetadataLocation::from_str(&current)?
+            .with_next_version()
+            .with_new_metadata(&built.metadata);
+        built.metadata.write_to(&self.file_io, &location).await?;
+        let location = location.to_string();
+        if !self.swap_metadata_location(&current, &location).await? {
+            if let Err(e) = self.file_io.delete(&location).await {
+                tracing::debug!(error = %e, location, "could not remove a lost commit's metadata");
+            }
+            return Ok(None);
+        }
+        if delete_after_commit(&built.metadata) {
+            for old in &built.expired_metadata_logs {
+                if let Err(e) = self.file_io.delete(&old.metadata_file).await {
+                    // Cleanup removes what this misses.
+                    tracing::debug!(error = %e, file = old.metadata_file, "could not prune metadata");
+                }
+            }
+        }
+        self.table_at(built.metadata, location).map(Some)
     }
 
     /// The current version of the table: `known` itself if nothing was
@@ -200,6 +367,26 @@ impl IcebergEventsTable {
         crate::control::ControlStore::open(self.pool.clone()).await
     }
 
+    /// What keeps snapshots from expiring.
+    pub fn pins(&self) -> &SnapshotPins {
+        &self.pins
+    }
+
+    /// Parsed manifests, shared by every user of this handle.
+    pub fn manifests(&self) -> &ManifestCache {
+        &self.manifests
+    }
+
+    /// The catalog database.
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The file IO every table file goes through.
+    pub fn file_io(&self) -> &FileIO {
+        &self.file_io
+    }
+
     /// The catalog the table lives in.
     pub fn catalog(&self) -> Arc<dyn Catalog> {
         Arc::clone(&self.catalog) as Arc<dyn Catalog>
@@ -214,6 +401,16 @@ impl IcebergEventsTable {
     pub fn warehouse(&self) -> &Warehouse {
         &self.warehouse
     }
+}
+
+/// Whether commits of `metadata` delete the metadata files that fall out of
+/// its log (`write.metadata.delete-after-commit.enabled`, off unless set,
+/// as in Iceberg; shardlake sets it on its tables).
+fn delete_after_commit(metadata: &TableMetadata) -> bool {
+    metadata
+        .properties()
+        .get(properties::METADATA_DELETE_AFTER_COMMIT)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 /// Reads the commit state recorded in `table`'s properties.

@@ -15,7 +15,7 @@ use parquet::file::metadata::KeyValue;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{COMMIT_KEY, CommitFacts, ParquetEventsTable, WRITER_LOCK};
+use super::{COMMIT_KEY, CommitFacts, ParquetEventsTable, lock_writer};
 use crate::commit::{CommitPlan, CommitState, TableCommitter};
 use crate::data_file::{EXPECTED_COMPRESSION, WriterConfig, content_digest, cut, sorted_namespace};
 use crate::error::{Error, ErrorKind, Result};
@@ -36,58 +36,44 @@ impl ParquetCommitter {
     /// Takes the writer lock, recovers the state from the files, and
     /// removes the files of commits a crash left incomplete.
     pub async fn new(table: ParquetEventsTable, writer: WriterConfig) -> Result<Self> {
-        let path = table.warehouse().data_dir().join(WRITER_LOCK);
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Storage,
-                    format!("cannot open the writer lock {}", path.display()),
-                )
-                .with_source(e)
-            })?;
-        lock.try_lock().map_err(|e| {
-            Error::new(
-                ErrorKind::CommitConflict,
-                format!(
-                    "another emitter is writing this plain-Parquet lake (it holds {}); \
-                     a Parquet lake has one writer at a time, use the Iceberg format for more",
-                    path.display()
-                ),
-            )
-            .with_source(e)
-        })?;
+        let lock = lock_writer(table.warehouse().data_dir())?;
         let snapshot = recover(&table).await?;
         table.set_exclusive(true);
         Ok(Self {
-            committed: snapshot
-                .commits
-                .iter()
-                .map(|c| c.commit_id.clone())
-                .collect(),
+            committed: committed_ids(&snapshot),
             state: snapshot.state,
             table,
             writer,
             _lock: lock,
         })
     }
+}
 
-    fn file_path(&self, namespace: &str, plan: &CommitPlan, rows: &RecordBatch) -> Path {
-        let name = format!(
-            "{:020}-{}-{:032x}.parquet",
-            plan.first_position(),
-            plan.commit_id,
-            content_digest(rows)
-        );
-        self.table
-            .prefix()
-            .clone()
-            .join(format!("namespace={namespace}"))
-            .join(name)
-    }
+/// Where a file of commit `commit_id` starting at `first_position` goes.
+pub(super) fn file_path(
+    table: &ParquetEventsTable,
+    namespace: &str,
+    first_position: i64,
+    commit_id: &str,
+    rows: &RecordBatch,
+) -> Path {
+    let name = format!(
+        "{first_position:020}-{commit_id}-{:032x}.parquet",
+        content_digest(rows)
+    );
+    table
+        .prefix()
+        .clone()
+        .join(format!("namespace={namespace}"))
+        .join(name)
+}
+
+fn committed_ids(snapshot: &super::ParquetSnapshot) -> HashSet<String> {
+    snapshot
+        .complete
+        .iter()
+        .map(|c| c.facts.commit_id.clone())
+        .collect()
 }
 
 #[async_trait]
@@ -98,11 +84,7 @@ impl TableCommitter for ParquetCommitter {
 
     async fn refresh(&mut self) -> Result<()> {
         let snapshot = recover(&self.table).await?;
-        self.committed = snapshot
-            .commits
-            .iter()
-            .map(|c| c.commit_id.clone())
-            .collect();
+        self.committed = committed_ids(&snapshot);
         self.state = snapshot.state;
         Ok(())
     }
@@ -110,6 +92,7 @@ impl TableCommitter for ParquetCommitter {
     async fn commit(&mut self, plan: &Arc<CommitPlan>) -> Result<()> {
         plan.check_base(&self.state)?;
         let _change = self.table.change();
+        let _writing = self.table.writing(&plan.commit_id);
         crashpoint::hit(crashpoint::BEFORE_WRITE);
         let chunks = sorted_chunks(plan, &self.writer).await?;
         let facts = CommitFacts {
@@ -118,13 +101,24 @@ impl TableCommitter for ParquetCommitter {
             next_position: plan.state.next_position,
             files: chunks.len(),
             watermarks: plan.state.watermarks.clone(),
+            committed_at_ms: chrono::Utc::now().timestamp_millis(),
+            compacted_at_ms: None,
         };
         let facts = serde_json::to_string(&facts).map_err(|e| {
             Error::new(ErrorKind::Unexpected, "cannot encode commit facts").with_source(e)
         })?;
         let mut files: Vec<(Path, RecordBatch)> = chunks
             .into_iter()
-            .map(|(namespace, rows)| (self.file_path(&namespace, plan, &rows), rows))
+            .map(|(namespace, rows)| {
+                let path = file_path(
+                    &self.table,
+                    &namespace,
+                    plan.first_position(),
+                    &plan.commit_id,
+                    &rows,
+                );
+                (path, rows)
+            })
             .collect();
         // The last file written completes the commit: everything else first.
         let seal = files.pop();
@@ -171,20 +165,24 @@ impl Drop for ParquetCommitter {
 /// work in progress, only what a crash or a failed attempt left behind.
 async fn recover(table: &ParquetEventsTable) -> Result<super::ParquetSnapshot> {
     let mut snapshot = table.snapshot().await?;
-    if !snapshot.incomplete.is_empty() {
+    // A compaction of this process may be writing its commit right now.
+    let (in_flight, leftovers): (Vec<_>, Vec<_>) = std::mem::take(&mut snapshot.incomplete)
+        .into_iter()
+        .partition(|f| table.is_writing(&f.commit.commit_id));
+    if !leftovers.is_empty() {
         tracing::info!(
-            files = snapshot.incomplete.len(),
+            files = leftovers.len(),
             "removing files of incomplete commits"
         );
-        table.delete(&snapshot.incomplete).await?;
-        snapshot.incomplete.clear();
+        table.delete(&leftovers).await?;
     }
+    snapshot.incomplete = in_flight;
     Ok(snapshot)
 }
 
 /// Each namespace's rows of `plan`, sorted in write order and cut into
 /// file-sized chunks (CPU work, one blocking task per namespace).
-async fn sorted_chunks(
+pub(super) async fn sorted_chunks(
     plan: &Arc<CommitPlan>,
     config: &WriterConfig,
 ) -> Result<Vec<(String, RecordBatch)>> {
@@ -220,7 +218,7 @@ async fn sorted_chunks(
     Ok(chunks)
 }
 
-async fn write_file(
+pub(super) async fn write_file(
     store: Arc<dyn object_store::ObjectStore>,
     path: Path,
     rows: RecordBatch,

@@ -25,14 +25,25 @@
 //!   `next_position` (unique and increasing), so a snapshot is "every
 //!   complete commit up to that position" and time travel needs no log.
 //!
+//! - **Compaction is a commit too**: it rewrites a run of consecutive
+//!   commits into one commit covering the same positions, with the same
+//!   watermarks, sealed like any commit ([`compact`]). Readers follow the
+//!   chain of complete commits from the first position, taking at each
+//!   position the commit that reaches furthest; the commits a compaction
+//!   covers are *superseded*: still there for time travel until they
+//!   expire, then deleted ([`expire`]).
+//!
 //! What the format cannot do without a catalog is compare-and-swap between
 //! processes: a Parquet lake has **one writer at a time**, enforced by an
 //! exclusive lock on `<data dir>/parquet-writer.lock` held by the committer
-//! (a second emitter fails to start, saying so). Checkpoints and the
-//! migration control tables live in `<data dir>/control.db`. Compaction is
-//! an Iceberg feature (it needs an atomic replace).
+//! (a second emitter fails to start, saying so), and maintenance runs in
+//! the process holding it. Checkpoints and the migration control tables
+//! live in `<data dir>/control.db`.
 
+mod cleanup;
 mod committer;
+mod compact;
+mod expire;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -49,6 +60,7 @@ pub use committer::ParquetCommitter;
 
 use crate::commit::{CommitState, FIRST_POSITION};
 use crate::error::{Error, ErrorKind, Result};
+use crate::pins::SnapshotPins;
 use crate::warehouse::Warehouse;
 
 /// Directory of the events table under the warehouse root.
@@ -76,6 +88,38 @@ pub struct CommitFacts {
     pub files: usize,
     /// Every shard's watermark after the commit.
     pub watermarks: BTreeMap<i32, i64>,
+    /// When the commit was made (Unix milliseconds; for a compaction, when
+    /// the last commit it covers was). 0 in files written before shardlake
+    /// recorded it: readers then use the file's modification time.
+    #[serde(default)]
+    pub committed_at_ms: i64,
+    /// Set on a compaction's commit: when it was written. It holds exactly
+    /// the rows of the commits in its position range and supersedes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted_at_ms: Option<i64>,
+}
+
+/// One commit: its facts and its files.
+#[derive(Debug, Clone)]
+pub struct ParquetCommit {
+    /// What every file of it says.
+    pub facts: Arc<CommitFacts>,
+    /// Its files, by path.
+    pub files: Vec<Arc<ParquetDataFile>>,
+}
+
+impl ParquetCommit {
+    /// When the commit was made (Unix milliseconds).
+    pub fn committed_at_ms(&self) -> i64 {
+        if self.facts.committed_at_ms > 0 {
+            return self.facts.committed_at_ms;
+        }
+        self.files
+            .iter()
+            .map(|f| f.last_modified_ms)
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// One data file, as listed and described by its footer.
@@ -95,6 +139,8 @@ pub struct ParquetDataFile {
     pub commit: Arc<CommitFacts>,
     /// The footer (row-group statistics for pruning).
     pub metadata: Arc<ParquetMetaData>,
+    /// When the file was written (Unix milliseconds, from storage).
+    pub last_modified_ms: i64,
 }
 
 /// The table as of one complete commit.
@@ -103,44 +149,90 @@ pub struct ParquetSnapshot {
     /// Watermarks and next position; `snapshot_id` is the last commit's
     /// `next_position` (`None`: no commit yet).
     pub state: CommitState,
-    /// Files of complete commits, in position order.
+    /// Files of the commits on the chain, in position order.
     pub files: Vec<Arc<ParquetDataFile>>,
-    /// Complete commits, in position order.
+    /// The commits on the chain (first position to the snapshot), in
+    /// position order.
     pub commits: Vec<Arc<CommitFacts>>,
+    /// Every complete commit, on the chain or superseded by a compaction,
+    /// by first position (then longest first).
+    pub complete: Vec<ParquetCommit>,
     /// Files of commits that are not complete (crashed, or being written).
     pub incomplete: Vec<Arc<ParquetDataFile>>,
 }
 
 impl ParquetSnapshot {
     /// The table as of snapshot `snapshot_id` (a commit's `next_position`),
-    /// `None` if no complete commit ends there.
+    /// `None` if no chain of complete commits ends there (it never existed,
+    /// or the commits reaching it expired).
     pub fn as_of(&self, snapshot_id: i64) -> Option<ParquetSnapshot> {
-        let last = self
-            .commits
-            .iter()
-            .position(|c| c.next_position == snapshot_id)?;
-        let commit = &self.commits[last];
+        let chain = chain(&self.complete, Some(snapshot_id));
+        let last = chain.last()?;
+        if last.facts.next_position != snapshot_id {
+            return None;
+        }
         Some(ParquetSnapshot {
             state: CommitState {
-                watermarks: commit.watermarks.clone(),
-                next_position: commit.next_position,
-                snapshot_id: Some(commit.next_position),
+                watermarks: last.facts.watermarks.clone(),
+                next_position: last.facts.next_position,
+                snapshot_id: Some(last.facts.next_position),
             },
-            files: self
-                .files
-                .iter()
-                .filter(|f| f.commit.next_position <= snapshot_id)
-                .cloned()
-                .collect(),
-            commits: self.commits[..=last].to_vec(),
+            files: chain.iter().flat_map(|c| c.files.iter().cloned()).collect(),
+            commits: chain.iter().map(|c| Arc::clone(&c.facts)).collect(),
+            complete: self.complete.clone(),
             incomplete: Vec::new(),
         })
     }
 
+    /// Every snapshot a chain of complete commits reaches, oldest first,
+    /// with the commit that ends there (an original commit rather than a
+    /// compaction, when both do).
+    pub fn retained(&self) -> Vec<&ParquetCommit> {
+        let mut reached: BTreeMap<i64, &ParquetCommit> = BTreeMap::new();
+        let mut reachable: HashSet<i64> = HashSet::from([FIRST_POSITION]);
+        for commit in &self.complete {
+            if !reachable.contains(&commit.facts.first_position) {
+                continue;
+            }
+            reachable.insert(commit.facts.next_position);
+            let slot = reached.entry(commit.facts.next_position).or_insert(commit);
+            if slot.facts.compacted_at_ms.is_some() && commit.facts.compacted_at_ms.is_none() {
+                *slot = commit;
+            }
+        }
+        reached.into_values().collect()
+    }
+
     /// Whether a complete commit has id `commit_id`.
     pub fn contains_commit(&self, commit_id: &str) -> bool {
-        self.commits.iter().any(|c| c.commit_id == commit_id)
+        self.complete.iter().any(|c| c.facts.commit_id == commit_id)
     }
+}
+
+/// The chain of complete commits from the first position: at each position
+/// the commit reaching furthest (not past `limit`). Commits form a laminar
+/// family (a compaction covers whole commits, and one writer makes them),
+/// so this finds a chain to `limit` whenever one exists.
+fn chain(complete: &[ParquetCommit], limit: Option<i64>) -> Vec<&ParquetCommit> {
+    let mut by_first: BTreeMap<i64, &ParquetCommit> = BTreeMap::new();
+    for commit in complete {
+        if limit.is_some_and(|l| commit.facts.next_position > l) {
+            continue;
+        }
+        let slot = by_first
+            .entry(commit.facts.first_position)
+            .or_insert(commit);
+        if commit.facts.next_position > slot.facts.next_position {
+            *slot = commit;
+        }
+    }
+    let mut out = Vec::new();
+    let mut at = FIRST_POSITION;
+    while let Some(commit) = by_first.get(&at) {
+        out.push(*commit);
+        at = commit.facts.next_position;
+    }
+    out
 }
 
 /// Handle on the plain-Parquet `events` table of a warehouse. Cheap to
@@ -153,6 +245,10 @@ pub struct ParquetEventsTable {
     // Files are immutable: a footer is read once per process.
     footers: Arc<Mutex<HashMap<Path, Arc<ParquetDataFile>>>>,
     listing: Arc<Mutex<ListingCache>>,
+    // Commits this process is writing (an emitter's, a compaction's): their
+    // files are not the leftovers of a crash, whatever a listing shows.
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    pins: SnapshotPins,
 }
 
 /// The last listing, reusable while this process holds the writer lock.
@@ -231,10 +327,58 @@ impl ParquetEventsTable {
         Ok(Self {
             warehouse: warehouse.clone(),
             prefix,
+            pins: SnapshotPins::open(pool.clone()).await?,
             pool,
             footers: Arc::new(Mutex::new(HashMap::new())),
             listing: Arc::new(Mutex::new(ListingCache::default())),
+            in_flight: Arc::default(),
         })
+    }
+
+    /// What keeps snapshots from expiring.
+    pub fn pins(&self) -> &SnapshotPins {
+        &self.pins
+    }
+
+    /// The control database.
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Marks commit `commit_id` as being written by this process until the
+    /// guard drops: its files are nobody's leftovers meanwhile.
+    pub(crate) fn writing(&self, commit_id: &str) -> InFlight {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(commit_id.to_owned());
+        InFlight {
+            in_flight: Arc::clone(&self.in_flight),
+            commit_id: commit_id.to_owned(),
+        }
+    }
+
+    /// Whether this process is writing commit `commit_id`.
+    pub(crate) fn is_writing(&self, commit_id: &str) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(commit_id)
+    }
+
+    /// Holds the writer lock for maintenance: `None` if a committer of this
+    /// process holds it already, the lock file otherwise. Refused while
+    /// another process writes the lake (its server maintains it).
+    pub(crate) fn lock_for_maintenance(&self) -> Result<Option<std::fs::File>> {
+        if self
+            .listing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .exclusive
+        {
+            return Ok(None);
+        }
+        lock_writer(self.warehouse.data_dir()).map(Some)
     }
 
     /// The warehouse the table lives in.
@@ -398,6 +542,7 @@ impl ParquetEventsTable {
             rows: metadata.file_metadata().num_rows().max(0) as u64,
             commit: Arc::new(commit),
             metadata,
+            last_modified_ms: meta.last_modified.timestamp_millis(),
         }))
     }
 
@@ -413,6 +558,52 @@ impl ParquetEventsTable {
         }
         Ok(())
     }
+}
+
+/// A commit being written by this process (see [`ParquetEventsTable::writing`]).
+pub(crate) struct InFlight {
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    commit_id: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.commit_id);
+    }
+}
+
+/// Takes the lake's writer lock (`<data dir>/parquet-writer.lock`): held
+/// while the returned file is open, released by the OS if the process dies.
+pub(crate) fn lock_writer(data_dir: &std::path::Path) -> Result<std::fs::File> {
+    let path = data_dir.join(WRITER_LOCK);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Storage,
+                format!("cannot open the writer lock {}", path.display()),
+            )
+            .with_source(e)
+        })?;
+    lock.try_lock().map_err(|e| {
+        Error::new(
+            ErrorKind::CommitConflict,
+            format!(
+                "another process is writing this plain-Parquet lake (it holds {}); \
+                 a Parquet lake has one writer at a time, which also maintains it \
+                 (use the Iceberg format for more)",
+                path.display()
+            ),
+        )
+        .with_source(e)
+    })?;
+    Ok(lock)
 }
 
 fn poisoned() -> Error {
@@ -431,8 +622,10 @@ fn namespace_of(prefix: &Path, location: &Path) -> Option<String> {
     dir.as_ref().strip_prefix("namespace=").map(str::to_owned)
 }
 
-/// Groups files into commits and keeps the complete ones, which must form
-/// one unbroken chain of positions.
+/// Groups files into commits, keeps the complete ones, and follows their
+/// chain from the first position. Every complete commit must be on the
+/// chain or inside a compaction on it: anything else means two writers, or
+/// files removed by hand, and is refused rather than guessed at.
 fn assemble(files: Vec<Arc<ParquetDataFile>>) -> Result<ParquetSnapshot> {
     let mut by_commit: BTreeMap<(i64, String), Vec<Arc<ParquetDataFile>>> = BTreeMap::new();
     for file in files {
@@ -442,33 +635,66 @@ fn assemble(files: Vec<Arc<ParquetDataFile>>) -> Result<ParquetSnapshot> {
             .push(file);
     }
     let mut snapshot = ParquetSnapshot::default();
-    let mut expected = FIRST_POSITION;
-    for (_, mut group) in by_commit {
-        let facts = Arc::clone(&group[0].commit);
-        if group.len() != facts.files || group.iter().any(|f| *f.commit != *facts) {
-            snapshot.incomplete.extend(group);
+    for (_, mut files) in by_commit {
+        let facts = Arc::clone(&files[0].commit);
+        if files.len() != facts.files || files.iter().any(|f| *f.commit != *facts) {
+            snapshot.incomplete.extend(files);
             continue;
         }
-        if facts.first_position != expected {
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        snapshot.complete.push(ParquetCommit { facts, files });
+    }
+    snapshot.complete.sort_by(|a, b| {
+        (
+            a.facts.first_position,
+            std::cmp::Reverse(a.facts.next_position),
+        )
+            .cmp(&(
+                b.facts.first_position,
+                std::cmp::Reverse(b.facts.next_position),
+            ))
+    });
+    let chain = chain(&snapshot.complete, None);
+    let on_chain: HashSet<&str> = chain.iter().map(|c| c.facts.commit_id.as_str()).collect();
+    for commit in &snapshot.complete {
+        if on_chain.contains(commit.facts.commit_id.as_str()) {
+            continue;
+        }
+        let covered = chain.iter().any(|c| {
+            c.facts.compacted_at_ms.is_some()
+                && c.facts.first_position <= commit.facts.first_position
+                && commit.facts.next_position <= c.facts.next_position
+        });
+        if !covered {
+            let end = chain
+                .last()
+                .map_or(FIRST_POSITION, |c| c.facts.next_position);
             return Err(Error::new(
                 ErrorKind::Storage,
                 format!(
-                    "commit {} covers positions {}..{} but the previous commit ends at {expected}: \
+                    "commit {} covers positions {}..{} but the chain of commits {}: \
                      the lake had two writers, or files were removed by hand",
-                    facts.commit_id, facts.first_position, facts.next_position
+                    commit.facts.commit_id,
+                    commit.facts.first_position,
+                    commit.facts.next_position,
+                    if commit.facts.first_position >= end {
+                        format!("ends at {end}")
+                    } else {
+                        "has another commit there".to_owned()
+                    }
                 ),
             ));
         }
-        expected = facts.next_position;
-        group.sort_by(|a, b| a.path.cmp(&b.path));
-        snapshot.files.extend(group);
-        snapshot.state = CommitState {
-            watermarks: facts.watermarks.clone(),
-            next_position: facts.next_position,
-            snapshot_id: Some(facts.next_position),
-        };
-        snapshot.commits.push(facts);
     }
+    if let Some(last) = chain.last() {
+        snapshot.state = CommitState {
+            watermarks: last.facts.watermarks.clone(),
+            next_position: last.facts.next_position,
+            snapshot_id: Some(last.facts.next_position),
+        };
+    }
+    snapshot.files = chain.iter().flat_map(|c| c.files.iter().cloned()).collect();
+    snapshot.commits = chain.iter().map(|c| Arc::clone(&c.facts)).collect();
     Ok(snapshot)
 }
 

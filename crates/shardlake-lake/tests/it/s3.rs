@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use shardlake_lake::iceberg::CompactionConfig;
+use shardlake_lake::CompactionConfig;
 use shardlake_lake::{
     EmitterConfig, ErrorKind, HealthStatus, Lake, ObjectStorageConfig, RetryPolicy,
     StorageRetryConfig, TableFormat,

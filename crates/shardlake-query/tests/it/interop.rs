@@ -11,7 +11,7 @@ use std::process::Command;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
-use shardlake_lake::iceberg::CompactionConfig;
+use shardlake_lake::CompactionConfig;
 use shardlake_query::CrossShardQuery;
 
 use crate::fixture::{Fixture, config};

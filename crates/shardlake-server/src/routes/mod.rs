@@ -6,6 +6,7 @@
 //! | `POST /v1/events` | ingest | [`events`] |
 //! | `GET /v1/replay` | query | [`replay`] |
 //! | `GET /v1/tables` | query | [`tables`] |
+//! | `GET /v1/snapshots` | query | [`snapshots`] |
 //! | `GET /v1/stats`, `GET /metrics` | admin | [`ops`] |
 //! | `GET, POST /v1/migrations`, `POST /v1/migrations/plan`, `GET /v1/migrations/{id}`, `POST /v1/migrations/{id}/{resume,rollback}` | admin | [`migrations`] |
 //! | `GET /healthz`, `GET /readyz` | none | [`ops`] |
@@ -15,6 +16,7 @@ pub mod migrations;
 pub mod ops;
 pub mod query;
 pub mod replay;
+pub mod snapshots;
 pub mod tables;
 
 use std::time::{Duration, Instant};
@@ -42,6 +44,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/events", post(events::ingest))
         .route("/v1/replay", get(replay::replay))
         .route("/v1/tables", get(tables::tables))
+        .route("/v1/snapshots", get(snapshots::snapshots))
         .route(
             "/v1/migrations",
             get(migrations::list).post(migrations::start),

@@ -62,6 +62,11 @@ pub async fn stats(
             "max_concurrent_queries": limits.max_concurrent_queries,
             "draining": state.is_draining(),
         },
+        "maintenance": {
+            "enabled": state.config().maintenance.enabled,
+            "interval_secs": state.config().maintenance.interval_secs,
+            "status": state.maintenance().status(),
+        },
     })))
 }
 

@@ -41,6 +41,46 @@ struct QueryRequest {
     timeout_ms: Option<u64>,
     #[serde(default)]
     cache: Option<bool>,
+    /// Time travel: run against this retained snapshot.
+    #[serde(default)]
+    snapshot_id: Option<SnapshotId>,
+    /// Time travel: run against the snapshot current at this RFC 3339 time.
+    #[serde(default)]
+    as_of: Option<String>,
+}
+
+/// A snapshot id as a JSON number or, since ids exceed 2^53 (what
+/// JavaScript and jq keep exactly), as a string of digits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SnapshotId(pub i64);
+
+impl<'de> Deserialize<'de> for SnapshotId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Number(i64),
+            Text(String),
+        }
+        match Form::deserialize(d)? {
+            Form::Number(n) => Ok(Self(n)),
+            Form::Text(t) => t.parse().map(Self).map_err(|_| {
+                serde::de::Error::custom(format!("`snapshot_id` {t:?} is not an integer"))
+            }),
+        }
+    }
+}
+
+/// Parses an `as_of` time (RFC 3339, e.g. `2026-12-01T10:00:00Z`).
+pub(crate) fn parse_as_of(text: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("`as_of` must be an RFC 3339 time such as 2026-12-01T10:00:00Z: {e}"),
+            )
+        })
 }
 
 /// Runs one query.
@@ -56,7 +96,10 @@ pub async fn query(
     let request: QueryRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_request",
-            format!("expected {{\"sql\": \"...\", \"format\"?, \"timeout_ms\"?, \"cache\"?}}: {e}"),
+            format!(
+                "expected {{\"sql\": \"...\", \"format\"?, \"timeout_ms\"?, \"cache\"?, \
+                 \"snapshot_id\"?, \"as_of\"?}}: {e}"
+            ),
         )
     })?;
     if request.sql.trim().is_empty() {
@@ -91,6 +134,17 @@ pub async fn query(
         });
     if request.cache == Some(false) {
         query = query.without_cache();
+    }
+    match (request.snapshot_id, request.as_of.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give `snapshot_id` or `as_of`, not both",
+            ));
+        }
+        (Some(SnapshotId(id)), None) => query = query.at_snapshot(id),
+        (None, Some(at)) => query = query.as_of(parse_as_of(at)?),
+        (None, None) => {}
     }
     match format {
         Format::Json => {

@@ -1,12 +1,15 @@
 //! `GET /v1/replay`: events in `position` order, streamed.
 //!
 //! Parameters: `namespace`, `partition_key` (repeatable), `shard_id`,
-//! `after_position` (the cursor), `after_seq`, `snapshot`,
-//! `since_snapshot`, `format` (`ndjson`, the default, or `arrow`). NDJSON
-//! lines are events in their JSON form (DESIGN.md), nothing else, so a
-//! consumer can pipe them anywhere; the pinned snapshot is in the
-//! `x-shardlake-snapshot` header (resume against the same snapshot with
-//! `snapshot=`), the scan statistics in the `x-shardlake-stats` trailer.
+//! `after_position` (the cursor), `after_seq`, `snapshot_id` (or
+//! `snapshot`), `as_of` (RFC 3339), `since_snapshot`, `format` (`ndjson`,
+//! the default, or `arrow`). NDJSON lines are events in their JSON form
+//! (DESIGN.md), nothing else, so a consumer can pipe them anywhere; the
+//! pinned snapshot is in the `x-shardlake-snapshot` header (resume against
+//! the same snapshot with `snapshot_id=`), the scan statistics in the
+//! `x-shardlake-stats` trailer. The snapshot handed out is leased against
+//! expiry for `maintenance.replay_cursor_lease_secs`, renewed by every
+//! replay at it; an expired one is refused with 410 `snapshot_expired`.
 //! Needs the `query` permission; a scoped caller replays only its
 //! namespaces.
 
@@ -31,10 +34,14 @@ use crate::state::AppState;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The pin holder of snapshots handed out as replay cursors.
+pub const REPLAY_CURSOR: &str = "replay-cursor";
+
 /// Parses the query string (repeated `partition_key` allowed).
-fn parse(raw: Option<&str>) -> Result<(ReplayQuery, Format), ApiError> {
+fn parse(raw: Option<&str>) -> Result<(ReplayQuery, Format, Option<String>), ApiError> {
     let mut q = ReplayQuery::default();
     let mut format = Format::Ndjson;
+    let mut as_of = None;
     let bad = |m: String| ApiError::bad_request("invalid_request", m);
     let int = |k: &str, v: &str| {
         v.parse::<i64>()
@@ -52,7 +59,8 @@ fn parse(raw: Option<&str>) -> Result<(ReplayQuery, Format), ApiError> {
             }
             "after_position" => q.after_position = Some(int(&k, &v)?),
             "after_seq" => q.after_seq = Some(int(&k, &v)?),
-            "snapshot" => q.snapshot_id = Some(int(&k, &v)?),
+            "snapshot" | "snapshot_id" => q.snapshot_id = Some(int(&k, &v)?),
+            "as_of" => as_of = Some(v.into_owned()),
             "since_snapshot" => q.since_snapshot = Some(int(&k, &v)?),
             "format" => {
                 format = match v.as_ref() {
@@ -66,7 +74,10 @@ fn parse(raw: Option<&str>) -> Result<(ReplayQuery, Format), ApiError> {
             other => return Err(bad(format!("unknown parameter `{other}`"))),
         }
     }
-    Ok((q, format))
+    if q.snapshot_id.is_some() && as_of.is_some() {
+        return Err(bad("give `snapshot_id` or `as_of`, not both".to_owned()));
+    }
+    Ok((q, format, as_of))
 }
 
 /// Streams the events of the request.
@@ -76,7 +87,7 @@ pub async fn replay(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     caller.require(Permission::Query)?;
-    let (query, format) = parse(raw.as_deref())?;
+    let (query, format, as_of) = parse(raw.as_deref())?;
     if let Some(ns) = &query.namespace
         && !caller.scope.allows(ns)
     {
@@ -86,14 +97,28 @@ pub async fn replay(
         )));
     }
     let slot = state.query_slot().await?;
-    let stream = state
+    let mut replay = state
         .engine()
         .replay(query)
         .with_scope(caller.scope.clone())
-        .with_timeout(state.config().limits.query_timeout())
-        .stream()
-        .await?;
+        .with_timeout(state.config().limits.query_timeout());
+    if let Some(at) = as_of {
+        replay = replay.as_of(crate::routes::query::parse_as_of(&at)?);
+    }
+    let stream = replay.stream().await?;
     let snapshot = stream.snapshot_id();
+    if let Some(id) = snapshot {
+        // The client may resume at this snapshot: keep it for a while.
+        state
+            .lake()
+            .pins()
+            .lease(
+                REPLAY_CURSOR,
+                id,
+                state.config().maintenance.replay_cursor_lease(),
+            )
+            .await?;
+    }
     let encoder = match format {
         Format::Arrow => {
             Some(StreamEncoder::new(Format::Arrow, &stream.schema()).map_err(ApiError::internal)?)

@@ -153,7 +153,7 @@ async fn oversized_bodies_get_413_and_a_full_queue_429() {
 #[tokio::test]
 async fn background_compaction_folds_small_commits_while_serving() {
     let server = TestServer::start(|c| {
-        c.compaction.interval_secs = 1;
+        c.maintenance.interval_secs = 1;
         c.compaction.min_small_files = 4;
         c.tokens = crate::support::tokens();
     })

@@ -1,0 +1,92 @@
+//! Cleanup in a plain-Parquet lake: the files of commits that never
+//! completed (a crash before the seal, a failed attempt) and the temporary
+//! files of uploads that never finished, once older than the grace period.
+//!
+//! The writer also removes incomplete commits when it starts; cleanup
+//! catches what appears later (a failed compaction, an expiry interrupted
+//! midway) without a restart. A commit this process is still writing is
+//! never touched, whatever its age.
+
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::{ObjectMeta, ObjectStoreExt};
+
+use super::{ParquetEventsTable, storage};
+use crate::crashpoint;
+use crate::error::Result;
+use crate::maintenance::CleanupReport;
+
+impl ParquetEventsTable {
+    /// Deletes leftovers older than `grace`; with `dry_run`, only reports.
+    pub(crate) async fn cleanup(
+        &self,
+        grace: Duration,
+        dry_run: bool,
+        still_ours: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<CleanupReport> {
+        let cutoff =
+            chrono::Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+        let store = self.warehouse().store();
+        let listed: Vec<ObjectMeta> = store
+            .list(Some(self.prefix()))
+            .try_collect()
+            .await
+            .map_err(storage("listing the table failed"))?;
+        let mut report = CleanupReport {
+            files_listed: listed.len(),
+            dry_run,
+            ..CleanupReport::default()
+        };
+        // Unfinished uploads: object_store's local staging files.
+        let mut doomed: Vec<ObjectMeta> = Vec::new();
+        for meta in listed {
+            let name = meta.location.filename().unwrap_or_default();
+            let staged = name
+                .rsplit_once('#')
+                .is_some_and(|(stem, n)| stem.ends_with(".parquet") && n.parse::<u64>().is_ok());
+            if !staged {
+                continue;
+            }
+            if meta.last_modified > cutoff {
+                report.files_kept_young += 1;
+            } else {
+                doomed.push(meta);
+            }
+        }
+        // Commits that never completed, not being written here.
+        let snapshot = self.snapshot().await?;
+        let cutoff_ms = cutoff.timestamp_millis();
+        let mut incomplete = Vec::new();
+        for file in &snapshot.incomplete {
+            if self.is_writing(&file.commit.commit_id) || file.last_modified_ms > cutoff_ms {
+                report.files_kept_young += 1;
+            } else {
+                incomplete.push(std::sync::Arc::clone(file));
+            }
+        }
+        report.files_deleted = doomed.len() + incomplete.len();
+        report.data_files_deleted = report.files_deleted;
+        report.bytes_deleted = doomed.iter().map(|m| m.size).sum::<u64>()
+            + incomplete.iter().map(|f| f.size).sum::<u64>();
+        if dry_run || report.files_deleted == 0 {
+            return Ok(report);
+        }
+        if !still_ours() {
+            return Err(crate::iceberg::lease_lost());
+        }
+        let _change = self.change();
+        for (i, meta) in doomed.iter().enumerate() {
+            match store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(storage("deleting a leftover file failed")(e)),
+            }
+            if i == 0 {
+                crashpoint::hit(crashpoint::CLEANUP_MID_DELETE);
+            }
+        }
+        self.delete(&incomplete).await?;
+        tracing::info!(?report, "removed leftover files");
+        Ok(report)
+    }
+}
