@@ -74,7 +74,7 @@ pub(crate) fn plan_expiry(
             .get(&id)
             .copied()
             .unwrap_or(snapshot.timestamp_ms());
-        if heads.contains(&id) || keep_newest.contains(&id) || replaced >= cutoff {
+        if heads.contains(&id) || keep_newest.contains(&id) || replaced > cutoff {
             continue;
         }
         if pinned.contains(&id) {

@@ -201,6 +201,35 @@ impl IcebergEventsTable {
         }
     }
 
+    /// Sets table properties (say `write.metadata.previous-versions-max` or
+    /// `commit.manifest.min-count-to-merge`), keeping every other one, in
+    /// one commit. Commit state properties (`shardlake.*`) are refused:
+    /// they are the emitter's.
+    pub async fn set_properties(&self, properties: HashMap<String, String>) -> Result<()> {
+        if let Some(key) = properties.keys().find(|k| k.starts_with("shardlake.")) {
+            return Err(Error::new(
+                ErrorKind::DataInvalid,
+                format!("table property {key} belongs to shardlake's commit state"),
+            ));
+        }
+        let mut table = self.load().await?;
+        for _ in 0..super::compact::MAX_REBASES {
+            let props = properties.clone();
+            if self
+                .commit(&table, |b| Ok(b.set_properties(props)?))
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+            table = self.load().await?;
+        }
+        Err(Error::new(
+            ErrorKind::CommitConflict,
+            "setting table properties lost to concurrent commits too often",
+        ))
+    }
+
     /// Refuses a catalog whose table lives in another store than the one
     /// configured (say, a lake created on local disk opened with an S3
     /// location): every read would fail later with a less helpful error.

@@ -7,7 +7,9 @@
 //! maintenance run first takes a lease on the lake's database row
 //! `shardlake_maintenance`, renews it while it runs and stops before
 //! deleting anything once it is lost. A process that finds the lease held
-//! skips its run; one that died leaves a lease that simply runs out.
+//! skips its run. A holder that died is noticed: its lease runs out, or,
+//! sooner, its process id is gone (every process of a lake runs on the
+//! machine holding its SQLite database, so the id is meaningful).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,7 +57,12 @@ impl MaintenanceLease {
                     .fetch_optional(pool)
                     .await
                     .map_err(storage)?;
-            return Ok(Err(holder.map(|(r,)| r).unwrap_or_default()));
+            let holder = holder.map(|(r,)| r).unwrap_or_default();
+            if !process_alive(&holder) && take_over(pool, &holder, &runner).await? {
+                tracing::info!(holder, "took over the maintenance lease of a dead process");
+            } else {
+                return Ok(Err(holder));
+            }
         }
         let held = Arc::new(AtomicBool::new(true));
         let renewer = {
@@ -103,6 +110,36 @@ impl Drop for MaintenanceLease {
     }
 }
 
+/// Whether the process named in `runner` (`<pid>:<uuid>`) may still run.
+/// Answered from `/proc` where there is one (Linux); elsewhere, or for an
+/// unreadable name, it counts as alive and the lease has to run out.
+fn process_alive(runner: &str) -> bool {
+    let Some(pid) = runner
+        .split_once(':')
+        .and_then(|(pid, _)| pid.parse::<u32>().ok())
+    else {
+        return true;
+    };
+    let proc = std::path::Path::new("/proc");
+    pid == std::process::id() || !proc.is_dir() || proc.join(pid.to_string()).exists()
+}
+
+/// Replaces a dead `holder`'s lease with `runner`'s, if it is still its.
+async fn take_over(pool: &SqlitePool, holder: &str, runner: &str) -> Result<bool> {
+    let until = now_ms() + LEASE.as_millis() as i64;
+    let done = sqlx::query(
+        "UPDATE shardlake_maintenance SET runner = ?, lease_until_ms = ? \
+         WHERE name = 'lake' AND runner = ?",
+    )
+    .bind(runner)
+    .bind(until)
+    .bind(holder)
+    .execute(pool)
+    .await
+    .map_err(storage)?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Takes or renews the lease for `runner`; whether it holds it now.
 async fn take(pool: &SqlitePool, runner: &str) -> Result<bool> {
     let now = now_ms();
@@ -145,6 +182,17 @@ mod tests {
         );
         first.release().await.expect("release");
         let third = MaintenanceLease::acquire(&pool).await.expect("db");
-        assert!(third.is_ok(), "free again after release");
+        let third = third.expect("free again after release");
+        third.release().await.expect("release");
+
+        // A holder whose process is gone (a SIGKILLed `shardlake maintain`)
+        // does not block the lake until its lease runs out.
+        sqlx::query("INSERT INTO shardlake_maintenance VALUES ('lake', '4000000000:dead', ?)")
+            .bind(now_ms() + 3_600_000)
+            .execute(&pool)
+            .await
+            .expect("a dead holder's lease");
+        let fourth = MaintenanceLease::acquire(&pool).await.expect("db");
+        assert!(fourth.is_ok(), "a dead holder's lease is taken over");
     }
 }

@@ -120,7 +120,7 @@ fn plan<'s>(
             .filter_map(|c| c.facts.compacted_at_ms)
             .min()
             .unwrap_or(i64::MAX);
-        if superseded_at >= cutoff {
+        if superseded_at > cutoff {
             continue;
         }
         if pinned.iter().any(inside) {

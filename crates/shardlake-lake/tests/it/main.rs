@@ -7,5 +7,6 @@ mod concurrency;
 mod emitter;
 mod exactly_once;
 mod faulty;
+mod lifecycle;
 mod parquet;
 mod s3;

@@ -233,5 +233,5 @@ async fn pins_and_catches_up(fixture: Fixture) {
         .await
         .err()
         .expect("no such snapshot");
-    assert_eq!(err.kind(), ErrorKind::InvalidQuery);
+    assert_eq!(err.kind(), ErrorKind::SnapshotExpired);
 }

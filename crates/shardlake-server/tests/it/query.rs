@@ -498,10 +498,11 @@ async fn replay_streams_events_in_position_order_pinned_and_resumable() {
         )
         .await;
     }
+    // A snapshot the table does not retain (expired, or never there): 410.
     assert_error(
         get("snapshot=42", admin).await.expect("request"),
-        400,
-        "invalid_query",
+        410,
+        "snapshot_expired",
     )
     .await;
 }
