@@ -13,6 +13,7 @@ usage: read_lake.py CATALOG_DB WAREHOUSE_URL   (an Iceberg lake)
 """
 
 import json
+import os
 import sys
 
 import duckdb
@@ -105,7 +106,18 @@ def main():
     )
 
     snapshot = table.current_snapshot()
+    # What the lifecycle leaves behind must still be a valid table: every
+    # retained snapshot scannable, every metadata-log entry present.
+    retained = [s.snapshot_id for s in table.snapshots()]
+    retained_rows = {
+        str(s): table.scan(snapshot_id=s).to_arrow().num_rows for s in retained
+    }
+    log_files = [m.metadata_file.removeprefix("file://") for m in table.metadata.metadata_log]
     print(json.dumps({
+        "retained_snapshots": retained,
+        "retained_rows": retained_rows,
+        "metadata_log_files_exist": all(os.path.exists(f) for f in log_files),
+        "manifests": len(snapshot.manifests(table.io)),
         "manifest_record_count": sum(f["record_count"] for f in files_meta),
         "namespace_bounds_match_partitions": bounds_match,
         "pyiceberg": by_pyiceberg,

@@ -171,6 +171,96 @@ async fn pyiceberg_and_duckdb_read_what_shardlake_wrote() {
     assert!(pruned > 0 && pruned < all, "{pruned} of {all} files");
 }
 
+/// After the whole lifecycle (manifests merged, every old snapshot
+/// expired, unreachable files deleted), pyiceberg and DuckDB still read
+/// the table, every snapshot shardlake retains is scannable by pyiceberg,
+/// and the metadata log points only at files that exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyiceberg_and_duckdb_read_the_lake_after_merging_expiry_and_cleanup() {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use shardlake_lake::iceberg::properties;
+    use shardlake_lake::{Action, MaintenanceConfig, RetentionConfig};
+
+    let fixture = Fixture::build(6).await;
+    let table = fixture.lake.iceberg_table().expect("iceberg");
+    table
+        .set_properties(HashMap::from([
+            (
+                properties::MANIFEST_MIN_COUNT_TO_MERGE.to_owned(),
+                "3".to_owned(),
+            ),
+            (
+                properties::METADATA_PREVIOUS_VERSIONS_MAX.to_owned(),
+                "2".to_owned(),
+            ),
+        ]))
+        .await
+        .expect("properties");
+    let maintenance = MaintenanceConfig {
+        compaction: None,
+        retention: RetentionConfig {
+            retention: Duration::ZERO,
+            min_snapshots_to_keep: 2,
+        },
+        orphan_grace: Duration::ZERO,
+    };
+    let report = fixture
+        .lake
+        .maintain(&maintenance, &Action::ALL, false, &|_| {})
+        .await
+        .expect("maintenance");
+    assert!(
+        report.manifests.as_ref().is_some_and(|m| m.merged),
+        "{report:?}"
+    );
+    assert!(
+        report.snapshots_expired() > 0 && report.files_removed() > 0,
+        "{report:?}"
+    );
+
+    let engine = fixture.engine(config()).await;
+    let ours = figures(&engine).await;
+    let ours_per_ns = per_namespace(&engine).await;
+    let warehouse = fixture.lake.warehouse();
+    let catalog_db = warehouse.data_dir().join("catalog.db");
+    let theirs = read_lake(&[catalog_db.as_os_str(), warehouse.root_location().as_ref()]);
+    assert_agree(&theirs, &["pyiceberg", "duckdb"], &ours, &ours_per_ns);
+    assert_eq!(theirs["manifests"], 1, "merged into one manifest");
+    assert_eq!(theirs["metadata_log_files_exist"], true);
+    let retained: Vec<i64> = fixture
+        .lake
+        .snapshots()
+        .await
+        .expect("snapshots")
+        .iter()
+        .map(|s| s.snapshot_id)
+        .collect();
+    let mut theirs_retained: Vec<i64> = theirs["retained_snapshots"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .filter_map(serde_json::Value::as_i64)
+        .collect();
+    theirs_retained.sort_unstable();
+    let mut ours_sorted = retained.clone();
+    ours_sorted.sort_unstable();
+    assert_eq!(theirs_retained, ours_sorted);
+    assert_eq!(retained.len(), 2);
+    for id in retained {
+        let n = theirs["retained_rows"][id.to_string()].as_i64();
+        let at = engine
+            .sql("SELECT count(*) FROM events")
+            .at_snapshot(id)
+            .without_cache()
+            .await
+            .expect("ours at the snapshot");
+        let ours_n = at.batches[0].column(0).as_primitive::<Int64Type>().value(0);
+        assert_eq!(n, Some(ours_n), "snapshot {id}");
+    }
+}
+
 /// A plain-Parquet lake is a Hive-partitioned directory of Parquet files:
 /// DuckDB and pyarrow read it as such (the namespace from the directory
 /// names, pruned by it) and agree with shardlake.

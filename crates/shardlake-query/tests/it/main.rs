@@ -9,3 +9,4 @@ mod slt;
 mod sql;
 mod stats;
 mod subscription;
+mod time_travel;
