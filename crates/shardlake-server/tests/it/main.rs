@@ -3,6 +3,7 @@
 
 mod auth;
 mod ingest;
+mod lifecycle;
 mod migrations;
 mod ops;
 mod query;
