@@ -200,7 +200,11 @@ fn write_report(out: &mut impl Write, report: &MaintenanceReport) -> std::io::Re
             }
         )?;
     }
-    if let Some(c) = &report.cleanup {
+    if let Some(c) = &report.cleanup
+        && let Some(why) = &c.skipped
+    {
+        writeln!(out, "cleanup: skipped: {why}")?;
+    } else if let Some(c) = &report.cleanup {
         writeln!(
             out,
             "cleanup: {deleted} {} of {} files ({:.1} MB: {} data, {} metadata); {} unreachable kept (younger than the grace period)",

@@ -14,7 +14,7 @@ use crate::{assert_exactly_n, generate, put_on_s3, run_ok, shardlake_at, use_par
 
 const EVENTS: u64 = 40_000;
 
-fn spawn_ingest(warehouse: &Path, file: &Path, crash_at: Option<&str>) -> Child {
+pub(crate) fn spawn_ingest(warehouse: &Path, file: &Path, crash_at: Option<&str>) -> Child {
     let mut cmd = shardlake_at(warehouse);
     cmd.args([
         "ingest",
@@ -34,7 +34,13 @@ fn spawn_ingest(warehouse: &Path, file: &Path, crash_at: Option<&str>) -> Child 
 }
 
 /// Waits until the child reports reaching its crash point, then SIGKILLs it.
-fn kill_at_crash_point(mut child: Child, point: &str) {
+pub(crate) fn kill_at_crash_point(child: Child, point: &str) {
+    kill_at_crash_point_when(child, point, || {});
+}
+
+/// Waits until the child reports reaching its crash point (where it blocks
+/// until killed), runs `meanwhile`, then SIGKILLs it.
+pub(crate) fn kill_at_crash_point_when(mut child: Child, point: &str, meanwhile: impl FnOnce()) {
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -52,6 +58,7 @@ fn kill_at_crash_point(mut child: Child, point: &str) {
         line.contains(point.split(':').next().unwrap_or(point)),
         "{line}"
     );
+    meanwhile();
     // Child::kill sends SIGKILL on Unix: no destructors, no flushing.
     child.kill().expect("SIGKILL");
     let status = child.wait().expect("reap");

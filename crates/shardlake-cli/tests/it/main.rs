@@ -3,6 +3,7 @@
 
 mod crash;
 mod ingest;
+mod maintain;
 mod migrate;
 mod route;
 mod serve;

@@ -217,6 +217,10 @@ pub struct CleanupReport {
     pub files_kept_young: usize,
     /// Whether nothing was deleted on purpose.
     pub dry_run: bool,
+    /// Why nothing was tried, if so (a plain-Parquet lake whose writer is
+    /// another process: what looks unfinished may be its commit in flight,
+    /// so that process cleans up).
+    pub skipped: Option<String>,
 }
 
 /// What one maintenance run did.

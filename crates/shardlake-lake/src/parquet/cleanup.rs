@@ -4,8 +4,10 @@
 //!
 //! The writer also removes incomplete commits when it starts; cleanup
 //! catches what appears later (a failed compaction, an expiry interrupted
-//! midway) without a restart. A commit this process is still writing is
-//! never touched, whatever its age.
+//! midway) without a restart. Only the writer cleans up: a file that looks
+//! unfinished may be the writer's commit or upload in flight, which only
+//! the writer can tell, so another process skips cleanup (and says so). A
+//! commit this process is still writing is never touched, whatever its age.
 
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use object_store::{ObjectMeta, ObjectStoreExt};
 
 use super::{ParquetEventsTable, storage};
 use crate::crashpoint;
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::maintenance::CleanupReport;
 
 impl ParquetEventsTable {
@@ -25,6 +27,17 @@ impl ParquetEventsTable {
         dry_run: bool,
         still_ours: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<CleanupReport> {
+        let _lock = match self.lock_for_maintenance() {
+            Ok(lock) => lock,
+            Err(e) if e.kind() == ErrorKind::CommitConflict => {
+                return Ok(CleanupReport {
+                    dry_run,
+                    skipped: Some(e.message().to_owned()),
+                    ..CleanupReport::default()
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let cutoff =
             chrono::Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
         let store = self.warehouse().store();

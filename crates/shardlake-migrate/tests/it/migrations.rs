@@ -929,3 +929,109 @@ async fn keys_written_after_planning_move_too_and_bad_writes_are_refused_at_the_
     let err = cluster.gate().submit(bad).await.expect_err("invalid");
     assert_eq!(err.code(), "invalid_write", "{err}");
 }
+
+/// Runs maintenance that expires every unpinned snapshot when `phase`
+/// starts, and records what the migration's copy snapshot was pinned by.
+struct ExpireEverythingAt {
+    phase: Phase,
+    cluster: Arc<Cluster>,
+    key: String,
+    seen: Mutex<Option<(i64, Vec<String>)>>,
+}
+
+#[async_trait]
+impl PhaseHook for ExpireEverythingAt {
+    async fn before(&self, phase: Phase, report: &MigrationReport) {
+        if phase != self.phase {
+            return;
+        }
+        // Commits after the copy snapshot, so it is no longer current.
+        self.cluster.write_next(&self.key).await;
+        self.cluster.write_next(&self.key).await;
+        let config = shardlake_lake::MaintenanceConfig {
+            compaction: Some(shardlake_lake::CompactionConfig {
+                small_file_bytes: u64::MAX,
+                min_small_files: 2,
+                max_attempts: 10,
+            }),
+            retention: shardlake_lake::RetentionConfig {
+                retention: Duration::ZERO,
+                min_snapshots_to_keep: 1,
+            },
+            orphan_grace: Duration::ZERO,
+        };
+        self.cluster
+            .lake
+            .maintain(&config, &shardlake_lake::Action::ALL, false, &|_| {})
+            .await
+            .expect("maintenance");
+        let s0 = report.copy_snapshot.expect("the copy snapshot is chosen");
+        let pinned_by = self
+            .cluster
+            .lake
+            .snapshots()
+            .await
+            .expect("snapshots")
+            .into_iter()
+            .find(|s| s.snapshot_id == s0)
+            .map(|s| s.pinned_by)
+            .unwrap_or_default();
+        *self.seen.lock().expect("lock") = Some((s0, pinned_by));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_migration_pins_its_snapshots_against_expiry_until_it_completes() {
+    let cluster = Arc::new(Cluster::start(4, 1, 120).await);
+    let plan = cluster.plan_add(4).await;
+    let hook = Arc::new(ExpireEverythingAt {
+        phase: Phase::CatchingUp,
+        cluster: Arc::clone(&cluster),
+        key: plan.moves[0].key.clone(),
+        seen: Mutex::default(),
+    });
+    let report = cluster
+        .migrator(MigrationConfig::default())
+        .await
+        .with_hook(Arc::clone(&hook) as Arc<dyn PhaseHook>)
+        .execute(plan)
+        .await
+        .expect("start");
+    assert_eq!(report.status, MigrationStatus::Completed, "{report:#?}");
+    let (s0, pinned_by) = hook.seen.lock().expect("lock").clone().expect("hook ran");
+    assert_eq!(
+        pinned_by,
+        vec![format!("migration:{}", report.id)],
+        "the copy snapshot survived expiry, pinned by the migration"
+    );
+    cluster.assert_exactly_once().await;
+    cluster.assert_owned_once(&report).await;
+    // Finished: the pins are gone and the snapshot expires like any other.
+    let pins = cluster.lake.pins().list().await.expect("pins");
+    assert!(
+        !pins.iter().any(|p| p.holder.starts_with("migration:")),
+        "{pins:?}"
+    );
+    let config = shardlake_lake::MaintenanceConfig {
+        compaction: None,
+        retention: shardlake_lake::RetentionConfig {
+            retention: Duration::ZERO,
+            min_snapshots_to_keep: 1,
+        },
+        orphan_grace: Duration::ZERO,
+    };
+    cluster
+        .lake
+        .maintain(&config, &[shardlake_lake::Action::Expire], false, &|_| {})
+        .await
+        .expect("maintenance");
+    let retained: Vec<i64> = cluster
+        .lake
+        .snapshots()
+        .await
+        .expect("snapshots")
+        .iter()
+        .map(|s| s.snapshot_id)
+        .collect();
+    assert!(!retained.contains(&s0), "{retained:?}");
+}
