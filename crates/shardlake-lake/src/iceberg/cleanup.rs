@@ -143,7 +143,7 @@ impl IcebergEventsTable {
             if deleted == 1 {
                 crashpoint::hit(crashpoint::CLEANUP_MID_DELETE);
             }
-            if deleted % DELETE_CONCURRENCY == 0 && !still_ours() {
+            if deleted.is_multiple_of(DELETE_CONCURRENCY) && !still_ours() {
                 return Err(lease_lost());
             }
         }

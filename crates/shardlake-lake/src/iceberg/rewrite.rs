@@ -134,7 +134,7 @@ pub(crate) async fn rewrite(
         for entry in manifest.iter().filter(live) {
             if rewrite.removed.contains(entry.file_path()) {
                 touched[i] = true;
-                removed_entries.push(entry.clone());
+                removed_entries.push(std::sync::Arc::clone(entry));
             }
         }
     }
