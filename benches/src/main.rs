@@ -8,7 +8,12 @@
 //!   large ones (same rows) and compares planning and query times.
 //! - `load`: concurrent HTTP clients against a real server (see `load.rs`).
 //! - `storage`: Iceberg and plain Parquet, local disk and S3 (see `storage.rs`).
+//! - `aging`: a server fed thousands of small commits, measured as the lake
+//!   ages, with maintenance (see `aging.rs`).
+//! - `durability`: ingest with and without `fsync` (see `durability.rs`).
 
+mod aging;
+mod durability;
 mod load;
 mod replay;
 mod storage;
@@ -109,6 +114,51 @@ enum Command {
         /// Runs per query timing.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+    },
+    /// A server fed many small commits, measured as the lake ages.
+    Aging {
+        /// Scratch directory.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// The `shardlake` binary to serve with (default: next to this one).
+        #[arg(long)]
+        shardlake: Option<std::path::PathBuf>,
+        /// Commits (one ingest request each).
+        #[arg(long, default_value_t = 20_000)]
+        commits: usize,
+        /// Events per commit.
+        #[arg(long, default_value_t = 20)]
+        events_per_commit: usize,
+        /// Commit counts at which to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000,20000")]
+        checkpoints: Vec<usize>,
+        /// `[maintenance] interval_secs`.
+        #[arg(long, default_value_t = 3)]
+        interval_secs: u64,
+        /// `[maintenance] snapshot_retention_secs`.
+        #[arg(long, default_value_t = 30)]
+        retention_secs: u64,
+        /// `[maintenance] orphan_grace_secs`.
+        #[arg(long, default_value_t = 10)]
+        grace_secs: u64,
+        /// A server without `[maintenance]` (a revision before it).
+        #[arg(long)]
+        baseline: bool,
+        /// Runs per query timing.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Ingest with and without fsync, same events, same disk.
+    Durability {
+        /// Scratch directory.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Commits of 100 events.
+        #[arg(long, default_value_t = 1000)]
+        small_commits: usize,
+        /// Commits of 100,000 events.
+        #[arg(long, default_value_t = 10)]
+        large_commits: usize,
     },
     /// Many small commits against a few large ones.
     Commits {
@@ -380,6 +430,44 @@ async fn main() -> anyhow::Result<()> {
             events_per_commit,
             runs,
         } => commits(&dir, n, events_per_commit, runs).await,
+        Command::Aging {
+            dir,
+            shardlake,
+            commits,
+            events_per_commit,
+            checkpoints,
+            interval_secs,
+            retention_secs,
+            grace_secs,
+            baseline,
+            runs,
+        } => {
+            let shardlake = match shardlake {
+                Some(path) => path,
+                None => std::env::current_exe()?
+                    .parent()
+                    .context("the bench binary's directory")?
+                    .join("shardlake"),
+            };
+            aging::run(aging::AgingSpec {
+                shardlake,
+                dir,
+                commits,
+                events_per_commit,
+                checkpoints,
+                interval_secs,
+                retention_secs,
+                grace_secs,
+                baseline,
+                runs,
+            })
+            .await
+        }
+        Command::Durability {
+            dir,
+            small_commits,
+            large_commits,
+        } => durability::run(&dir, small_commits, large_commits).await,
         Command::Storage {
             events,
             batch,
