@@ -82,22 +82,68 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// The `n`th event of the run (0-based): shard, seq and key follow from `n`,
 /// so every event is distinct and the sent set is known without keeping it.
-fn event(n: usize) -> Value {
-    let shard = n % SHARDS;
+/// The client writes as shards 100..116 (emitters outside the migration's
+/// topology) and only keys that keep their owner when the migration adds a
+/// shard: a migration's moving keys must be written through its write gate,
+/// which this client is not.
+fn event(n: usize, keys: &[String]) -> Value {
+    let shard = 100 + n % SHARDS;
     let seq = n / SHARDS + 1;
-    let key = (n * 7919) % KEYS;
+    let index = (n * 7919) % keys.len();
+    let key = &keys[index];
     json!({
-        "namespace": format!("tenant-{:03}", key % NAMESPACES),
+        "namespace": format!("tenant-{:03}", index % NAMESPACES),
         "shard_id": shard,
         "seq": seq,
-        "partition_key": format!("Order:o-{key}"),
+        "partition_key": key,
         "entity_type": "Order",
-        "entity_id": format!("o-{key}"),
+        "entity_id": key.trim_start_matches("Order:"),
         "event_type": "thing.updated",
-        "version": n / KEYS + 1,
+        "version": n / keys.len() + 1,
         "ts": "2026-12-01T00:00:00Z",
         "payload": {"n": n, "amount": (n * 31) % 1000},
     })
+}
+
+/// The keys the client writes: those whose owner stays the same when the
+/// migration goes from 16 to 17 shards (jump hash).
+fn stable_keys() -> anyhow::Result<Vec<String>> {
+    let before = ShardRouter::new(Topology::new(SHARDS as u32, Strategy::Jump))?;
+    let after = ShardRouter::new(Topology::new(SHARDS as u32 + 1, Strategy::Jump))?;
+    let mut keys = Vec::with_capacity(KEYS);
+    for k in 0..KEYS * 2 {
+        let key = format!("Order:o-{k}");
+        if before.shard_of(&key)? == after.shard_of(&key)? {
+            keys.push(key);
+        }
+        if keys.len() == KEYS {
+            break;
+        }
+    }
+    Ok(keys)
+}
+
+/// Keys the migration moves, with a few events each written by their owner
+/// under the 16-shard topology, before the run: one commit.
+fn seed(router: &ShardRouter) -> anyhow::Result<Vec<Value>> {
+    let mut seqs = vec![0u64; SHARDS];
+    let mut events = Vec::new();
+    for k in 0..2_000 {
+        let key = format!("Account:a-{k}");
+        let owner = router.shard_of(&key)? as usize;
+        for _ in 0..3 {
+            seqs[owner] += 1;
+            events.push(json!({
+                "namespace": format!("tenant-{:03}", k % NAMESPACES),
+                "shard_id": owner,
+                "seq": seqs[owner],
+                "partition_key": key,
+                "event_type": "thing.updated",
+                "ts": "2026-12-01T00:00:00Z",
+            }));
+        }
+    }
+    Ok(events)
 }
 
 /// A server process and its address.
@@ -237,6 +283,53 @@ impl Client {
         Ok((percentile(&times, 0.5), lines))
     }
 
+    /// Maintenance runs the server completed so far.
+    async fn maintenance_runs(&self) -> anyhow::Result<u64> {
+        let stats: Value = self
+            .http
+            .get(format!("{}/v1/stats", self.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(stats["maintenance"]["status"]["runs"].as_u64().unwrap_or(0))
+    }
+
+    /// Waits until a maintenance run has started and finished after now.
+    async fn after_next_maintenance(&self) -> anyhow::Result<()> {
+        let now = self.maintenance_runs().await?;
+        while self.maintenance_runs().await? < now + 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// The three query timings (count, one-namespace aggregate, replay).
+    async fn timings(&self, runs: usize, keys: &[String]) -> anyhow::Result<Value> {
+        let index = 4242 % keys.len();
+        let (key, ns) = (&keys[index], format!("tenant-{:03}", index % NAMESPACES));
+        let count_ms = self.time_query("SELECT count(*) FROM events", runs).await?;
+        let aggregate_ms = self
+            .time_query(
+                &format!(
+                    "SELECT event_type, count(*), max(seq), sum(version) FROM events \
+                     WHERE namespace = '{ns}' GROUP BY 1"
+                ),
+                runs,
+            )
+            .await?;
+        let (replay_ms, replayed) = self
+            .time_replay(&format!("namespace={ns}&partition_key={key}"), runs)
+            .await?;
+        Ok(json!({
+            "count_ms": count_ms,
+            "namespace_aggregate_ms": aggregate_ms,
+            "replay_ms": replay_ms,
+            "replay_events": replayed,
+            "live_data_files": self.live_files().await?,
+        }))
+    }
+
     async fn live_files(&self) -> anyhow::Result<u64> {
         let tables: Value = self
             .http
@@ -260,8 +353,9 @@ fn write_config(spec: &AgingSpec, lake_dir: &Path) -> anyhow::Result<PathBuf> {
     if !spec.baseline {
         toml.push_str(&format!(
             "\n[maintenance]\nenabled = true\ninterval_secs = {}\nsnapshot_retention_secs = {}\n\
-             min_snapshots_to_keep = 10\norphan_grace_secs = {}\n",
-            spec.interval_secs, spec.retention_secs, spec.grace_secs
+             min_snapshots_to_keep = 10\norphan_grace_secs = {}\n\
+             replay_cursor_lease_secs = {}\n",
+            spec.interval_secs, spec.retention_secs, spec.grace_secs, spec.retention_secs
         ));
     }
     let path = lake_dir.with_extension("toml");
@@ -395,12 +489,33 @@ pub async fn run(spec: AgingSpec) -> anyhow::Result<()> {
         side = Some((lake, task));
     }
 
+    let keys = stable_keys()?;
+    let mut seeded = 0usize;
+    if !spec.baseline {
+        let router = ShardRouter::new(Topology::new(SHARDS as u32, Strategy::Jump))?;
+        let body = seed(&router)?;
+        seeded = body.len();
+        let response = client
+            .http
+            .post(format!("{}/v1/events", client.base))
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "seed: {}",
+            response.status()
+        );
+        acked.store(seeded as u64, Ordering::SeqCst);
+    }
     let mut rows = Vec::new();
     let mut latencies: Vec<f64> = Vec::new();
     let started = Instant::now();
     let mut sent = 0usize;
     for commit in 1..=spec.commits {
-        let body: Vec<Value> = (sent..sent + spec.events_per_commit).map(event).collect();
+        let body: Vec<Value> = (sent..sent + spec.events_per_commit)
+            .map(|n| event(n, &keys))
+            .collect();
         let t = Instant::now();
         let response = client
             .http
@@ -420,7 +535,7 @@ pub async fn run(spec: AgingSpec) -> anyhow::Result<()> {
             "ingest: {ack}"
         );
         sent += spec.events_per_commit;
-        acked.store(sent as u64, Ordering::SeqCst);
+        acked.store((seeded + sent) as u64, Ordering::SeqCst);
         if commit == spec.commits / 10
             && let Some((lake, _)) = &side
         {
@@ -430,40 +545,27 @@ pub async fn run(spec: AgingSpec) -> anyhow::Result<()> {
             let mut sorted = latencies.clone();
             sorted.sort_by(f64::total_cmp);
             latencies.clear();
-            let key = (7919 * 4242) % KEYS;
-            let ns = format!("tenant-{:03}", key % NAMESPACES);
-            let count_ms = client
-                .time_query("SELECT count(*) FROM events", spec.runs)
-                .await?;
-            let aggregate_ms = client
-                .time_query(
-                    &format!(
-                        "SELECT event_type, count(*), max(seq), sum(version) FROM events \
-                         WHERE namespace = '{ns}' GROUP BY 1"
-                    ),
-                    spec.runs,
-                )
-                .await?;
-            let (replay_ms, replayed) = client
-                .time_replay(
-                    &format!("namespace={ns}&partition_key=Order:o-{key}"),
-                    spec.runs,
-                )
-                .await?;
-            let live = client.live_files().await?;
+            // As the requests meet it, then once the next maintenance run
+            // has folded in what the last interval added.
+            let now = client.timings(spec.runs, &keys).await?;
+            let files_now = file_figures(&lake_dir);
+            let after = if spec.baseline {
+                Value::Null
+            } else {
+                client.after_next_maintenance().await?;
+                let mut t = client.timings(spec.runs, &keys).await?;
+                t["files"] = file_figures(&lake_dir);
+                t
+            };
             let row = json!({
                 "commits": commit,
                 "events": sent,
                 "elapsed_s": started.elapsed().as_secs_f64(),
                 "commit_p50_ms": percentile(&sorted, 0.5),
                 "commit_p99_ms": percentile(&sorted, 0.99),
-                "count_ms": count_ms,
-                "namespace_aggregate_ms": aggregate_ms,
-                "replay_ms": replay_ms,
-                "replay_events": replayed,
-                "live_data_files": live,
-                "live_data_files_per_namespace": live as f64 / NAMESPACES as f64,
-                "files": file_figures(&lake_dir),
+                "at_checkpoint": now,
+                "files": files_now,
+                "after_maintenance": after,
             });
             eprintln!("{row}");
             rows.push(row);
@@ -479,11 +581,33 @@ pub async fn run(spec: AgingSpec) -> anyhow::Result<()> {
     let settle = if spec.baseline {
         Duration::ZERO
     } else {
-        Duration::from_secs(spec.grace_secs + 2 * spec.interval_secs + 1)
+        Duration::from_secs(spec.grace_secs.max(spec.retention_secs) + 2 * spec.interval_secs + 1)
     };
     tokio::time::sleep(settle).await;
     let live = client.live_files().await?;
     let settled = file_figures(&lake_dir);
+    // What retained snapshots reference, from a dry-run cleanup: listed
+    // minus what it would delete (with no grace at all).
+    let referenced = match &side {
+        Some((lake, _)) => {
+            let config = shardlake_lake::MaintenanceConfig {
+                orphan_grace: Duration::ZERO,
+                ..shardlake_lake::MaintenanceConfig::default()
+            };
+            let report = lake
+                .maintain(&config, &[shardlake_lake::Action::Cleanup], true, &|_| {})
+                .await?;
+            report.cleanup.map(|c| {
+                json!({
+                    "files_in_table": c.files_listed,
+                    "referenced_by_retained_snapshots": c.files_listed - c.files_deleted,
+                    "ratio_on_disk_to_referenced":
+                        c.files_listed as f64 / (c.files_listed - c.files_deleted).max(1) as f64,
+                })
+            })
+        }
+        None => None,
+    };
     let check = client
         .query(
             "SELECT count(*), count(DISTINCT shard_id * 1000000000 + seq), \
@@ -491,7 +615,7 @@ pub async fn run(spec: AgingSpec) -> anyhow::Result<()> {
         )
         .await?;
     let row = &check["rows"][0];
-    let n = sent as u64;
+    let n = (seeded + sent) as u64;
     let exactly_once = (0..5).all(|i| {
         let want = if i == 3 { 1 } else { n };
         row[i].as_u64() == Some(want)
@@ -533,10 +657,12 @@ pub async fn run(spec: AgingSpec) -> anyhow::Result<()> {
             "live_data_files": live,
             "files": settled,
             "retained_snapshots": snapshots["snapshots"].as_array().map(Vec::len),
+            "referenced": referenced,
         },
         "exactly_once": exactly_once,
         "lake_check": row,
         "events_sent": sent,
+        "events_seeded": seeded,
         "subscription": subscription,
         "migration": migration,
         "maintenance": stats["maintenance"],

@@ -156,6 +156,14 @@ fn write_report(out: &mut impl Write, report: &MaintenanceReport) -> std::io::Re
         match (&c.skipped, c.files_removed) {
             (Some(why), _) => writeln!(out, "compaction: skipped: {why}")?,
             (None, 0) => writeln!(out, "compaction: nothing to compact")?,
+            (None, _) if report.dry_run => writeln!(
+                out,
+                "compaction: {did} {} files ({:.1} MB) in {} namespaces, {} rows",
+                c.files_removed,
+                mb(c.bytes_removed),
+                c.namespaces,
+                c.rows
+            )?,
             (None, _) => writeln!(
                 out,
                 "compaction: {did} {} files ({:.1} MB) in {} namespaces into {} files ({:.1} MB), {} rows",

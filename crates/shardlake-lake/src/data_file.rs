@@ -194,6 +194,27 @@ pub(crate) async fn sorted_namespace(plan: &Arc<CommitPlan>, i: usize) -> Result
     )?)
 }
 
+/// The rows of the Parquet files `contents` (one namespace's files being
+/// compacted, in either format), decoded and sorted in the table's order.
+/// Decoding and sorting are CPU work, done on the blocking pool so the
+/// async workers keep serving ingest and queries.
+pub(crate) async fn decode_sorted(contents: Vec<bytes::Bytes>) -> Result<RecordBatch> {
+    tokio::task::spawn_blocking(move || {
+        let mut batches = Vec::new();
+        for bytes in contents {
+            for batch in
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?
+                    .build()?
+            {
+                batches.push(batch?);
+            }
+        }
+        sort_rows(&batches)
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Unexpected, "compaction task failed").with_source(e))?
+}
+
 /// `batches` (rows of one namespace, from any files of the table) as one
 /// batch in the table's order, `(partition_key, position)`: what compaction
 /// writes, in either format.

@@ -24,14 +24,14 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use object_store::ObjectMeta;
 use object_store::path::Path;
 
 use super::table::{IcebergEventsTable, commit_state};
 use crate::crashpoint;
 use crate::error::{Error, ErrorKind, Result};
-use crate::maintenance::CleanupReport;
+use crate::maintenance::{CleanupReport, listing_and_cutoff};
 
 /// Deletes at once.
 const DELETE_CONCURRENCY: usize = 16;
@@ -90,13 +90,7 @@ impl IcebergEventsTable {
 
         let prefix = self.warehouse().object_path(metadata.location())?;
         let store = self.warehouse().store();
-        let listed: Vec<ObjectMeta> = store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(storage("listing the table failed"))?;
-        let cutoff =
-            chrono::Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+        let (listed, cutoff) = listing_and_cutoff(store.as_ref(), &prefix, grace).await?;
         let mut report = CleanupReport {
             files_listed: listed.len(),
             dry_run,

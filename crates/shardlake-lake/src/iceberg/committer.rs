@@ -18,8 +18,8 @@ use crate::data_file::WriterConfig;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Versions a plan may be carried onto when only maintenance (compaction,
-/// manifest merging, expiry) committed in between: each is a cheap
-/// re-commit of the same files, never a rewrite.
+/// manifest merging, expiry) of another process committed in between: each
+/// is a cheap re-commit of the same files, never a rewrite.
 const MAX_REBASES: u32 = 50;
 
 /// Commits plans to the Iceberg `events` table.
@@ -83,11 +83,27 @@ impl TableCommitter for IcebergCommitter {
             ),
         ]);
         let properties = state_properties(&plan.state)?;
-        let mut base = self.current.clone();
         for _ in 0..MAX_REBASES {
+            // Under the process's commit lock: maintenance of this process
+            // cannot commit between our look at the table and our swap.
+            let _commits = self.table.lock_commits().await;
+            // Someone may have committed since this committer last looked.
+            // If that changed the commit state (another emitter), the plan
+            // is stale: the caller re-plans. If not (maintenance), the same
+            // files go on top of the latest version.
+            let latest = self.table.refresh(&self.current).await?;
+            let state = commit_state(&latest)?;
+            self.state = state.clone();
+            self.current = latest.clone();
+            if !same_commits(&state, &plan.base) {
+                return Err(Error::new(
+                    ErrorKind::CommitConflict,
+                    "another committer moved the table on; re-planning",
+                ));
+            }
             if let Some(table) = append(
                 &self.table,
-                &base,
+                &latest,
                 &files,
                 properties.clone(),
                 snapshot_props.clone(),
@@ -105,21 +121,7 @@ impl TableCommitter for IcebergCommitter {
                 self.current = table;
                 return Ok(());
             }
-            // Someone else committed. If it changed the commit state (another
-            // emitter), the plan is stale: the caller re-plans. If not
-            // (maintenance), the same files go on top of the new version.
-            let latest = self.table.load().await?;
-            let state = commit_state(&latest)?;
-            self.state = state.clone();
-            self.current = latest.clone();
-            if !same_commits(&state, &plan.base) {
-                return Err(Error::new(
-                    ErrorKind::CommitConflict,
-                    "another committer moved the table on; re-planning",
-                ));
-            }
-            tracing::debug!("maintenance committed in between; re-committing the same files");
-            base = latest;
+            tracing::debug!("another process committed in between; looking again");
         }
         Err(Error::new(
             ErrorKind::CommitConflict,

@@ -21,13 +21,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use iceberg::spec::{DataFile, PrimitiveLiteral};
 use iceberg::table::Table;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::rewrite::{Rewrite, Rewritten, rewrite};
 use super::table::IcebergEventsTable;
 use super::writer::write_file;
 use crate::crashpoint;
-use crate::data_file::{EXPECTED_COMPRESSION, WriterConfig, cut, min_position, sort_rows};
+use crate::data_file::{EXPECTED_COMPRESSION, WriterConfig, cut, decode_sorted, min_position};
 use crate::error::{Error, ErrorKind, Result};
 use crate::maintenance::{CompactionConfig, CompactionReport};
 
@@ -66,7 +65,7 @@ impl IcebergEventsTable {
     ) -> Result<CompactionReport> {
         let mut restarts = 0;
         loop {
-            let mut base = self.load().await?;
+            let base = self.load().await?;
             let chosen = self.choose(&base, config).await?;
             if chosen.is_empty() {
                 return Ok(CompactionReport::default());
@@ -94,6 +93,11 @@ impl IcebergEventsTable {
             report.bytes_added = plan.added.iter().map(DataFile::file_size_in_bytes).sum();
             crashpoint::hit(crashpoint::COMPACT_BEFORE_COMMIT);
             for attempt in 1..=MAX_REBASES {
+                // On the latest version, under the commit lock: this
+                // process's emitter cannot commit in between, so only
+                // another process can make the swap fail.
+                let _commits = self.lock_commits().await;
+                let base = self.load().await?;
                 match rewrite(self, &base, &plan).await? {
                     Rewritten::Committed {
                         snapshot_id,
@@ -107,7 +111,7 @@ impl IcebergEventsTable {
                         tracing::info!(?report, "compacted");
                         return Ok(report);
                     }
-                    Rewritten::Lost => base = self.load().await?,
+                    Rewritten::Lost => {}
                     Rewritten::Nothing => return Ok(CompactionReport::default()),
                     Rewritten::Stale(why) => {
                         tracing::info!(why, "compaction is stale; starting over");
@@ -166,20 +170,7 @@ async fn rewrite_files(base: &Table, chosen: &[Chosen], writer: &WriterConfig) -
             contents.push(file_io.new_input(file.file_path())?.read().await?);
             plan.removed.insert(file.file_path().to_owned());
         }
-        // Decoding and sorting are CPU work: off the async workers.
-        let rows = tokio::task::spawn_blocking(move || {
-            let mut batches = Vec::new();
-            for bytes in contents {
-                for batch in ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()? {
-                    batches.push(batch?);
-                }
-            }
-            sort_rows(&batches)
-        })
-        .await
-        .map_err(|e| {
-            Error::new(ErrorKind::Unexpected, "compaction task failed").with_source(e)
-        })??;
+        let rows = decode_sorted(contents).await?;
         let first_position = min_position(&rows)?;
         for chunk in cut(&rows, max_bytes) {
             plan.added

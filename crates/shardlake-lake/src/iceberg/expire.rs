@@ -116,6 +116,7 @@ impl IcebergEventsTable {
         dry_run: bool,
     ) -> Result<ExpiryReport> {
         for attempt in 1..=super::compact::MAX_REBASES {
+            let _commits = self.lock_commits().await;
             let base = self.load().await?;
             let pinned = self.pinned().await?;
             let (expire, pinned) = plan_expiry(base.metadata(), config, &pinned, now_ms());

@@ -17,6 +17,7 @@ impl IcebergEventsTable {
     /// Merges small manifests if the table's merge settings say it is due.
     pub async fn merge_manifests(&self, dry_run: bool) -> Result<ManifestMergeReport> {
         for _ in 0..MAX_REBASES {
+            let _commits = self.lock_commits().await;
             let base = self.load().await?;
             let (due, count) = merge_due(self, &base).await?;
             let unchanged = ManifestMergeReport {

@@ -93,6 +93,8 @@ pub struct IcebergEventsTable {
     file_io: FileIO,
     manifests: ManifestCache,
     pins: SnapshotPins,
+    // Serializes this process's commits on the table (see `lock_commits`).
+    commits: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Reads of a metadata file that vanished between reading the pointer and
@@ -162,10 +164,15 @@ impl IcebergEventsTable {
             warehouse: warehouse.clone(),
             file_io,
             manifests: ManifestCache::default(),
+            commits: Arc::default(),
         };
         table.check_location().await?;
         let loaded = table.load().await?;
-        table.upgrade_layout(loaded).await?;
+        // Best effort: a reader without write access still opens the lake;
+        // the next writer upgrades it.
+        if let Err(e) = table.upgrade_layout(loaded).await {
+            tracing::warn!(error = %e, "could not add the lifecycle properties to the table");
+        }
         Ok(table)
     }
 
@@ -173,6 +180,7 @@ impl IcebergEventsTable {
     /// the user set), in one commit.
     async fn upgrade_layout(&self, mut table: Table) -> Result<()> {
         loop {
+            let _commits = self.lock_commits().await;
             let props = table.metadata().properties();
             if props.get(properties::LAYOUT_VERSION).map(String::as_str)
                 == Some(properties::CURRENT_LAYOUT)
@@ -212,8 +220,9 @@ impl IcebergEventsTable {
                 format!("table property {key} belongs to shardlake's commit state"),
             ));
         }
-        let mut table = self.load().await?;
         for _ in 0..super::compact::MAX_REBASES {
+            let _commits = self.lock_commits().await;
+            let table = self.load().await?;
             let props = properties.clone();
             if self
                 .commit(&table, |b| Ok(b.set_properties(props)?))
@@ -222,7 +231,6 @@ impl IcebergEventsTable {
             {
                 return Ok(());
             }
-            table = self.load().await?;
         }
         Err(Error::new(
             ErrorKind::CommitConflict,
@@ -329,6 +337,17 @@ impl IcebergEventsTable {
         .await
         .map_err(|e| Error::new(ErrorKind::Storage, "catalog update failed").with_source(e))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Takes this process's commit lock on the table: held from choosing the
+    /// base version to the compare-and-swap, so the commits of one process
+    /// (its emitter's appends, its maintenance) never race each other and
+    /// a maintenance commit planned on the latest version lands at once,
+    /// instead of losing to appends that arrive every few milliseconds.
+    /// Data files are written before taking it. Commits of other processes
+    /// still race, and the compare-and-swap settles those.
+    pub(crate) async fn lock_commits(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.commits.lock().await
     }
 
     /// Commits the next version of the table: `update` turns `base`'s

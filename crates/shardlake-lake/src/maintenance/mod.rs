@@ -223,6 +223,22 @@ pub struct CleanupReport {
     pub skipped: Option<String>,
 }
 
+/// Every object under `prefix`, and the time before which a file is past
+/// `grace`: what both formats' cleanup starts from.
+pub(crate) async fn listing_and_cutoff(
+    store: &dyn object_store::ObjectStore,
+    prefix: &object_store::path::Path,
+    grace: Duration,
+) -> Result<(Vec<object_store::ObjectMeta>, chrono::DateTime<chrono::Utc>)> {
+    use futures::TryStreamExt;
+    let listed = store.list(Some(prefix)).try_collect().await.map_err(|e| {
+        crate::Error::new(crate::ErrorKind::Storage, "listing the table failed").with_source(e)
+    })?;
+    let cutoff =
+        chrono::Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    Ok((listed, cutoff))
+}
+
 /// What one maintenance run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MaintenanceReport {

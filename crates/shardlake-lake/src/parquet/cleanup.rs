@@ -11,13 +11,12 @@
 
 use std::time::Duration;
 
-use futures::TryStreamExt;
 use object_store::{ObjectMeta, ObjectStoreExt};
 
 use super::{ParquetEventsTable, storage};
 use crate::crashpoint;
 use crate::error::{ErrorKind, Result};
-use crate::maintenance::CleanupReport;
+use crate::maintenance::{CleanupReport, listing_and_cutoff};
 
 impl ParquetEventsTable {
     /// Deletes leftovers older than `grace`; with `dry_run`, only reports.
@@ -38,14 +37,8 @@ impl ParquetEventsTable {
             }
             Err(e) => return Err(e),
         };
-        let cutoff =
-            chrono::Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
         let store = self.warehouse().store();
-        let listed: Vec<ObjectMeta> = store
-            .list(Some(self.prefix()))
-            .try_collect()
-            .await
-            .map_err(storage("listing the table failed"))?;
+        let (listed, cutoff) = listing_and_cutoff(store.as_ref(), self.prefix(), grace).await?;
         let mut report = CleanupReport {
             files_listed: listed.len(),
             dry_run,

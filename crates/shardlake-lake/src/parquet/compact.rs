@@ -24,12 +24,11 @@ use arrow::array::RecordBatch;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::committer::{file_path, write_file};
 use super::{CommitFacts, ParquetCommit, ParquetEventsTable, chain, storage};
 use crate::crashpoint;
-use crate::data_file::{EXPECTED_COMPRESSION, WriterConfig, cut, sort_rows};
+use crate::data_file::{EXPECTED_COMPRESSION, WriterConfig, cut, decode_sorted};
 use crate::error::{Error, ErrorKind, Result};
 use crate::maintenance::{CompactionConfig, CompactionReport};
 
@@ -130,19 +129,7 @@ impl ParquetEventsTable {
                 .buffered(writer.parallelism.max(1))
                 .try_collect()
                 .await?;
-            let rows = tokio::task::spawn_blocking(move || {
-                let mut batches = Vec::new();
-                for bytes in contents {
-                    for batch in ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()? {
-                        batches.push(batch?);
-                    }
-                }
-                sort_rows(&batches)
-            })
-            .await
-            .map_err(|e| {
-                Error::new(ErrorKind::Unexpected, "compaction task failed").with_source(e)
-            })??;
+            let rows = decode_sorted(contents).await?;
             chunks.extend(
                 cut(&rows, max_bytes)
                     .into_iter()
