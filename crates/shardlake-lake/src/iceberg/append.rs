@@ -31,7 +31,7 @@ pub(crate) async fn append(
         Some(parent) => table.manifests().manifest_list(base, parent).await?,
         None => Arc::default(),
     };
-    let mut writer = SnapshotWriter::new(base);
+    let mut writer = SnapshotWriter::new(base, table.in_flight());
     let added = writer.added_manifest(files.iter().cloned()).await?;
     let manifests: Vec<ManifestFile> = added.into_iter().chain(parent.iter().cloned()).collect();
     let mut props = change_summary(base, files, []);

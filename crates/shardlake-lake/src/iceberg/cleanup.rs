@@ -28,6 +28,7 @@ use futures::StreamExt;
 use object_store::ObjectMeta;
 use object_store::path::Path;
 
+use super::manifests::file_name;
 use super::table::{IcebergEventsTable, commit_state};
 use crate::crashpoint;
 use crate::error::{Error, ErrorKind, Result};
@@ -49,6 +50,11 @@ impl IcebergEventsTable {
         expiring: &HashSet<i64>,
         still_ours: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<CleanupReport> {
+        // Files written after this instant are younger than any version
+        // read below, so the grace period counts from here: however long
+        // reading the retained snapshots takes, a file committed meanwhile
+        // is never old enough to go.
+        let started = chrono::Utc::now();
         let base = self.load().await?;
         let metadata = base.metadata();
         let next_position = commit_state(&base)?.next_position;
@@ -90,7 +96,7 @@ impl IcebergEventsTable {
 
         let prefix = self.warehouse().object_path(metadata.location())?;
         let store = self.warehouse().store();
-        let (listed, cutoff) = listing_and_cutoff(store.as_ref(), &prefix, grace).await?;
+        let (listed, cutoff) = listing_and_cutoff(store.as_ref(), &prefix, started, grace).await?;
         let mut report = CleanupReport {
             files_listed: listed.len(),
             dry_run,
@@ -103,7 +109,10 @@ impl IcebergEventsTable {
                 continue;
             }
             let at_or_after_next = emitter_file_position(name).is_some_and(|p| p >= next_position);
-            if meta.last_modified > cutoff || at_or_after_next {
+            if meta.last_modified > cutoff
+                || at_or_after_next
+                || self.in_flight().contains_name(name)
+            {
                 report.files_kept_young += 1;
                 continue;
             }
@@ -144,11 +153,6 @@ impl IcebergEventsTable {
         tracing::info!(?report, "removed unreachable files");
         Ok(report)
     }
-}
-
-/// The last segment of a location.
-fn file_name(location: &str) -> &str {
-    location.rsplit('/').next().unwrap_or(location)
 }
 
 /// The first position in an emitter's data file name

@@ -45,9 +45,10 @@ struct Chosen {
 }
 
 impl IcebergEventsTable {
-    /// Compacts every namespace with at least `config.min_small_files`
-    /// files under `config.small_file_bytes`, writing files laid out by
-    /// `writer`. Safe to run while emitters commit.
+    /// Compacts, in every namespace, each size tier of small files that
+    /// holds at least `config.min_small_files` files
+    /// ([`CompactionConfig::tier`]), writing files laid out by `writer`.
+    /// Safe to run while emitters commit.
     pub async fn compact(
         &self,
         writer: &WriterConfig,
@@ -70,8 +71,10 @@ impl IcebergEventsTable {
             if chosen.is_empty() {
                 return Ok(CompactionReport::default());
             }
+            let mut namespaces: Vec<&str> = chosen.iter().map(|c| c.namespace.as_str()).collect();
+            namespaces.dedup();
             let mut report = CompactionReport {
-                namespaces: chosen.len(),
+                namespaces: namespaces.len(),
                 files_removed: chosen.iter().map(|c| c.files.len()).sum(),
                 bytes_removed: chosen
                     .iter()
@@ -131,18 +134,20 @@ impl IcebergEventsTable {
         }
     }
 
-    /// The small files of each namespace that has enough of them.
+    /// The small files of each namespace and size tier that has enough of
+    /// them (one group per namespace and tier, namespaces in order).
     async fn choose(&self, base: &Table, config: &CompactionConfig) -> Result<Vec<Chosen>> {
         let Some(parent) = base.metadata().current_snapshot() else {
             return Ok(Vec::new());
         };
         let live = self.manifests().live_entries(base, parent).await?;
-        let mut small: BTreeMap<String, Vec<DataFile>> = BTreeMap::new();
+        // Per namespace and size tier; a tier with enough files is compacted.
+        let mut small: BTreeMap<(String, u32), Vec<DataFile>> = BTreeMap::new();
         for entry in &live {
             let file = entry.data_file();
-            if file.file_size_in_bytes() < config.small_file_bytes {
+            if let Some(tier) = config.tier(file.file_size_in_bytes()) {
                 small
-                    .entry(namespace_of(file)?)
+                    .entry((namespace_of(file)?, tier))
                     .or_default()
                     .push(file.clone());
             }
@@ -150,7 +155,7 @@ impl IcebergEventsTable {
         Ok(small
             .into_iter()
             .filter(|(_, files)| files.len() >= config.min_small_files.max(2))
-            .map(|(namespace, files)| Chosen { namespace, files })
+            .map(|((namespace, _), files)| Chosen { namespace, files })
             .collect())
     }
 }

@@ -8,7 +8,8 @@
 //! references. A new snapshot therefore costs the reads of what is new in
 //! it, not of the whole table.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{ManifestEntryRef, ManifestFile, ManifestList, Snapshot};
@@ -121,4 +122,43 @@ impl ManifestCache {
             .flat_map(|entries| entries.iter().filter(|e| e.is_alive()).cloned())
             .collect())
     }
+}
+
+/// Names of the files this process is writing for commits that have not
+/// been swapped in yet (manifests, manifest lists, metadata files). Cleanup
+/// never deletes them, whatever the grace period: they are nobody's
+/// leftovers yet. A file is registered before it is written and forgotten
+/// once its commit landed or was given up.
+#[derive(Debug, Clone, Default)]
+pub struct InFlightFiles(Arc<Mutex<HashSet<String>>>);
+
+impl InFlightFiles {
+    /// Registers `location` (before writing it).
+    pub(crate) fn add(&self, location: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(file_name(location).to_owned());
+    }
+
+    /// Forgets `location`.
+    pub(crate) fn remove(&self, location: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(file_name(location));
+    }
+
+    /// Whether a file named `name` is being written.
+    pub(crate) fn contains_name(&self, name: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+    }
+}
+
+/// The last segment of a location.
+pub(crate) fn file_name(location: &str) -> &str {
+    location.rsplit('/').next().unwrap_or(location)
 }

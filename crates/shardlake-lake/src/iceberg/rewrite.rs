@@ -176,7 +176,7 @@ pub(crate) async fn rewrite(
         return Ok(Rewritten::Nothing);
     }
 
-    let mut writer = SnapshotWriter::new(base);
+    let mut writer = SnapshotWriter::new(base, table.in_flight());
     let mut manifests: Vec<ManifestFile> = Vec::new();
     manifests.extend(writer.added_manifest(rewrite.added.iter().cloned()).await?);
     if !removed_entries.is_empty() {

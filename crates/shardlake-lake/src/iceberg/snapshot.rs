@@ -22,6 +22,7 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 
+use super::manifests::InFlightFiles;
 use crate::error::Result;
 
 /// Summary totals Iceberg keeps up to date on every snapshot.
@@ -45,11 +46,23 @@ pub(crate) struct SnapshotWriter<'a> {
     manifests_started: u32,
     /// Every file written for this snapshot (removed again if it is not committed).
     written: Vec<String>,
+    /// Registers them as in flight until the writer is dropped.
+    in_flight: InFlightFiles,
+    tracked: Vec<String>,
+}
+
+impl Drop for SnapshotWriter<'_> {
+    fn drop(&mut self) {
+        for path in &self.tracked {
+            self.in_flight.remove(path);
+        }
+    }
 }
 
 impl<'a> SnapshotWriter<'a> {
-    /// A snapshot with a fresh id and the next sequence number of `base`.
-    pub(crate) fn new(base: &'a Table) -> Self {
+    /// A snapshot with a fresh id and the next sequence number of `base`,
+    /// its files registered in `in_flight` while it lives.
+    pub(crate) fn new(base: &'a Table, in_flight: &InFlightFiles) -> Self {
         let metadata = base.metadata();
         Self {
             base,
@@ -58,7 +71,16 @@ impl<'a> SnapshotWriter<'a> {
             uuid: uuid::Uuid::new_v4(),
             manifests_started: 0,
             written: Vec::new(),
+            in_flight: in_flight.clone(),
+            tracked: Vec::new(),
         }
+    }
+
+    /// Notes a file about to be written for this snapshot.
+    fn start_file(&mut self, path: &str) {
+        self.in_flight.add(path);
+        self.tracked.push(path.to_owned());
+        self.written.push(path.to_owned());
     }
 
     /// The new snapshot's id.
@@ -76,7 +98,7 @@ impl<'a> SnapshotWriter<'a> {
             self.manifests_started
         );
         self.manifests_started += 1;
-        self.written.push(path.clone());
+        self.start_file(&path);
         Ok(ManifestWriterBuilder::new(
             self.base.file_io().new_output(&path)?,
             Some(self.snapshot_id),
@@ -119,7 +141,7 @@ impl<'a> SnapshotWriter<'a> {
             self.snapshot_id,
             self.uuid
         );
-        self.written.push(path.clone());
+        self.start_file(&path);
         let mut list = ManifestListWriter::v2(
             self.base.file_io().new_output(&path)?.writer().await?,
             self.snapshot_id,

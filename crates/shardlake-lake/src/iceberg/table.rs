@@ -17,7 +17,7 @@ use iceberg::{Catalog, MetadataLocation, NamespaceIdent, TableCreation, TableIde
 use sqlx::SqlitePool;
 
 use super::catalog::{CATALOG_NAME, open_sql_catalog};
-use super::manifests::ManifestCache;
+use super::manifests::{InFlightFiles, ManifestCache};
 use super::schema::{check_schema, iceberg_schema, partition_spec, sort_order};
 use crate::commit::{CommitState, FIRST_POSITION};
 use crate::error::{Error, ErrorKind, Result};
@@ -95,6 +95,7 @@ pub struct IcebergEventsTable {
     pins: SnapshotPins,
     // Serializes this process's commits on the table (see `lock_commits`).
     commits: Arc<tokio::sync::Mutex<()>>,
+    in_flight: InFlightFiles,
 }
 
 /// Reads of a metadata file that vanished between reading the pointer and
@@ -165,6 +166,7 @@ impl IcebergEventsTable {
             file_io,
             manifests: ManifestCache::default(),
             commits: Arc::default(),
+            in_flight: InFlightFiles::default(),
         };
         table.check_location().await?;
         let loaded = table.load().await?;
@@ -375,9 +377,16 @@ impl IcebergEventsTable {
         let location = MetadataLocation::from_str(&current)?
             .with_next_version()
             .with_new_metadata(&built.metadata);
-        built.metadata.write_to(&self.file_io, &location).await?;
-        let location = location.to_string();
-        if !self.swap_metadata_location(&current, &location).await? {
+        let path = location.to_string();
+        self.in_flight.add(&path);
+        let swapped = async {
+            built.metadata.write_to(&self.file_io, &location).await?;
+            self.swap_metadata_location(&current, &path).await
+        }
+        .await;
+        self.in_flight.remove(&path);
+        let location = path;
+        if !swapped? {
             if let Err(e) = self.file_io.delete(&location).await {
                 tracing::debug!(error = %e, location, "could not remove a lost commit's metadata");
             }
@@ -418,6 +427,11 @@ impl IcebergEventsTable {
     /// What keeps snapshots from expiring.
     pub fn pins(&self) -> &SnapshotPins {
         &self.pins
+    }
+
+    /// Files this process is writing for commits not swapped in yet.
+    pub(crate) fn in_flight(&self) -> &InFlightFiles {
+        &self.in_flight
     }
 
     /// Parsed manifests, shared by every user of this handle.

@@ -65,7 +65,8 @@ impl Default for MaintenanceConfig {
 pub struct CompactionConfig {
     /// Files smaller than this are candidates.
     pub small_file_bytes: u64,
-    /// A namespace is compacted once it has at least this many small files.
+    /// A namespace's files of one size tier are compacted once there are at
+    /// least this many ([`CompactionConfig::tier`]).
     pub min_small_files: usize,
     /// Times the whole compaction starts over when another rewrite removed
     /// files it was replacing.
@@ -79,6 +80,36 @@ impl Default for CompactionConfig {
             min_small_files: 8,
             max_attempts: 5,
         }
+    }
+}
+
+/// Size tiers of small files (see [`CompactionConfig::tier`]).
+pub(crate) const TIERS: u32 = 5;
+
+impl CompactionConfig {
+    /// The size tier of a file of `size` bytes, `None` if it is not small.
+    ///
+    /// Compaction is size-tiered, as in LSM trees: small files are grouped
+    /// by size, each tier four times the one below, the top one ending at
+    /// `small_file_bytes` (so with the defaults: under 128 KiB, 512 KiB,
+    /// 2 MiB, 8 MiB, 32 MiB), and a tier is compacted once it holds
+    /// `min_small_files` files. What a compaction writes lands in a higher
+    /// tier. A byte is therefore rewritten about once per tier on its way
+    /// to a large file, instead of every time new small files arrive next
+    /// to it, and a namespace keeps at most about `min_small_files` files
+    /// per tier plus what arrived since the last run.
+    pub fn tier(&self, size: u64) -> Option<u32> {
+        if size >= self.small_file_bytes {
+            return None;
+        }
+        let base = (self.small_file_bytes >> (2 * (TIERS - 1))).max(1);
+        let mut tier = 0;
+        let mut bound = base;
+        while size >= bound && tier < TIERS - 1 {
+            tier += 1;
+            bound = bound.saturating_mul(4);
+        }
+        Some(tier)
     }
 }
 
@@ -224,18 +255,19 @@ pub struct CleanupReport {
 }
 
 /// Every object under `prefix`, and the time before which a file is past
-/// `grace`: what both formats' cleanup starts from.
+/// `grace`, counted back from `started` (when the cleanup began reading
+/// the table): what both formats' cleanup starts from.
 pub(crate) async fn listing_and_cutoff(
     store: &dyn object_store::ObjectStore,
     prefix: &object_store::path::Path,
+    started: chrono::DateTime<chrono::Utc>,
     grace: Duration,
 ) -> Result<(Vec<object_store::ObjectMeta>, chrono::DateTime<chrono::Utc>)> {
     use futures::TryStreamExt;
     let listed = store.list(Some(prefix)).try_collect().await.map_err(|e| {
         crate::Error::new(crate::ErrorKind::Storage, "listing the table failed").with_source(e)
     })?;
-    let cutoff =
-        chrono::Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    let cutoff = started - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     Ok((listed, cutoff))
 }
 
@@ -400,5 +432,28 @@ impl Lake {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_tiers_grow_by_four_up_to_the_small_file_size() {
+        let c = CompactionConfig::default();
+        let kib = 1024;
+        assert_eq!(c.tier(5 * kib), Some(0));
+        assert_eq!(c.tier(127 * kib), Some(0));
+        assert_eq!(c.tier(128 * kib), Some(1));
+        assert_eq!(c.tier(600 * kib), Some(2));
+        assert_eq!(c.tier(3 * 1024 * kib), Some(3));
+        assert_eq!(c.tier(31 * 1024 * kib), Some(4));
+        assert_eq!(c.tier(32 * 1024 * kib), None, "not small");
+        let eager = CompactionConfig {
+            small_file_bytes: u64::MAX,
+            ..c
+        };
+        assert_eq!(eager.tier(100 * 1024 * kib), Some(0));
     }
 }

@@ -38,7 +38,8 @@ impl ParquetEventsTable {
             Err(e) => return Err(e),
         };
         let store = self.warehouse().store();
-        let (listed, cutoff) = listing_and_cutoff(store.as_ref(), self.prefix(), grace).await?;
+        let (listed, cutoff) =
+            listing_and_cutoff(store.as_ref(), self.prefix(), chrono::Utc::now(), grace).await?;
         let mut report = CleanupReport {
             files_listed: listed.len(),
             dry_run,

@@ -190,15 +190,18 @@ impl ParquetEventsTable {
     }
 }
 
-/// Runs of consecutive chain commits made of small files only, each at
-/// most [`MAX_RUN_BYTES`], that give some namespace at least
-/// `min_small_files` small files.
+/// Runs of consecutive chain commits of small files in one size tier (a
+/// commit's tier is its largest file's, see [`CompactionConfig::tier`]),
+/// each at most [`MAX_RUN_BYTES`], that give some namespace at least
+/// `min_small_files` files. Older commits sit in higher tiers, as
+/// compaction leaves them, so runs of a tier are contiguous.
 fn choose_runs<'a>(
     chain: &[&'a ParquetCommit],
     config: &CompactionConfig,
 ) -> Vec<Vec<&'a ParquetCommit>> {
     let mut runs = Vec::new();
     let mut run: Vec<&ParquetCommit> = Vec::new();
+    let mut run_tier = None;
     let mut bytes = 0u64;
     let close = |run: &mut Vec<&'a ParquetCommit>, runs: &mut Vec<Vec<&'a ParquetCommit>>| {
         let mut per_namespace: BTreeMap<&str, usize> = BTreeMap::new();
@@ -216,15 +219,14 @@ fn choose_runs<'a>(
     };
     for commit in chain {
         let size: u64 = commit.files.iter().map(|f| f.size).sum();
-        let small = commit
-            .files
-            .iter()
-            .all(|f| f.size < config.small_file_bytes);
-        if !small || bytes + size > MAX_RUN_BYTES {
+        let largest = commit.files.iter().map(|f| f.size).max().unwrap_or(0);
+        let tier = config.tier(largest);
+        if tier.is_none() || tier != run_tier || bytes + size > MAX_RUN_BYTES {
             close(&mut run, &mut runs);
             bytes = 0;
         }
-        if small {
+        run_tier = tier;
+        if tier.is_some() {
             run.push(commit);
             bytes += size;
         }

@@ -458,6 +458,34 @@ async fn cleanup_and_compaction_never_touch_the_files_of_a_commit_in_flight() {
     assert_exactly(&maintainer, &everything).await;
 }
 
+/// Maintenance with no grace period at all, in the process whose emitter
+/// is committing all the while: the files of commits in flight and of
+/// commits made while cleanup reads the table are never taken for
+/// leftovers (the table stays readable after every run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_with_no_grace_beside_a_busy_emitter_keeps_every_live_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = Lake::open_local(dir.path()).await.expect("lake");
+    let all = events(0..4, 60, 3);
+    let writer = {
+        let (lake, all) = (lake.clone(), all.clone());
+        tokio::spawn(async move { commit_in_chunks(&lake, &all, 4).await })
+    };
+    let mut runs = 0;
+    while !writer.is_finished() {
+        maintain(&lake, &aggressive(), &Action::ALL).await;
+        runs += 1;
+        // Everything the current snapshot references is still there.
+        lake.data_files()
+            .await
+            .expect("the current manifests are all there");
+    }
+    assert_eq!(writer.await.expect("writer").len(), 60);
+    assert!(runs > 1, "maintenance ran alongside the writer");
+    maintain(&lake, &aggressive(), &Action::ALL).await;
+    assert_exactly(&lake, &all).await;
+}
+
 #[tokio::test]
 async fn a_parquet_lake_compacts_travels_in_time_until_expiry_and_cleans_up() {
     let dir = tempfile::tempdir().expect("tempdir");
