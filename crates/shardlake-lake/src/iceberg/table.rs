@@ -81,9 +81,15 @@ pub mod summary {
 }
 
 /// Handle on the Iceberg `events` table of a warehouse. Cheap to clone;
-/// clones share the manifest cache and the snapshot pins.
+/// clones share the manifest cache, the snapshot pins, the commit lock and
+/// the files in flight.
 #[derive(Debug, Clone)]
 pub struct IcebergEventsTable {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     catalog: Arc<iceberg_catalog_sql::SqlCatalog>,
     // A direct connection to the catalog database: the table pointer is read
     // and compare-and-swapped here, with the statements the SQL catalog uses.
@@ -94,7 +100,7 @@ pub struct IcebergEventsTable {
     manifests: ManifestCache,
     pins: SnapshotPins,
     // Serializes this process's commits on the table (see `lock_commits`).
-    commits: Arc<tokio::sync::Mutex<()>>,
+    commits: tokio::sync::Mutex<()>,
     in_flight: InFlightFiles,
 }
 
@@ -158,15 +164,17 @@ impl IcebergEventsTable {
         )))
         .build();
         let table = Self {
-            catalog,
-            pins: SnapshotPins::open(pool.clone()).await?,
-            pool,
-            ident,
-            warehouse: warehouse.clone(),
-            file_io,
-            manifests: ManifestCache::default(),
-            commits: Arc::default(),
-            in_flight: InFlightFiles::default(),
+            inner: Arc::new(Inner {
+                catalog,
+                pins: SnapshotPins::open(pool.clone()).await?,
+                pool,
+                ident,
+                warehouse: warehouse.clone(),
+                file_io,
+                manifests: ManifestCache::default(),
+                commits: tokio::sync::Mutex::new(()),
+                in_flight: InFlightFiles::default(),
+            }),
         };
         table.check_location().await?;
         let loaded = table.load().await?;
@@ -245,7 +253,7 @@ impl IcebergEventsTable {
     /// location): every read would fail later with a less helpful error.
     async fn check_location(&self) -> Result<()> {
         let metadata = self.current_metadata_location().await?;
-        let root = self.warehouse.root();
+        let root = self.inner.warehouse.root();
         if metadata.starts_with(root.as_str()) {
             return Ok(());
         }
@@ -254,7 +262,7 @@ impl IcebergEventsTable {
             format!(
                 "the catalog in {} belongs to a lake stored at {metadata}, but storage is \
                  configured at {root}; open it with the storage location it was created with",
-                self.warehouse.data_dir().display()
+                self.inner.warehouse.data_dir().display()
             ),
         ))
     }
@@ -266,7 +274,7 @@ impl IcebergEventsTable {
         loop {
             attempt += 1;
             let location = self.current_metadata_location().await?;
-            match TableMetadata::read_from(&self.file_io, &location).await {
+            match TableMetadata::read_from(&self.inner.file_io, &location).await {
                 Ok(metadata) => {
                     check_schema(metadata.current_schema())?;
                     return self.table_at(metadata, location);
@@ -275,7 +283,7 @@ impl IcebergEventsTable {
                 // pointer: the pointer has moved on, read it again.
                 Err(e)
                     if attempt < LOAD_ATTEMPTS
-                        && !self.file_io.exists(&location).await.unwrap_or(true) =>
+                        && !self.inner.file_io.exists(&location).await.unwrap_or(true) =>
                 {
                     tracing::debug!(error = %e, location, "metadata file gone; reloading");
                 }
@@ -286,8 +294,8 @@ impl IcebergEventsTable {
 
     fn table_at(&self, metadata: TableMetadata, location: String) -> Result<Table> {
         Ok(Table::builder()
-            .file_io(self.file_io.clone())
-            .identifier(self.ident.clone())
+            .file_io(self.inner.file_io.clone())
+            .identifier(self.inner.ident.clone())
             .metadata(metadata)
             .metadata_location(location)
             .runtime(iceberg::Runtime::try_current()?)
@@ -304,9 +312,9 @@ impl IcebergEventsTable {
              WHERE catalog_name = ? AND table_namespace = ? AND table_name = ?",
         )
         .bind(CATALOG_NAME)
-        .bind(self.ident.namespace().join("."))
-        .bind(self.ident.name())
-        .fetch_optional(&self.pool)
+        .bind(self.inner.ident.namespace().join("."))
+        .bind(self.inner.ident.name())
+        .fetch_optional(&self.inner.pool)
         .await
         .map_err(|e| Error::new(ErrorKind::Storage, "catalog lookup failed").with_source(e))?;
         row.and_then(|(location,)| location).ok_or_else(|| {
@@ -314,7 +322,7 @@ impl IcebergEventsTable {
                 ErrorKind::Storage,
                 format!(
                     "table {} has no metadata location in the catalog",
-                    self.ident
+                    self.inner.ident
                 ),
             )
         })
@@ -332,10 +340,10 @@ impl IcebergEventsTable {
         .bind(new)
         .bind(expected)
         .bind(CATALOG_NAME)
-        .bind(self.ident.namespace().join("."))
-        .bind(self.ident.name())
+        .bind(self.inner.ident.namespace().join("."))
+        .bind(self.inner.ident.name())
         .bind(expected)
-        .execute(&self.pool)
+        .execute(&self.inner.pool)
         .await
         .map_err(|e| Error::new(ErrorKind::Storage, "catalog update failed").with_source(e))?;
         Ok(done.rows_affected() == 1)
@@ -349,7 +357,7 @@ impl IcebergEventsTable {
     /// Data files are written before taking it. Commits of other processes
     /// still race, and the compare-and-swap settles those.
     pub(crate) async fn lock_commits(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.commits.lock().await
+        self.inner.commits.lock().await
     }
 
     /// Commits the next version of the table: `update` turns `base`'s
@@ -378,23 +386,26 @@ impl IcebergEventsTable {
             .with_next_version()
             .with_new_metadata(&built.metadata);
         let path = location.to_string();
-        self.in_flight.add(&path);
+        self.inner.in_flight.add(&path);
         let swapped = async {
-            built.metadata.write_to(&self.file_io, &location).await?;
+            built
+                .metadata
+                .write_to(&self.inner.file_io, &location)
+                .await?;
             self.swap_metadata_location(&current, &path).await
         }
         .await;
-        self.in_flight.remove(&path);
+        self.inner.in_flight.remove(&path);
         let location = path;
         if !swapped? {
-            if let Err(e) = self.file_io.delete(&location).await {
+            if let Err(e) = self.inner.file_io.delete(&location).await {
                 tracing::debug!(error = %e, location, "could not remove a lost commit's metadata");
             }
             return Ok(None);
         }
         if delete_after_commit(&built.metadata) {
             for old in &built.expired_metadata_logs {
-                if let Err(e) = self.file_io.delete(&old.metadata_file).await {
+                if let Err(e) = self.inner.file_io.delete(&old.metadata_file).await {
                     // Cleanup removes what this misses.
                     tracing::debug!(error = %e, file = old.metadata_file, "could not prune metadata");
                 }
@@ -415,53 +426,53 @@ impl IcebergEventsTable {
 
     /// The subscription checkpoints kept in the same catalog database.
     pub async fn checkpoints(&self) -> Result<crate::checkpoint::Checkpoints> {
-        crate::checkpoint::Checkpoints::open(self.pool.clone()).await
+        crate::checkpoint::Checkpoints::open(self.inner.pool.clone()).await
     }
 
     /// The control tables (topologies, migrations) in the same catalog
     /// database.
     pub async fn control(&self) -> Result<crate::control::ControlStore> {
-        crate::control::ControlStore::open(self.pool.clone()).await
+        crate::control::ControlStore::open(self.inner.pool.clone()).await
     }
 
     /// What keeps snapshots from expiring.
     pub fn pins(&self) -> &SnapshotPins {
-        &self.pins
+        &self.inner.pins
     }
 
     /// Files this process is writing for commits not swapped in yet.
     pub(crate) fn in_flight(&self) -> &InFlightFiles {
-        &self.in_flight
+        &self.inner.in_flight
     }
 
     /// Parsed manifests, shared by every user of this handle.
     pub fn manifests(&self) -> &ManifestCache {
-        &self.manifests
+        &self.inner.manifests
     }
 
     /// The catalog database.
     pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.pool
+        &self.inner.pool
     }
 
     /// The file IO every table file goes through.
     pub fn file_io(&self) -> &FileIO {
-        &self.file_io
+        &self.inner.file_io
     }
 
     /// The catalog the table lives in.
     pub fn catalog(&self) -> Arc<dyn Catalog> {
-        Arc::clone(&self.catalog) as Arc<dyn Catalog>
+        Arc::clone(&self.inner.catalog) as Arc<dyn Catalog>
     }
 
     /// The table's identifier.
     pub fn ident(&self) -> &TableIdent {
-        &self.ident
+        &self.inner.ident
     }
 
     /// The warehouse the table lives in.
     pub fn warehouse(&self) -> &Warehouse {
-        &self.warehouse
+        &self.inner.warehouse
     }
 }
 
