@@ -126,7 +126,7 @@ fn stable_keys() -> anyhow::Result<Vec<String>> {
 /// Keys the migration moves, with a few events each written by their owner
 /// under the 16-shard topology, before the run: one commit.
 fn seed(router: &ShardRouter) -> anyhow::Result<Vec<Value>> {
-    let mut seqs = vec![0u64; SHARDS];
+    let mut seqs = [0u64; SHARDS];
     let mut events = Vec::new();
     for k in 0..2_000 {
         let key = format!("Account:a-{k}");
