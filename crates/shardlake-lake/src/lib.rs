@@ -27,6 +27,7 @@ pub mod file_meta;
 mod format;
 pub mod history;
 pub mod iceberg;
+mod in_flight;
 pub mod maintenance;
 pub mod parquet;
 pub mod pins;

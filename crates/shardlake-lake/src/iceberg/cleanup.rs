@@ -55,6 +55,9 @@ impl IcebergEventsTable {
         // reading the retained snapshots takes, a file committed meanwhile
         // is never old enough to go.
         let started = chrono::Utc::now();
+        // Before reading the table: a commit in flight now may land and be
+        // forgotten before the files are judged below.
+        let in_flight = self.in_flight().watch();
         let base = self.load().await?;
         let metadata = base.metadata();
         let next_position = commit_state(&base)?.next_position;
@@ -109,10 +112,7 @@ impl IcebergEventsTable {
                 continue;
             }
             let at_or_after_next = emitter_file_position(name).is_some_and(|p| p >= next_position);
-            if meta.last_modified > cutoff
-                || at_or_after_next
-                || self.in_flight().contains_name(name)
-            {
+            if meta.last_modified > cutoff || at_or_after_next || in_flight.saw(name) {
                 report.files_kept_young += 1;
                 continue;
             }

@@ -8,14 +8,14 @@
 //! references. A new snapshot therefore costs the reads of what is new in
 //! it, not of the whole table.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{ManifestEntryRef, ManifestFile, ManifestList, Snapshot};
 use iceberg::table::Table;
 
 use crate::error::Result;
+use crate::in_flight::{InFlight, Watch};
 
 /// Manifests read at once.
 const MANIFEST_CONCURRENCY: usize = 8;
@@ -127,34 +127,26 @@ impl ManifestCache {
 /// Names of the files this process is writing for commits that have not
 /// been swapped in yet (manifests, manifest lists, metadata files). Cleanup
 /// never deletes them, whatever the grace period: they are nobody's
-/// leftovers yet. A file is registered before it is written and forgotten
-/// once its commit landed or was given up.
+/// leftovers yet (see [`crate::in_flight`]). A file is registered before it
+/// is written and forgotten once its commit landed or was given up.
 #[derive(Debug, Clone, Default)]
-pub struct InFlightFiles(Arc<Mutex<HashSet<String>>>);
+pub struct InFlightFiles(InFlight);
 
 impl InFlightFiles {
     /// Registers `location` (before writing it).
     pub(crate) fn add(&self, location: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(file_name(location).to_owned());
+        self.0.add(file_name(location));
     }
 
     /// Forgets `location`.
     pub(crate) fn remove(&self, location: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(file_name(location));
+        self.0.remove(file_name(location));
     }
 
-    /// Whether a file named `name` is being written.
-    pub(crate) fn contains_name(&self, name: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(name)
+    /// Remembers every file in flight from now until the watch drops
+    /// (asked by file name).
+    pub(crate) fn watch(&self) -> Watch {
+        self.0.watch()
     }
 }
 

@@ -61,12 +61,14 @@ impl ParquetEventsTable {
                 doomed.push(meta);
             }
         }
-        // Commits that never completed, not being written here.
+        // Commits that never completed, not being written here. Watched
+        // from before the read: a commit that lands meanwhile is not one.
+        let writing = self.watch_writing();
         let snapshot = self.snapshot().await?;
         let cutoff_ms = cutoff.timestamp_millis();
         let mut incomplete = Vec::new();
         for file in &snapshot.incomplete {
-            if self.is_writing(&file.commit.commit_id) || file.last_modified_ms > cutoff_ms {
+            if writing.saw(&file.commit.commit_id) || file.last_modified_ms > cutoff_ms {
                 report.files_kept_young += 1;
             } else {
                 incomplete.push(std::sync::Arc::clone(file));

@@ -164,11 +164,13 @@ impl Drop for ParquetCommitter {
 /// the lock holder may call this: for it, an incomplete commit is nobody's
 /// work in progress, only what a crash or a failed attempt left behind.
 async fn recover(table: &ParquetEventsTable) -> Result<super::ParquetSnapshot> {
+    // A compaction of this process may be writing its commit right now, or
+    // finish it while the table is read: watched from before the read.
+    let writing = table.watch_writing();
     let mut snapshot = table.snapshot().await?;
-    // A compaction of this process may be writing its commit right now.
     let (in_flight, leftovers): (Vec<_>, Vec<_>) = std::mem::take(&mut snapshot.incomplete)
         .into_iter()
-        .partition(|f| table.is_writing(&f.commit.commit_id));
+        .partition(|f| writing.saw(&f.commit.commit_id));
     if !leftovers.is_empty() {
         tracing::info!(
             files = leftovers.len(),

@@ -60,6 +60,7 @@ pub use committer::ParquetCommitter;
 
 use crate::commit::{CommitState, FIRST_POSITION};
 use crate::error::{Error, ErrorKind, Result};
+use crate::in_flight::{Held, InFlight, Watch};
 use crate::pins::SnapshotPins;
 use crate::warehouse::Warehouse;
 
@@ -247,7 +248,7 @@ pub struct ParquetEventsTable {
     listing: Arc<Mutex<ListingCache>>,
     // Commits this process is writing (an emitter's, a compaction's): their
     // files are not the leftovers of a crash, whatever a listing shows.
-    in_flight: Arc<Mutex<HashSet<String>>>,
+    in_flight: InFlight,
     pins: SnapshotPins,
 }
 
@@ -331,7 +332,7 @@ impl ParquetEventsTable {
             pool,
             footers: Arc::new(Mutex::new(HashMap::new())),
             listing: Arc::new(Mutex::new(ListingCache::default())),
-            in_flight: Arc::default(),
+            in_flight: InFlight::default(),
         })
     }
 
@@ -347,23 +348,14 @@ impl ParquetEventsTable {
 
     /// Marks commit `commit_id` as being written by this process until the
     /// guard drops: its files are nobody's leftovers meanwhile.
-    pub(crate) fn writing(&self, commit_id: &str) -> InFlight {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(commit_id.to_owned());
-        InFlight {
-            in_flight: Arc::clone(&self.in_flight),
-            commit_id: commit_id.to_owned(),
-        }
+    pub(crate) fn writing(&self, commit_id: &str) -> Held {
+        self.in_flight.hold(commit_id)
     }
 
-    /// Whether this process is writing commit `commit_id`.
-    pub(crate) fn is_writing(&self, commit_id: &str) -> bool {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(commit_id)
+    /// Remembers every commit in flight from now until the watch drops
+    /// (see [`crate::in_flight`]).
+    pub(crate) fn watch_writing(&self) -> Watch {
+        self.in_flight.watch()
     }
 
     /// Holds the writer lock for maintenance: `None` if a committer of this
@@ -557,21 +549,6 @@ impl ParquetEventsTable {
             }
         }
         Ok(())
-    }
-}
-
-/// A commit being written by this process (see [`ParquetEventsTable::writing`]).
-pub(crate) struct InFlight {
-    in_flight: Arc<Mutex<HashSet<String>>>,
-    commit_id: String,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.commit_id);
     }
 }
 
