@@ -7,20 +7,19 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use serde_json::Map;
 use shardlake_lake::{EmitAck, EmitInput, EmitterConfig};
 use shardlake_query::{CrossShardQuery, QueryConfig};
 
 use crate::generate::{GenerateSpec, write_ndjson};
 use crate::lake_args::LakeArgs;
-use crate::output::{self, Format};
+use crate::output;
 
 const SHARDS: u32 = 8;
 const NAMESPACES: u32 = 6;
 
 pub async fn run(lake_args: &LakeArgs, events: u64) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    let lake = lake_args.open().await?;
+    let lake = lake_args.open_or_create().await?;
     let before = lake.commit_state().await?;
     writeln!(
         out,
@@ -141,13 +140,7 @@ pub async fn run(lake_args: &LakeArgs, events: u64) -> anyhow::Result<()> {
     for (i, (title, sql)) in queries.iter().enumerate() {
         let result = engine.sql(*sql).await?;
         writeln!(out, "\n{}. {title}\n   {sql}", i + 5)?;
-        output::write(
-            &mut out,
-            Format::Table,
-            &result.schema,
-            &result.batches,
-            Map::new(),
-        )?;
+        output::write_table(&mut out, &result.schema, &result.batches)?;
         writeln!(out, "   stats: {}", result.stats.summary())?;
     }
     let again = engine.sql(queries[0].1).await?;

@@ -15,7 +15,7 @@ use shardlake_core::{EventBatchBuilder, EventLimits, RejectedLine, push_ndjson};
 use shardlake_lake::{
     AckFuture, EmitInput, EmitterMetricsSnapshot, PipelineEmitter, RejectedEvent,
 };
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt};
 
 /// Bytes per parse chunk: big enough to amortize task overhead, small
 /// enough to keep both cores busy and memory flat.
@@ -53,7 +53,7 @@ pub async fn ingest(
     emitter: &PipelineEmitter,
     progress: bool,
 ) -> anyhow::Result<IngestSummary> {
-    let (reader, total): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) = if input == "-" {
+    let (raw, len): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) = if input == "-" {
         (Box::new(tokio::io::stdin()), None)
     } else {
         let path = Path::new(input);
@@ -63,6 +63,10 @@ pub async fn ingest(
         let len = file.metadata().await.ok().map(|m| m.len());
         (Box::new(file), len)
     };
+    let (reader, compressed) = decompressed(raw).await?;
+    // The bar counts decompressed bytes: a compressed file's size is no total.
+    let total = len.filter(|_| !compressed);
+    let reader = ndjson(reader).await?;
     let bar = progress_bar(progress, total);
     let started = Instant::now();
     let limits = emitter.config().limits;
@@ -120,6 +124,71 @@ pub async fn ingest(
     summary.events_per_second = summary.lines as f64 / summary.seconds.max(1e-9);
     summary.emitter = emitter.metrics();
     Ok(summary)
+}
+
+/// `reader`, decompressed if it starts like gzip or zstd (whatever the file
+/// is called), and whether it was.
+async fn decompressed(
+    reader: Box<dyn AsyncRead + Unpin + Send>,
+) -> anyhow::Result<(Box<dyn AsyncRead + Unpin + Send>, bool)> {
+    use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
+    let mut reader = tokio::io::BufReader::new(reader);
+    let head = reader.fill_buf().await?;
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        let mut decoder = GzipDecoder::new(reader);
+        // `cat a.gz b.gz` is one valid gzip file of two members.
+        decoder.multiple_members(true);
+        (Box::new(decoder), true)
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let mut decoder = ZstdDecoder::new(reader);
+        decoder.multiple_members(true);
+        (Box::new(decoder), true)
+    } else {
+        (Box::new(reader), false)
+    })
+}
+
+/// `reader` as NDJSON: as it is, or, if its first non-blank byte is `[`,
+/// the elements of that JSON array one per line (the shape HTTP ingest
+/// accepts too). An array is read whole: it has no line boundaries to cut
+/// it at. Line numbers in rejections are then element numbers.
+async fn ndjson(
+    reader: Box<dyn AsyncRead + Unpin + Send>,
+) -> anyhow::Result<Box<dyn AsyncRead + Unpin + Send>> {
+    let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
+    let first = loop {
+        let head = reader.fill_buf().await?;
+        if head.is_empty() {
+            break None;
+        }
+        match head.iter().position(|b| !b.is_ascii_whitespace()) {
+            Some(i) => break Some(head[i]),
+            None => {
+                let n = head.len();
+                reader.consume(n);
+            }
+        }
+    };
+    if first != Some(b'[') {
+        return Ok(Box::new(reader));
+    }
+    let mut text = Vec::new();
+    reader.read_to_end(&mut text).await?;
+    let elements: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&text)
+        .map_err(|e| anyhow::anyhow!("the input is a JSON array but not valid JSON: {e}"))?;
+    let mut lines = Vec::with_capacity(text.len() + elements.len());
+    for element in elements {
+        let raw = element.get();
+        if raw.contains(['\n', '\r']) {
+            // A pretty-printed element: one line of it.
+            let value: serde_json::Value = serde_json::from_str(raw)?;
+            serde_json::to_writer(&mut lines, &value)?;
+        } else {
+            lines.extend_from_slice(raw.as_bytes());
+        }
+        lines.push(b'\n');
+    }
+    Ok(Box::new(std::io::Cursor::new(lines)))
 }
 
 fn parse_chunk(

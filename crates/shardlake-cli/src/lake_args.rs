@@ -9,6 +9,7 @@ use shardlake_lake::{Lake, ObjectStorageConfig, TableFormat};
 /// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...), never from
 /// flags, which other users of the machine can read.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Lake (every command)")]
 pub struct LakeArgs {
     /// Data directory: SQLite catalog, dead letters and, unless --storage
     /// says otherwise, the table files.
@@ -28,20 +29,11 @@ pub struct LakeArgs {
         value_name = "URL"
     )]
     pub storage: Option<String>,
-    /// Table format of a new lake: `iceberg` (snapshots, concurrent
-    /// writers, compaction) or `parquet` (Hive-style files, one writer).
-    /// An existing lake must be opened with the format it was created with.
-    #[arg(
-        long = "table-format",
-        global = true,
-        env = "SHARDLAKE_FORMAT",
-        default_value = "iceberg"
-    )]
-    pub table_format: TableFormat,
-    /// Whether `--table-format` (or `SHARDLAKE_FORMAT`) was given rather than
-    /// defaulted: `serve` lets its config file choose otherwise.
-    #[arg(skip)]
-    pub format_given: bool,
+    /// Table format of a new lake: `iceberg` (the default: snapshots,
+    /// concurrent writers, compaction) or `parquet` (Hive-style files, one
+    /// writer). An existing lake opens in its own format.
+    #[arg(long = "table-format", global = true, env = "SHARDLAKE_FORMAT")]
+    pub table_format: Option<TableFormat>,
     /// S3 endpoint, for S3-compatible servers (MinIO, moto, R2...).
     #[arg(
         long,
@@ -83,8 +75,34 @@ impl LakeArgs {
         config
     }
 
-    /// Opens (creating on first use) the lake.
-    pub async fn open(&self) -> anyhow::Result<Lake> {
-        Ok(Lake::open_with(&self.warehouse, &self.storage_config(), self.table_format).await?)
+    /// Opens the existing lake, in its own format, for a command that
+    /// reads it: a directory without a lake is an error, never a new empty
+    /// lake that answers every question with nothing.
+    pub async fn open_existing(&self) -> anyhow::Result<Lake> {
+        let lake = Lake::open_existing(&self.warehouse, &self.storage_config()).await?;
+        if let Some(asked) = self.table_format.filter(|f| *f != lake.format()) {
+            anyhow::bail!(
+                "the lake at {} is a {} lake, not {asked}: --table-format only chooses for a new lake",
+                self.warehouse.display(),
+                lake.format()
+            );
+        }
+        Ok(lake)
+    }
+
+    /// Opens the lake, creating it if there is none (for commands that
+    /// write), and says so on stderr when it did.
+    pub async fn open_or_create(&self) -> anyhow::Result<Lake> {
+        let (lake, created) =
+            Lake::open_or_create(&self.warehouse, &self.storage_config(), self.table_format)
+                .await?;
+        if created {
+            eprintln!(
+                "created a new {} lake at {}",
+                lake.format(),
+                lake.warehouse().data_dir().display()
+            );
+        }
+        Ok(lake)
     }
 }

@@ -6,6 +6,8 @@
 //! (with `--s3-endpoint`, `--s3-region`) puts the table files on S3.
 
 mod demo;
+mod errors;
+mod files;
 mod generate;
 mod ingest;
 mod lake_args;
@@ -21,7 +23,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use serde_json::Map;
 use shardlake_lake::EmitterConfig;
 use tracing_subscriber::EnvFilter;
 
@@ -76,13 +77,26 @@ enum Command {
         #[arg(long, default_value_t = 2_000)]
         flush_ms: u64,
     },
-    /// Run SQL over the `events` and `things` tables.
+    /// Run SQL over the `events` and `things` tables: the argument, a file
+    /// (`-f`), or stdin; with none of them on a terminal, an interactive
+    /// session. Statements: SELECT, EXPLAIN, SHOW TABLES, DESCRIBE.
     Query {
-        /// The SQL statement.
-        sql: String,
+        /// SQL: one statement or several separated by `;` (`-` reads stdin).
+        #[arg(conflicts_with = "file")]
+        sql: Option<String>,
+        /// Read the SQL from this file.
+        #[arg(short = 'f', long)]
+        file: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Rows a table shows (the rest are counted); 0 shows all.
+        #[arg(long, default_value_t = 40)]
+        max_rows: usize,
+        /// JSON rows as arrays of values (the shape of `/v1/query`)
+        /// instead of objects.
+        #[arg(long)]
+        json_arrays: bool,
         /// Cancel the query after this many milliseconds.
         #[arg(long)]
         timeout_ms: Option<u64>,
@@ -145,6 +159,22 @@ enum Command {
     /// expire old snapshots and delete unreachable files, once (the server
     /// does this in the background).
     Maintain(maintain::MaintainArgs),
+    /// The live data files of the current (or a given) snapshot: what an
+    /// outside reader (DuckDB, pyarrow) must read to get the same answer.
+    Files {
+        /// Only this namespace's files.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// The files of this retained snapshot.
+        #[arg(long, conflicts_with = "as_of")]
+        snapshot: Option<i64>,
+        /// The files of the snapshot current at this RFC 3339 time.
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Output: paths, json, or a DuckDB statement reading them.
+        #[arg(long, value_enum, default_value_t = files::FilesFormat::Paths)]
+        format: files::FilesFormat,
+    },
     /// List the retained snapshots (what `--snapshot` and `--as-of` reach).
     Snapshots {
         /// Print them as JSON.
@@ -227,16 +257,19 @@ async fn main() {
     // SHARDLAKE_WAREHOUSE names one.
     let warehouse_flag =
         matches.value_source("warehouse") != Some(clap::parser::ValueSource::DefaultValue);
-    let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    cli.lake.format_given =
-        matches.value_source("table_format") != Some(clap::parser::ValueSource::DefaultValue);
     init_logs(matches!(cli.command, Command::Serve { .. }));
-    if let Err(e) = run(cli, warehouse_flag).await {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match run(cli, warehouse_flag).await {
+        Ok(()) => {}
+        // `| head` closed stdout: the reader has what it wanted.
+        Err(_) if errors::stdout_closed() => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: {}", errors::describe(&e));
+            std::process::exit(errors::exit_code(&e));
+        }
     }
 }
 
@@ -245,8 +278,13 @@ async fn main() {
 /// commands). `SHARDLAKE_LOG_FORMAT=json` writes one JSON object per line.
 fn init_logs(server: bool) {
     let default = if server { "info" } else { "warn" };
-    let filter =
-        EnvFilter::try_from_env("SHARDLAKE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = match std::env::var("SHARDLAKE_LOG") {
+        Ok(directives) => EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+            eprintln!("warning: ignoring SHARDLAKE_LOG={directives:?} ({e}); logging at {default}");
+            EnvFilter::new(default)
+        }),
+        Err(_) => EnvFilter::new(default),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -286,7 +324,7 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             batch_events,
             flush_ms,
         } => {
-            let lake = cli.lake.open().await?;
+            let lake = cli.lake.open_or_create().await?;
             let emitter = lake
                 .emitter(EmitterConfig {
                     max_batch_events: batch_events,
@@ -317,26 +355,47 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
                     writeln!(out, "  rejected line {}: {}: {}", r.index, r.code, r.error)?;
                 }
             }
+            // Exit status 1: a script must not mistake a partly rejected
+            // input for a stored one (the rest is stored, exactly once).
+            if summary.rejected > 0 {
+                anyhow::bail!(
+                    "{} of {} lines were rejected (the others are stored; fix those lines and ingest them again)",
+                    summary.rejected,
+                    summary.lines
+                );
+            }
             Ok(())
         }
         Command::Query {
             sql,
+            file,
             format,
+            max_rows,
+            json_arrays,
             timeout_ms,
             snapshot,
             as_of,
         } => {
-            let lake = cli.lake.open().await?;
             let at = query::TimeTravel::new(snapshot, as_of.as_deref())?;
-            let result = query::run(&lake, &sql, timeout_ms.map(Duration::from_millis), at).await?;
-            let mut out = std::io::stdout().lock();
-            let mut extra = Map::new();
-            extra.insert("stats".into(), serde_json::to_value(&result.stats)?);
-            output::write(&mut out, format, &result.schema, &result.batches, extra)?;
-            if format == Format::Table {
-                writeln!(out, "{}", result.stats.summary())?;
+            let sql = query::read_sql(sql, file.as_deref())?;
+            let lake = cli.lake.open_existing().await?;
+            let options = output::Options {
+                format,
+                max_rows,
+                json_arrays,
+            };
+            let runner =
+                query::Runner::open(&lake, timeout_ms.map(Duration::from_millis), at, options)
+                    .await?;
+            match sql {
+                Some(sql) => {
+                    let mut out = std::io::BufWriter::new(errors::Stdout::new());
+                    runner.run_script(&sql, &mut out).await?;
+                    out.flush()?;
+                    Ok(())
+                }
+                None => query::repl(&runner, &lake).await,
             }
-            Ok(())
         }
         Command::Demo { events } => demo::run(&cli.lake, events).await,
         Command::Replay {
@@ -349,7 +408,7 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             as_of,
             since_snapshot,
         } => {
-            let lake = cli.lake.open().await?;
+            let lake = cli.lake.open_existing().await?;
             let at = query::TimeTravel::new(None, as_of.as_deref())?;
             query::replay(
                 &lake,
@@ -372,7 +431,7 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             min_files,
             json,
         } => {
-            let lake = cli.lake.open().await?;
+            let lake = cli.lake.open_existing().await?;
             let report = lake
                 .compact(&shardlake_lake::CompactionConfig {
                     small_file_bytes: small_file_mib * 1024 * 1024,
@@ -384,8 +443,11 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             if json {
                 serde_json::to_writer(&mut out, &report)?;
                 writeln!(out)?;
+            } else if let Some(why) = &report.skipped {
+                writeln!(out, "nothing compacted: {why}")?;
             } else if report.snapshot_id.is_none() {
-                writeln!(out, "nothing to compact")?;
+                let why = files::why_nothing_to_compact(&lake, small_file_mib, min_files).await?;
+                writeln!(out, "nothing to compact: {why}")?;
             } else {
                 writeln!(
                     out,
@@ -402,11 +464,22 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Maintain(args) => {
-            let lake = cli.lake.open().await?;
+            let lake = cli.lake.open_existing().await?;
             maintain::maintain(&lake, &args).await
         }
+        Command::Files {
+            namespace,
+            snapshot,
+            as_of,
+            format,
+        } => {
+            let at = query::TimeTravel::new(snapshot, as_of.as_deref())?;
+            let lake = cli.lake.open_existing().await?;
+            let mut out = errors::Stdout::new();
+            files::files(&lake, at, namespace, format, &mut out).await
+        }
         Command::Snapshots { json } => {
-            let lake = cli.lake.open().await?;
+            let lake = cli.lake.open_existing().await?;
             maintain::snapshots(&lake, json).await
         }
         Command::Route { key, topology } => {

@@ -201,7 +201,13 @@ pub async fn run(lake_args: &LakeArgs, command: MigrateCommand) -> anyhow::Resul
 }
 
 async fn run_command(lake_args: &LakeArgs, command: MigrateCommand) -> anyhow::Result<()> {
-    let lake = lake_args.open().await?;
+    // Recording the first topology may start a lake; everything else
+    // works on one that exists.
+    let lake = if matches!(command, MigrateCommand::Init { .. }) {
+        lake_args.open_or_create().await?
+    } else {
+        lake_args.open_existing().await?
+    };
     let engine = CrossShardQuery::open(&lake, QueryConfig::default()).await?;
     let mut out = std::io::stdout().lock();
     match command {
@@ -633,7 +639,7 @@ pub async fn serve_shard(
     listen: std::net::SocketAddr,
     hydrate: bool,
 ) -> anyhow::Result<()> {
-    let lake = lake_args.open().await?;
+    let lake = lake_args.open_or_create().await?;
     let emitter = Arc::new(lake.emitter(EmitterConfig::default()).await?);
     let last_seq = lake.commit_state().await?.watermark(id as i32);
     let shard = Arc::new(InMemoryShard::with_emitter(

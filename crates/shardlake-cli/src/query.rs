@@ -1,9 +1,14 @@
 //! `shardlake query`: SQL over the lake through the query engine.
 
+use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
+use anyhow::Context;
 use shardlake_lake::Lake;
-use shardlake_query::{CrossShardQuery, QueryConfig, QueryResult, SqlQuery};
+use shardlake_query::{CrossShardQuery, QueryConfig, SqlQuery};
+
+use crate::output;
 
 /// Which snapshot a command reads: `--snapshot` or `--as-of`, else the
 /// current one.
@@ -45,22 +50,170 @@ impl TimeTravel {
     }
 }
 
-/// Runs `sql` against the lake.
-pub async fn run(
-    lake: &Lake,
-    sql: &str,
-    timeout: Option<Duration>,
+/// Runs statements against the lake and writes their results: what
+/// `shardlake query` does with an argument, a file, stdin or a REPL.
+pub struct Runner {
+    engine: CrossShardQuery,
     at: TimeTravel,
-) -> anyhow::Result<QueryResult> {
-    let engine = CrossShardQuery::open(
-        lake,
-        QueryConfig {
-            default_timeout: timeout,
-            ..QueryConfig::default()
-        },
-    )
-    .await?;
-    Ok(at.apply(engine.sql(sql)).await?)
+    output: output::Options,
+}
+
+impl Runner {
+    /// A runner over `lake`; `timeout` cancels each statement.
+    pub async fn open(
+        lake: &Lake,
+        timeout: Option<Duration>,
+        at: TimeTravel,
+        output: output::Options,
+    ) -> anyhow::Result<Self> {
+        let engine = CrossShardQuery::open(
+            lake,
+            QueryConfig {
+                default_timeout: timeout,
+                ..QueryConfig::default()
+            },
+        )
+        .await?;
+        Ok(Self { engine, at, output })
+    }
+
+    /// Runs every statement of `sql` in order, stopping at the first error.
+    pub async fn run_script(&self, sql: &str, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+        let statements = shardlake_query::split_statements(sql)?;
+        if statements.is_empty() {
+            anyhow::bail!("no SQL statement given");
+        }
+        for statement in statements {
+            let mut stream = self.at.apply(self.engine.sql(statement)).stream().await?;
+            output::write_stream(out, &self.output, &mut stream).await?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// The SQL to run: the argument (`-` for stdin), else `--file`, else stdin
+/// unless it is a terminal (`None`: open the REPL).
+pub fn read_sql(argument: Option<String>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    use std::io::{IsTerminal, Read};
+    let read_stdin = || -> anyhow::Result<Option<String>> {
+        let mut sql = String::new();
+        std::io::stdin()
+            .read_to_string(&mut sql)
+            .context("reading SQL from stdin")?;
+        Ok(Some(sql))
+    };
+    match (argument, file) {
+        (Some(sql), _) if sql == "-" => read_stdin(),
+        (Some(sql), _) => Ok(Some(sql)),
+        (None, Some(path)) => {
+            Ok(Some(std::fs::read_to_string(path).with_context(|| {
+                format!("cannot read SQL from {}", path.display())
+            })?))
+        }
+        (None, None) if std::io::stdin().is_terminal() => Ok(None),
+        (None, None) => read_stdin(),
+    }
+}
+
+/// An interactive session: statements end with `;` and may span lines;
+/// `\dt` (or `.tables`) lists the tables, `\d NAME` (or `.schema NAME`)
+/// describes one, `\q` (or `.quit`, Ctrl-D) leaves, Ctrl-C drops the
+/// statement being typed. History is kept in `~/.shardlake_history`.
+pub async fn repl(runner: &Runner, lake: &Lake) -> anyhow::Result<()> {
+    use rustyline::error::ReadlineError;
+    let mut editor = rustyline::DefaultEditor::new()?;
+    let history = std::env::var_os("HOME")
+        .map(|home| std::path::PathBuf::from(home).join(".shardlake_history"));
+    if let Some(path) = &history {
+        // No history yet is normal.
+        let _ = editor.load_history(path);
+    }
+    println!(
+        "shardlake {}: SQL over the {} lake at {}.\nEnd statements with ;   \\dt tables   \\d NAME columns   \\q quit",
+        env!("CARGO_PKG_VERSION"),
+        lake.format(),
+        lake.warehouse().data_dir().display()
+    );
+    let mut buffer = String::new();
+    loop {
+        let prompt = if buffer.is_empty() {
+            "shardlake> "
+        } else {
+            "      ...> "
+        };
+        let line = match editor.readline(prompt) {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => {
+                buffer.clear();
+                continue;
+            }
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        };
+        // What history keeps: the line typed, or the whole statement.
+        let mut entry = None;
+        let sql = if buffer.is_empty() {
+            match meta_command(line.trim()) {
+                Some(Meta::Quit) => break,
+                Some(Meta::Sql(sql)) => {
+                    entry = Some(line.trim().to_owned());
+                    sql
+                }
+                None => {
+                    buffer = line;
+                    if !shardlake_query::is_complete(&buffer) {
+                        buffer.push('\n');
+                        continue;
+                    }
+                    std::mem::take(&mut buffer)
+                }
+            }
+        } else {
+            buffer.push_str(&line);
+            if !shardlake_query::is_complete(&buffer) {
+                buffer.push('\n');
+                continue;
+            }
+            std::mem::take(&mut buffer)
+        };
+        if sql.trim().is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(entry.as_deref().unwrap_or(sql.trim()));
+        let mut out = std::io::stdout();
+        if let Err(e) = runner.run_script(&sql, &mut out).await {
+            eprintln!("error: {}", crate::errors::describe(&e));
+        }
+    }
+    if let Some(path) = &history
+        && let Err(e) = editor.save_history(path)
+    {
+        eprintln!(
+            "warning: could not save the history to {}: {e}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+enum Meta {
+    Quit,
+    Sql(String),
+}
+
+/// The REPL's backslash and dot commands.
+fn meta_command(line: &str) -> Option<Meta> {
+    let (command, argument) = line
+        .split_once(char::is_whitespace)
+        .map_or((line, ""), |(c, a)| (c, a.trim().trim_end_matches(';')));
+    Some(match command {
+        "\\q" | ".quit" | ".exit" | "quit" | "exit" => Meta::Quit,
+        "\\dt" | ".tables" => Meta::Sql("SHOW TABLES".to_owned()),
+        "\\d" | ".schema" if argument.is_empty() => Meta::Sql("SHOW TABLES".to_owned()),
+        "\\d" | ".schema" => Meta::Sql(format!("DESCRIBE {argument}")),
+        _ => return None,
+    })
 }
 
 /// `shardlake replay`: streams the events of `query` to stdout as NDJSON in
@@ -70,8 +223,6 @@ pub async fn replay(
     at: TimeTravel,
     query: shardlake_query::ReplayQuery,
 ) -> anyhow::Result<()> {
-    use std::io::Write;
-
     use futures::StreamExt;
 
     let engine = CrossShardQuery::open(lake, QueryConfig::default()).await?;

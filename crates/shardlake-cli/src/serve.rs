@@ -25,8 +25,8 @@ pub async fn run(
         config.warehouse = warehouse;
     }
     lake_args.apply_to(&mut config.storage);
-    if lake_args.format_given {
-        config.format = lake_args.table_format;
+    if let Some(format) = lake_args.table_format {
+        config.format = Some(format);
     }
     let server = Server::bind(config).await?;
     let auth = if server.requires_tokens() {

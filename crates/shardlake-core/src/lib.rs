@@ -18,6 +18,7 @@ mod batch;
 mod error;
 mod event;
 pub mod hash;
+pub mod json_id;
 pub mod schema;
 
 pub use batch::{

@@ -26,6 +26,8 @@ pub enum ErrorKind {
     /// The snapshot asked for is not retained (it expired, or never
     /// existed).
     SnapshotExpired,
+    /// There is no lake where one was expected (see [`crate::LakeDir`]).
+    NotFound,
     /// A bug or an impossible state on our side.
     Unexpected,
 }
@@ -43,6 +45,7 @@ impl ErrorKind {
             Self::Storage => "Storage",
             Self::Timeout => "Timeout",
             Self::SnapshotExpired => "SnapshotExpired",
+            Self::NotFound => "NotFound",
             Self::Unexpected => "Unexpected",
         }
     }

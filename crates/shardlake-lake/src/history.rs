@@ -21,8 +21,10 @@ use crate::iceberg::{COMPACTION_PROPERTY, summary};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotInfo {
     /// The snapshot id (as a string too in JSON APIs: it may exceed 2^53).
+    #[serde(with = "shardlake_core::json_id")]
     pub snapshot_id: i64,
     /// The snapshot before it, if retained or known.
+    #[serde(with = "shardlake_core::json_id::option")]
     pub parent_id: Option<i64>,
     /// When it was committed (RFC 3339).
     pub committed_at: String,

@@ -52,7 +52,7 @@ pub use maintenance::{
 };
 pub use pins::{Pin, SnapshotPins};
 pub use storage::{ObjectStorageConfig, StorageRetryConfig};
-pub use warehouse::Warehouse;
+pub use warehouse::{LakeDir, Warehouse};
 
 /// A lake: a warehouse and its `events` table, in either format.
 #[derive(Debug, Clone)]
@@ -79,6 +79,54 @@ impl Lake {
         format: TableFormat,
     ) -> Result<Self> {
         Self::open_format(Warehouse::open(data_dir, storage)?, format).await
+    }
+
+    /// Opens the lake whose data directory is `data_dir`, in the format it
+    /// was created with, creating nothing: a directory that holds no lake is
+    /// refused (naming the lake it is inside of, if any). For commands that
+    /// only read, where a new empty lake would answer every question
+    /// wrongly instead of failing.
+    pub async fn open_existing(
+        data_dir: impl AsRef<Path>,
+        storage: &ObjectStorageConfig,
+    ) -> Result<Self> {
+        let data_dir = data_dir.as_ref();
+        match LakeDir::probe(data_dir) {
+            LakeDir::Lake(format) => Self::open_with(data_dir, storage, format).await,
+            other => Err(not_a_lake(data_dir, &other)),
+        }
+    }
+
+    /// Opens the lake whose data directory is `data_dir` in its own format,
+    /// or creates one in `format` (default Iceberg) if there is none; says
+    /// which (`true`: created). `format` only chooses for a new lake: one
+    /// that contradicts an existing lake's format is refused, naming both,
+    /// and so is a directory inside another lake's data directory (a new
+    /// lake nested in an old one is never what was meant).
+    pub async fn open_or_create(
+        data_dir: impl AsRef<Path>,
+        storage: &ObjectStorageConfig,
+        format: Option<TableFormat>,
+    ) -> Result<(Self, bool)> {
+        let data_dir = data_dir.as_ref();
+        match LakeDir::probe(data_dir) {
+            LakeDir::Lake(found) => match format {
+                Some(asked) if asked != found => Err(Error::new(
+                    ErrorKind::DataInvalid,
+                    format!(
+                        "the lake at {} is a {found} lake, not {asked}: the table format only \
+                         chooses for a new lake (leave it out, or use another directory)",
+                        data_dir.display()
+                    ),
+                )),
+                _ => Ok((Self::open_with(data_dir, storage, found).await?, false)),
+            },
+            inside @ LakeDir::Inside { .. } => Err(not_a_lake(data_dir, &inside)),
+            LakeDir::Empty => {
+                let lake = Self::open_with(data_dir, storage, format.unwrap_or_default()).await?;
+                Ok((lake, true))
+            }
+        }
     }
 
     /// Opens (creating on first use) the Iceberg lake of `warehouse`.
@@ -182,4 +230,18 @@ impl Lake {
         let committer = self.table.committer(self.writer.clone()).await?;
         PipelineEmitter::start(committer, config)
     }
+}
+
+/// The error for a data directory that holds no lake (see [`LakeDir`]).
+pub fn not_a_lake(data_dir: &Path, found: &LakeDir) -> Error {
+    let shown = data_dir.display();
+    let message = match found {
+        LakeDir::Inside { root, .. } => format!(
+            "{shown} is inside the shardlake lake at {} (use --warehouse {})",
+            root.display(),
+            root.display()
+        ),
+        _ => format!("no shardlake lake at {shown} (create one with shardlake ingest)"),
+    };
+    Error::new(ErrorKind::NotFound, message)
 }

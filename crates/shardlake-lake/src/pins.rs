@@ -37,6 +37,7 @@ pub struct Pin {
     /// `replay-cursor`, `migration:<id>`, or a caller's own name.
     pub holder: String,
     /// The snapshot kept.
+    #[serde(with = "shardlake_core::json_id")]
     pub snapshot_id: i64,
     /// When a lease runs out (Unix milliseconds); `None`: until released.
     pub expires_at_ms: Option<i64>,

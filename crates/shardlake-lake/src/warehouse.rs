@@ -13,6 +13,7 @@ use object_store::ObjectStore;
 use url::Url;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::TableFormat;
 use crate::storage::ObjectStorageConfig;
 
 /// File name of the SQLite catalog inside the data directory.
@@ -112,6 +113,57 @@ impl Warehouse {
     /// local path) into a path inside [`Self::store`].
     pub fn object_path(&self, location: &str) -> Result<object_store::path::Path> {
         to_object_path(&self.store_url(), location)
+    }
+}
+
+/// What a local data directory holds, as far as lakes go. Read-only
+/// commands ask before opening, so that a mistyped path is an error rather
+/// than a new, empty lake answering every question with zero rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LakeDir {
+    /// The data directory of a lake in this format (`catalog.db`: Iceberg;
+    /// `control.db`: plain Parquet).
+    Lake(TableFormat),
+    /// Not a lake itself but inside the data directory `root` of one (its
+    /// `warehouse/` table files, say): a natural mistake worth naming.
+    Inside {
+        /// The lake's data directory.
+        root: PathBuf,
+        /// Its format.
+        format: TableFormat,
+    },
+    /// No lake here (the directory may not even exist).
+    Empty,
+}
+
+impl LakeDir {
+    /// Looks at `dir` and, unless it is a lake, at its ancestors. Creates
+    /// nothing.
+    pub fn probe(dir: &Path) -> Self {
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        if let Some(format) = format_of(&dir) {
+            return Self::Lake(format);
+        }
+        dir.ancestors()
+            .skip(1)
+            .find_map(|a| {
+                format_of(a).map(|format| Self::Inside {
+                    root: a.to_path_buf(),
+                    format,
+                })
+            })
+            .unwrap_or(Self::Empty)
+    }
+}
+
+/// The format of the lake whose data directory is `dir`, if it is one.
+fn format_of(dir: &Path) -> Option<TableFormat> {
+    if dir.join(CATALOG_FILE).is_file() {
+        Some(TableFormat::Iceberg)
+    } else if dir.join(crate::parquet::CONTROL_DB).is_file() {
+        Some(TableFormat::Parquet)
+    } else {
+        None
     }
 }
 

@@ -146,10 +146,13 @@ pub struct MigrationReport {
     /// Keys whose copy matched the lake (count and content hash).
     pub keys_verified: usize,
     /// The snapshot the copy read.
+    #[serde(with = "shardlake_core::json_id::option", default)]
     pub copy_snapshot: Option<i64>,
     /// The new owners hold every moving key's events up to this snapshot.
+    #[serde(with = "shardlake_core::json_id::option", default)]
     pub applied_snapshot: Option<i64>,
     /// The snapshot after the old owners were fenced and drained.
+    #[serde(with = "shardlake_core::json_id::option", default)]
     pub fence_snapshot: Option<i64>,
     /// The last position committed when the old owners were fenced: none
     /// of their events for a moved key may come after it.

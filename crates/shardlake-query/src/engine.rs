@@ -328,6 +328,66 @@ fn read_only() -> SQLOptions {
         .with_allow_statements(false)
 }
 
+impl CrossShardQuery {
+    /// Pins snapshot `snapshot_id`, else the one current at `as_of_ms`,
+    /// else the current one, and holds it until the pin drops.
+    async fn pin(
+        &self,
+        snapshot_id: Option<i64>,
+        as_of_ms: Option<i64>,
+    ) -> Result<(Arc<SnapshotFiles>, Option<OpenPin>)> {
+        let snapshots = &self.inner.snapshots;
+        let id = match (snapshot_id, as_of_ms) {
+            (Some(id), _) => Some(id),
+            (None, Some(at)) => Some(snapshots.snapshot_as_of(at).await?),
+            (None, None) => None,
+        };
+        match id {
+            Some(id) => {
+                let hold = snapshots.hold(id);
+                Ok((snapshots.pin_at(id).await?, Some(hold)))
+            }
+            None => {
+                let files = snapshots.pin().await?;
+                let hold = files.snapshot_id.map(|id| snapshots.hold(id));
+                Ok((files, hold))
+            }
+        }
+    }
+
+    /// The live data files of snapshot `snapshot_id` (else the one current
+    /// at `as_of`, else the current one) in `scope`'s namespaces: exactly
+    /// what an outside reader (DuckDB, pyarrow) must read to get the
+    /// engine's answer. Listing a table's directory instead also finds the
+    /// files compaction replaced, which are kept for time travel until
+    /// expiry and cleanup remove them, and counts their rows twice.
+    pub async fn live_files(
+        &self,
+        snapshot_id: Option<i64>,
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+        scope: &Scope,
+    ) -> Result<SnapshotFiles> {
+        let (files, _hold) = self
+            .pin(snapshot_id, as_of.map(|t| t.timestamp_millis()))
+            .await?;
+        Ok(SnapshotFiles {
+            snapshot_id: files.snapshot_id,
+            files: files
+                .files
+                .iter()
+                .filter(|f| scope.allows(&f.namespace))
+                .cloned()
+                .collect(),
+            namespaces: files
+                .namespaces
+                .iter()
+                .filter(|n| scope.allows(n))
+                .cloned()
+                .collect(),
+        })
+    }
+}
+
 /// A query being configured. Await it for the whole result, or call
 /// [`SqlQuery::stream`] for record batches as they are produced.
 #[must_use = "a query does nothing until awaited or streamed"]
@@ -424,23 +484,7 @@ impl SqlQuery {
     /// Pins the query's snapshot for as long as the returned guard lives:
     /// expiry in this process keeps it meanwhile.
     async fn pin(&self) -> Result<(Arc<SnapshotFiles>, Option<OpenPin>)> {
-        let snapshots = &self.engine.inner.snapshots;
-        let id = match (self.snapshot_id, self.as_of_ms) {
-            (Some(id), _) => Some(id),
-            (None, Some(at)) => Some(snapshots.snapshot_as_of(at).await?),
-            (None, None) => None,
-        };
-        match id {
-            Some(id) => {
-                let hold = snapshots.hold(id);
-                Ok((snapshots.pin_at(id).await?, Some(hold)))
-            }
-            None => {
-                let files = snapshots.pin().await?;
-                let hold = files.snapshot_id.map(|id| snapshots.hold(id));
-                Ok((files, hold))
-            }
-        }
+        self.engine.pin(self.snapshot_id, self.as_of_ms).await
     }
 
     /// Restricts the query to `scope`'s namespaces.

@@ -139,7 +139,18 @@ impl From<DataFusionError> for Error {
             }
             _ => ErrorKind::Unexpected,
         };
-        let message = e.find_root().message().into_owned();
+        let message = match e.find_root() {
+            // The parser's own words, not DataFusion's Debug rendering of
+            // them (`SQL error: ParserError("...")`).
+            DataFusionError::SQL(parser, _) => match parser.as_ref() {
+                datafusion::sql::sqlparser::parser::ParserError::ParserError(m)
+                | datafusion::sql::sqlparser::parser::ParserError::TokenizerError(m) => {
+                    format!("syntax error: {m}")
+                }
+                other => other.to_string(),
+            },
+            root => root.message().into_owned(),
+        };
         Error::new(kind, message).with_source(e)
     }
 }

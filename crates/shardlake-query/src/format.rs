@@ -1,6 +1,7 @@
 //! Results as JSON, the shape every interface shares:
 //! `{"columns": [{"name", "type"}], "rows": [[...]], "stats": {...}}`.
-//! Numbers, booleans and strings are native JSON; every other type is its
+//! Numbers, booleans and strings are native JSON, lists are arrays,
+//! structs and maps are objects, NULL is `null`; every other type is its
 //! Arrow display string (timestamps in RFC 3339).
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -11,10 +12,12 @@ use serde_json::{Value, json};
 
 use crate::engine::QueryResult;
 
-/// One cell as JSON: numbers, booleans and strings natively, anything else
-/// as its display string.
+/// One cell as JSON: numbers, booleans and strings natively, lists as
+/// arrays, structs and maps as objects (recursively), NULL (of any type,
+/// the untyped `NULL` literal included) as `null`, and anything else
+/// (timestamps, dates, decimals, binary) as its display string.
 fn cell(array: &ArrayRef, formatter: &ArrayFormatter<'_>, row: usize) -> Value {
-    if array.is_null(row) {
+    if array.is_null(row) || array.data_type() == &DataType::Null {
         return Value::Null;
     }
     macro_rules! num {
@@ -44,8 +47,95 @@ fn cell(array: &ArrayRef, formatter: &ArrayFormatter<'_>, row: usize) -> Value {
         DataType::Utf8 => json!(array.as_string::<i32>().value(row)),
         DataType::LargeUtf8 => json!(array.as_string::<i64>().value(row)),
         DataType::Utf8View => json!(array.as_string_view().value(row)),
+        DataType::List(_) => values(&array.as_list::<i32>().value(row)),
+        DataType::LargeList(_) => values(&array.as_list::<i64>().value(row)),
+        DataType::FixedSizeList(..) => values(&array.as_fixed_size_list().value(row)),
+        DataType::Struct(fields) => {
+            let one = array.as_struct().slice(row, 1);
+            let mut object = serde_json::Map::with_capacity(fields.len());
+            for (field, column) in fields.iter().zip(one.columns()) {
+                let value = values(column).as_array_mut().and_then(|v| v.pop());
+                object.insert(field.name().clone(), value.unwrap_or(Value::Null));
+            }
+            Value::Object(object)
+        }
+        DataType::Map(..) => {
+            let entries = array.as_map().value(row);
+            let keys = values(entries.column(0));
+            let items = values(entries.column(1));
+            let mut object = serde_json::Map::new();
+            if let (Value::Array(keys), Value::Array(items)) = (keys, items) {
+                for (key, item) in keys.into_iter().zip(items) {
+                    let key = match key {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    object.insert(key, item);
+                }
+            }
+            Value::Object(object)
+        }
         _ => json!(formatter.value(row).to_string()),
     }
+}
+
+/// Every value of `array`, as a JSON array.
+fn values(array: &ArrayRef) -> Value {
+    let options = display_options();
+    match ArrayFormatter::try_new(array.as_ref(), &options) {
+        Ok(formatter) => Value::Array(
+            (0..array.len())
+                .map(|row| cell(array, &formatter, row))
+                .collect(),
+        ),
+        Err(e) => json!(format!("<{e}>")),
+    }
+}
+
+fn display_options() -> FormatOptions<'static> {
+    FormatOptions::default().with_null("null")
+}
+
+/// The formatters of `batch`'s columns (for the display-string fallback).
+fn formatters<'a>(
+    batch: &'a RecordBatch,
+    options: &'a FormatOptions<'a>,
+) -> Result<Vec<ArrayFormatter<'a>>, ArrowError> {
+    batch
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), options))
+        .collect()
+}
+
+/// Calls `row` with each row of `batch` as an array of JSON values.
+pub fn for_each_row(
+    batch: &RecordBatch,
+    mut row: impl FnMut(Vec<Value>) -> Result<(), ArrowError>,
+) -> Result<(), ArrowError> {
+    let options = display_options();
+    let formatters = formatters(batch, &options)?;
+    for i in 0..batch.num_rows() {
+        row(batch
+            .columns()
+            .iter()
+            .zip(&formatters)
+            .map(|(c, f)| cell(c, f, i))
+            .collect())?;
+    }
+    Ok(())
+}
+
+/// A row (as [`for_each_row`] gives it) as an object keyed by column name.
+pub fn row_object(schema: &SchemaRef, row: Vec<Value>) -> Value {
+    Value::Object(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .zip(row)
+            .collect(),
+    )
 }
 
 /// Column descriptions `[{"name", "type"}]`.
@@ -61,24 +151,12 @@ pub fn columns_json(schema: &SchemaRef) -> Value {
 
 /// Rows as arrays of JSON values.
 pub fn rows_json(batches: &[RecordBatch]) -> Result<Vec<Value>, ArrowError> {
-    let options = FormatOptions::default().with_null("null");
     let mut rows = Vec::new();
     for batch in batches {
-        let formatters = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-            .collect::<Result<Vec<_>, _>>()?;
-        for row in 0..batch.num_rows() {
-            rows.push(Value::Array(
-                batch
-                    .columns()
-                    .iter()
-                    .zip(&formatters)
-                    .map(|(c, f)| cell(c, f, row))
-                    .collect(),
-            ));
-        }
+        for_each_row(batch, |row| {
+            rows.push(Value::Array(row));
+            Ok(())
+        })?;
     }
     Ok(rows)
 }

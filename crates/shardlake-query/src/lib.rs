@@ -32,6 +32,7 @@ pub mod format;
 mod provider;
 mod recorder;
 mod scope;
+mod script;
 mod snapshot;
 mod stats;
 pub mod subscription;
@@ -45,8 +46,9 @@ pub use engine::{
 pub use error::{Error, ErrorKind, Result};
 pub use provider::THINGS_SQL;
 pub use scope::Scope;
+pub use script::{is_complete, split_statements};
 pub use snapshot::{LakeFile, SnapshotFiles};
-pub use stats::ScanStats;
+pub use stats::{AnsweredFrom, ScanStats};
 pub use subscription::{Subscription, SubscriptionConfig};
 pub use typed::{
     AggregateFunction, AggregateQuery, AggregateSource, Aggregation, Condition, EventsQuery, Op,

@@ -37,10 +37,29 @@ pub struct ScanStats {
     pub rows_returned: u64,
     /// Whether the result came from the result cache (then nothing was scanned).
     pub cache_hit: bool,
+    /// How the answer was made: [`AnsweredFrom`].
+    #[serde(default)]
+    pub answered_from: AnsweredFrom,
     /// The snapshots the query was pinned to.
+    #[serde(with = "shardlake_core::json_id::vec")]
     pub snapshot_ids: Vec<i64>,
     /// Wall time from request to last row, milliseconds.
     pub elapsed_ms: f64,
+}
+
+/// How an answer was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnsweredFrom {
+    /// Column data was read from at least one file.
+    #[default]
+    Scan,
+    /// No column data was read: row counts, bounds and per-file constant
+    /// columns (`namespace`) came from the snapshot's metadata and the
+    /// files' footers (or the query needed no table at all).
+    Metadata,
+    /// The result cache.
+    Cache,
 }
 
 impl ScanStats {
@@ -63,6 +82,11 @@ impl ScanStats {
             rows_scanned: rows_scanned(plan),
             rows_returned,
             cache_hit: false,
+            answered_from: if findings.files_scanned == 0 && findings.bytes_scanned == 0 {
+                AnsweredFrom::Metadata
+            } else {
+                AnsweredFrom::Scan
+            },
             snapshot_ids: findings.snapshot_ids.clone(),
             elapsed_ms,
         }
@@ -80,6 +104,7 @@ impl ScanStats {
             bytes_scanned: 0,
             rows_scanned: 0,
             cache_hit: true,
+            answered_from: AnsweredFrom::Cache,
             elapsed_ms,
             ..self.clone()
         }
@@ -91,6 +116,16 @@ impl ScanStats {
             return format!(
                 "{} rows from cache (snapshot {:?}) in {:.1} ms",
                 self.rows_returned, self.snapshot_ids, self.elapsed_ms
+            );
+        }
+        if self.answered_from == AnsweredFrom::Metadata {
+            return format!(
+                "{} rows in {:.1} ms, answered from metadata: no data read from the {} files of {} partitions (snapshot {:?})",
+                self.rows_returned,
+                self.elapsed_ms,
+                self.files_total,
+                self.partitions_total,
+                self.snapshot_ids,
             );
         }
         format!(
@@ -110,13 +145,18 @@ impl ScanStats {
 }
 
 /// Rows the Parquet scans of `plan` decoded: what they emitted plus what
-/// their row filters dropped.
+/// their row filters dropped. A scan that fetched no bytes decoded nothing:
+/// the rows it emitted were made from metadata (a column constant per
+/// file, such as `namespace`, with row counts from the footers).
 fn rows_scanned(plan: &Arc<dyn ExecutionPlan>) -> u64 {
     let mut total = 0u64;
     let mut stack = vec![Arc::clone(plan)];
     while let Some(node) = stack.pop() {
         if node.name() == "DataSourceExec"
             && let Some(metrics) = node.metrics()
+            && metrics
+                .sum_by_name("bytes_scanned")
+                .is_some_and(|b| b.as_usize() > 0)
         {
             total += metrics.output_rows().unwrap_or(0) as u64;
             total += metrics

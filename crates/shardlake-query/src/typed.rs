@@ -189,10 +189,12 @@ pub struct ReplayQuery {
     pub after_seq: Option<i64>,
     /// Read this snapshot instead of the current one.
     #[serde(default)]
+    #[serde(with = "shardlake_core::json_id::option")]
     pub snapshot_id: Option<i64>,
     /// Only events committed after this snapshot (incremental catch-up
     /// between two snapshots, with `snapshot_id` as the upper end).
     #[serde(default)]
+    #[serde(with = "shardlake_core::json_id::option")]
     pub since_snapshot: Option<i64>,
     /// Only keys of partition `index` of `count` (`fnv1a_32(key) % count`).
     #[serde(default)]

@@ -23,8 +23,9 @@ pub struct ServerConfig {
     /// Data directory of the lake: the SQLite catalog, dead letters, and
     /// (unless `[storage]` puts them elsewhere) the table files.
     pub warehouse: PathBuf,
-    /// Table format: `iceberg` (default) or `parquet`.
-    pub format: TableFormat,
+    /// Table format of a new lake: `iceberg` (default) or `parquet`. An
+    /// existing lake opens in its own format; naming another is an error.
+    pub format: Option<TableFormat>,
     /// Where table files live: local disk (the default) or
     /// `s3://bucket/prefix` with its endpoint, region and credentials.
     /// Credentials are best left to the standard `AWS_*` variables.
@@ -97,7 +98,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             warehouse: PathBuf::from("./shardlake-data"),
             storage: ObjectStorageConfig::default(),
-            format: TableFormat::Iceberg,
+            format: None,
             limits: Limits::default(),
             cache: CacheSettings::default(),
             emitter: EmitterSettings::default(),

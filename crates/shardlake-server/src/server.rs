@@ -21,7 +21,9 @@ pub enum ServerError {
     Lake(shardlake_lake::Error),
     /// Opening the query engine failed.
     Query(shardlake_query::Error),
-    /// Binding or serving the socket failed.
+    /// The listen address cannot be bound (in use, not local, no permission).
+    Bind(SocketAddr, std::io::Error),
+    /// Serving the socket failed.
     Io(std::io::Error),
 }
 
@@ -29,14 +31,24 @@ impl std::fmt::Display for ServerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Config(m) => write!(f, "configuration: {m}"),
-            Self::Lake(e) => write!(f, "lake: {e}"),
-            Self::Query(e) => write!(f, "query engine: {e}"),
+            Self::Lake(e) => write!(f, "{}", e.message()),
+            Self::Query(e) => write!(f, "query engine: {}", e.message()),
+            Self::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             Self::Io(e) => write!(f, "socket: {e}"),
         }
     }
 }
 
-impl std::error::Error for ServerError {}
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Config(_) => None,
+            Self::Lake(e) => Some(e),
+            Self::Query(e) => Some(e),
+            Self::Bind(_, e) | Self::Io(e) => Some(e),
+        }
+    }
+}
 
 impl From<shardlake_lake::Error> for ServerError {
     fn from(e: shardlake_lake::Error) -> Self {
@@ -78,10 +90,22 @@ impl Server {
                 config.listen
             )));
         }
-        let lake = Lake::open_with(&config.warehouse, &config.storage, config.format).await?;
+        let (lake, created) =
+            Lake::open_or_create(&config.warehouse, &config.storage, config.format).await?;
+        if created {
+            // Normal on a first start (an empty volume), a typo otherwise:
+            // said once, where an operator looks.
+            tracing::warn!(
+                warehouse = %lake.warehouse().data_dir().display(),
+                format = %lake.format(),
+                "created a new lake"
+            );
+        }
         let engine = CrossShardQuery::open(&lake, config.query_config()).await?;
         let emitter = lake.emitter(config.emitter_config()).await?;
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ServerError::Bind(config.listen, e))?;
         let addr = listener.local_addr()?;
         if auth.is_enabled() {
             tracing::info!(%addr, tokens = config.tokens.len(), "listening");

@@ -2,6 +2,7 @@
 //! real SIGKILLs.
 
 mod crash;
+mod first_hour;
 mod ingest;
 mod maintain;
 mod migrate;
@@ -115,9 +116,13 @@ pub fn generate(dir: &Path, events: u64, shards: u32, namespaces: u32, seed: u64
     path
 }
 
-/// Runs SQL and returns the JSON document `--format json` prints.
+/// Runs SQL and returns the JSON document `--format json --json-arrays`
+/// prints (rows as arrays).
 pub fn query_json(warehouse: &Path, sql: &str) -> serde_json::Value {
-    let out = run_ok(warehouse, &["query", "--format", "json", sql]);
+    let out = run_ok(
+        warehouse,
+        &["query", "--format", "json", "--json-arrays", sql],
+    );
     serde_json::from_slice(&out.stdout).expect("json output")
 }
 

@@ -120,16 +120,41 @@ fn maintain_compacts_expires_and_cleans_and_time_travel_reaches_what_is_retained
 
     // Time travel by id and by time reach the same snapshot.
     let third = &listed[2];
-    let id = third["snapshot_id"].as_i64().expect("id").to_string();
+    let id = third["snapshot_id"]
+        .as_str()
+        .expect("a string id")
+        .to_owned();
     let at = third["committed_at"].as_str().expect("time");
     let sql = "SELECT count(*) FROM events";
-    let by_id = run_ok(&wh, &["query", "--format", "json", "--snapshot", &id, sql]);
+    let by_id = run_ok(
+        &wh,
+        &[
+            "query",
+            "--format",
+            "json",
+            "--json-arrays",
+            "--snapshot",
+            &id,
+            sql,
+        ],
+    );
     let by_id: Value = serde_json::from_slice(&by_id.stdout).expect("json");
-    let by_time = run_ok(&wh, &["query", "--format", "json", "--as-of", at, sql]);
+    let by_time = run_ok(
+        &wh,
+        &[
+            "query",
+            "--format",
+            "json",
+            "--json-arrays",
+            "--as-of",
+            at,
+            sql,
+        ],
+    );
     let by_time: Value = serde_json::from_slice(&by_time.stdout).expect("json");
     assert_eq!(by_id["rows"][0][0], third["total_rows"]);
     assert_eq!(by_time["rows"], by_id["rows"]);
-    assert_eq!(by_time["stats"]["snapshot_ids"][0].to_string(), id);
+    assert_eq!(by_time["stats"]["snapshot_ids"][0], id.as_str());
 
     // A dry run changes nothing.
     let table = wh.join("warehouse");

@@ -147,6 +147,7 @@ pub struct EmitAck {
     /// valid events, after the commit.
     pub watermarks: BTreeMap<i32, i64>,
     /// The snapshot that made the events durable (`None` if nothing new was written).
+    #[serde(with = "shardlake_core::json_id::option")]
     pub snapshot_id: Option<i64>,
 }
 

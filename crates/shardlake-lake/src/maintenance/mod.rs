@@ -129,6 +129,7 @@ pub struct CompactionReport {
     /// Bytes of the new files.
     pub bytes_added: u64,
     /// The `replace` snapshot, `None` if there was nothing to compact.
+    #[serde(with = "shardlake_core::json_id::option")]
     pub snapshot_id: Option<i64>,
     /// Commit attempts used (more than one when other commits intervened).
     pub attempts: u32,
@@ -193,6 +194,7 @@ pub struct ManifestMergeReport {
     /// Manifests before and after.
     pub manifests: ManifestChange,
     /// The `replace` snapshot written, if any.
+    #[serde(with = "shardlake_core::json_id::option")]
     pub snapshot_id: Option<i64>,
 }
 

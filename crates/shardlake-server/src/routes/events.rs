@@ -40,6 +40,7 @@ pub struct IngestResponse {
     /// Committed watermark of every shard in the request, after the commit.
     pub watermarks: BTreeMap<i32, i64>,
     /// The snapshot that made the events durable, if anything new was written.
+    #[serde(with = "shardlake_core::json_id::option")]
     pub snapshot_id: Option<i64>,
 }
 

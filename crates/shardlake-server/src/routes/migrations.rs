@@ -23,6 +23,7 @@ use shardlake_routing::{ShardRouter, SharedRouter, Topology};
 use crate::auth::Authenticated;
 use crate::config::Permission;
 use crate::error::ApiError;
+use crate::routes::JsonBody;
 use crate::state::AppState;
 
 /// A topology change: exactly one of `add_shard`, `remove_shard`,
@@ -215,7 +216,7 @@ pub async fn get(
 pub async fn dry_run(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
-    Json(request): Json<ChangeRequest>,
+    JsonBody(request): JsonBody<ChangeRequest>,
 ) -> Result<Json<MigrationPlan>, ApiError> {
     caller.require(Permission::Admin)?;
     Ok(Json(plan(&state, request, false).await?))
@@ -226,7 +227,7 @@ pub async fn dry_run(
 pub async fn start(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
-    Json(request): Json<ChangeRequest>,
+    JsonBody(request): JsonBody<ChangeRequest>,
 ) -> Result<Response, ApiError> {
     caller.require(Permission::Admin)?;
     let slot = state.migration_slot().ok_or_else(busy)?;

@@ -7,11 +7,13 @@
 //! | `GET /v1/replay` | query | [`replay`] |
 //! | `GET /v1/tables` | query | [`tables`] |
 //! | `GET /v1/snapshots` | query | [`snapshots`] |
+//! | `GET /v1/files` | query | [`files`] |
 //! | `GET /v1/stats`, `GET /metrics` | admin | [`ops`] |
 //! | `GET, POST /v1/migrations`, `POST /v1/migrations/plan`, `GET /v1/migrations/{id}`, `POST /v1/migrations/{id}/{resume,rollback}` | admin | [`migrations`] |
 //! | `GET /healthz`, `GET /readyz` | none | [`ops`] |
 
 pub mod events;
+pub mod files;
 pub mod migrations;
 pub mod ops;
 pub mod query;
@@ -24,9 +26,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -45,6 +47,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/replay", get(replay::replay))
         .route("/v1/tables", get(tables::tables))
         .route("/v1/snapshots", get(snapshots::snapshots))
+        .route("/v1/files", get(files::files))
         .route(
             "/v1/migrations",
             get(migrations::list).post(migrations::start),
@@ -58,6 +61,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(
             TraceLayer::new_for_http()
@@ -149,4 +153,71 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiErro
             )
         }
     })
+}
+
+/// Largest JSON body a control route reads (migrations, plans).
+const CONTROL_BODY_LIMIT: usize = 1024 * 1024;
+
+/// A JSON request body, whatever `Content-Type` says (`curl -d` sends a
+/// form type): bad JSON is a 400 `invalid_request` with the parser's
+/// reason, in the API's JSON error shape like every other error.
+pub struct JsonBody<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let body = read_body(request.into_body(), CONTROL_BODY_LIMIT).await?;
+        serde_json::from_slice(&body).map(JsonBody).map_err(|e| {
+            ApiError::bad_request("invalid_request", format!("the body is not valid: {e}"))
+        })
+    }
+}
+
+/// Turns any error answer that is not JSON yet (an extractor's plain-text
+/// rejection, say) into the API's `{error, message}` shape, so that every
+/// route and status speaks one error contract.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        s if s.is_client_error() => "invalid_request",
+        _ => "internal",
+    };
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_owned();
+    if message.is_empty() {
+        message = status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_owned();
+    }
+    let mut response = ApiError::new(status, code, message).into_response();
+    // Keep what the original answer said besides its body (Retry-After,
+    // Allow, request id).
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    response
 }

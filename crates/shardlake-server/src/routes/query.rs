@@ -41,34 +41,13 @@ struct QueryRequest {
     timeout_ms: Option<u64>,
     #[serde(default)]
     cache: Option<bool>,
-    /// Time travel: run against this retained snapshot.
-    #[serde(default)]
-    snapshot_id: Option<SnapshotId>,
+    /// Time travel: run against this retained snapshot (a string, or a
+    /// number while it is exact).
+    #[serde(default, with = "shardlake_core::json_id::option")]
+    snapshot_id: Option<i64>,
     /// Time travel: run against the snapshot current at this RFC 3339 time.
     #[serde(default)]
     as_of: Option<String>,
-}
-
-/// A snapshot id as a JSON number or, since ids exceed 2^53 (what
-/// JavaScript and jq keep exactly), as a string of digits.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SnapshotId(pub i64);
-
-impl<'de> Deserialize<'de> for SnapshotId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Form {
-            Number(i64),
-            Text(String),
-        }
-        match Form::deserialize(d)? {
-            Form::Number(n) => Ok(Self(n)),
-            Form::Text(t) => t.parse().map(Self).map_err(|_| {
-                serde::de::Error::custom(format!("`snapshot_id` {t:?} is not an integer"))
-            }),
-        }
-    }
 }
 
 /// Parses an `as_of` time (RFC 3339, e.g. `2026-12-01T10:00:00Z`).
@@ -142,7 +121,7 @@ pub async fn query(
                 "give `snapshot_id` or `as_of`, not both",
             ));
         }
-        (Some(SnapshotId(id)), None) => query = query.at_snapshot(id),
+        (Some(id), None) => query = query.at_snapshot(id),
         (None, Some(at)) => query = query.as_of(parse_as_of(at)?),
         (None, None) => {}
     }

@@ -24,9 +24,18 @@ async fn three_commits(server: &TestServer) -> Vec<i64> {
             .json()
             .await
             .expect("ack");
-        ids.push(ack["snapshot_id"].as_i64().expect("a commit per request"));
+        ids.push(id_of(&ack["snapshot_id"]));
     }
     ids
+}
+
+/// A snapshot id as JSON answers carry it: a string (ids pass 2^53).
+fn id_of(value: &Value) -> i64 {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("a string id, got {value}"))
+        .parse()
+        .expect("an id")
 }
 
 fn count(answer: &Value) -> i64 {
@@ -43,10 +52,7 @@ async fn snapshots_are_listed_and_reached_by_id_or_time_until_they_expire() {
     let ids = three_commits(&server).await;
     let listed = server.get_json("/v1/snapshots", Some(ADMIN)).await;
     let snapshots = listed["snapshots"].as_array().expect("snapshots");
-    let listed_ids: Vec<i64> = snapshots
-        .iter()
-        .map(|s| s["snapshot_id"].as_i64().expect("id"))
-        .collect();
+    let listed_ids: Vec<i64> = snapshots.iter().map(|s| id_of(&s["snapshot_id"])).collect();
     assert_eq!(listed_ids, ids);
     assert_eq!(snapshots[2]["current"], true);
     assert_eq!(snapshots[1]["total_rows"], 4);
@@ -54,7 +60,7 @@ async fn snapshots_are_listed_and_reached_by_id_or_time_until_they_expire() {
     // Table-wide totals are not a scoped caller's business.
     let scoped = server.get_json("/v1/snapshots", Some(ACME)).await;
     assert_eq!(scoped["snapshots"][1]["total_rows"], Value::Null);
-    assert_eq!(scoped["snapshots"][1]["snapshot_id"], ids[1]);
+    assert_eq!(scoped["snapshots"][1]["snapshot_id"], ids[1].to_string());
 
     let sql = "SELECT count(*) FROM events";
     let at = |snapshot: Value| json!({"sql": sql, "snapshot_id": snapshot});
@@ -66,7 +72,7 @@ async fn snapshots_are_listed_and_reached_by_id_or_time_until_they_expire() {
             .await
             .expect("json");
         assert_eq!(count(&answer), 2 * (i as i64 + 1), "{answer}");
-        assert_eq!(answer["stats"]["snapshot_ids"], json!([id]));
+        assert_eq!(answer["stats"]["snapshot_ids"], json!([id.to_string()]));
     }
     // Ids beyond 2^53 survive as strings.
     let answer: Value = server
@@ -83,7 +89,11 @@ async fn snapshots_are_listed_and_reached_by_id_or_time_until_they_expire() {
         .json()
         .await
         .expect("json");
-    assert_eq!(answer["stats"]["snapshot_ids"], json!([ids[1]]), "{answer}");
+    assert_eq!(
+        answer["stats"]["snapshot_ids"],
+        json!([ids[1].to_string()]),
+        "{answer}"
+    );
     assert_eq!(count(&answer), 4);
 
     for bad in [
@@ -187,12 +197,7 @@ async fn a_replay_cursor_is_leased_and_background_maintenance_expires_the_rest()
         .as_array()
         .expect("snapshots")
         .iter()
-        .map(|s| {
-            (
-                s["snapshot_id"].as_i64().expect("id"),
-                s["pinned_by"].clone(),
-            )
-        })
+        .map(|s| (id_of(&s["snapshot_id"]), s["pinned_by"].clone()))
         .collect();
     assert!(
         kept.contains(&(ids[0], json!(["replay-cursor"]))),
@@ -243,4 +248,59 @@ async fn a_replay_cursor_is_leased_and_background_maintenance_expires_the_rest()
         );
     }
     assert!(metrics.contains("shardlake_maintenance_last_duration_seconds"));
+}
+
+/// `GET /v1/files`: the live files of a snapshot in the caller's scope,
+/// with string ids, and a JSON error for what it cannot answer.
+#[tokio::test]
+async fn files_lists_the_live_files_of_a_snapshot_within_the_scope() {
+    let server = TestServer::start(|c| {
+        c.tokens = tokens();
+        c.maintenance.enabled = false;
+    })
+    .await;
+    let ids = three_commits(&server).await;
+    let all = server.get_json("/v1/files", Some(ADMIN)).await;
+    assert_eq!(id_of(&all["snapshot_id"]), ids[2]);
+    let files = all["files"].as_array().expect("files");
+    let rows: u64 = files
+        .iter()
+        .map(|f| f["rows"].as_u64().expect("rows"))
+        .sum();
+    assert_eq!(rows, 6, "{all}");
+    for file in files {
+        assert!(
+            file["location"]
+                .as_str()
+                .is_some_and(|l| l.ends_with(".parquet"))
+        );
+        assert!(file["bytes"].as_u64().is_some_and(|b| b > 0));
+    }
+    // An older snapshot has fewer files.
+    let first = server
+        .get_json(&format!("/v1/files?snapshot_id={}", ids[0]), Some(ADMIN))
+        .await;
+    assert_eq!(id_of(&first["snapshot_id"]), ids[0]);
+    assert!(first["files"].as_array().expect("files").len() < files.len());
+    // A scoped token sees its namespaces only, and may not ask for others.
+    let scoped = server.get_json("/v1/files", Some(ACME)).await;
+    let namespaces: std::collections::BTreeSet<&str> = scoped["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f["namespace"].as_str().expect("namespace"))
+        .collect();
+    assert!(namespaces.iter().all(|n| *n == "tenant-001"), "{scoped}");
+    let r = server
+        .get("/v1/files?namespace=tenant-002", Some(ACME))
+        .send()
+        .await
+        .expect("request");
+    assert_error(r, 403, "forbidden").await;
+    let r = server
+        .get("/v1/files?snapshot_id=soon", Some(ADMIN))
+        .send()
+        .await
+        .expect("request");
+    assert_error(r, 400, "invalid_request").await;
 }

@@ -104,6 +104,38 @@ async fn migrations_are_planned_started_watched_and_refused_with_codes() {
     let list: Value = server.get_json("/v1/migrations", Some(ADMIN)).await;
     assert_eq!(list, json!({"topology": null, "migrations": []}));
 
+    // `curl -d` sends a form content type: the JSON is read all the same,
+    // and what cannot be read is a JSON error, as on every route.
+    let body = json!({"add_shard": 3, "current": jump(3)}).to_string();
+    let r = server
+        .post("/v1/migrations/plan", Some(ADMIN))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    for bad in ["{not json", r#"{"add_shard": "three"}"#] {
+        let r = server
+            .post("/v1/migrations/plan", Some(ADMIN))
+            .body(bad)
+            .send()
+            .await
+            .expect("request");
+        assert_error(r, 400, "invalid_request").await;
+    }
+    let r = server
+        .post("/v1/migrations/not-a-migration/frobnicate", Some(ADMIN))
+        .send()
+        .await
+        .expect("request");
+    assert!(r.status().is_client_error());
+    let body: Value = r.json().await.expect("a JSON error body");
+    assert!(
+        body["error"].is_string() && body["message"].is_string(),
+        "{body}"
+    );
+
     // Bad changes.
     for (body, status, code) in [
         (

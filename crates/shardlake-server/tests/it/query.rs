@@ -26,7 +26,7 @@ async fn json_answers_carry_columns_rows_and_honest_stats_and_use_the_cache() {
 /// The same over a plain-Parquet lake (`format = "parquet"`).
 #[tokio::test]
 async fn parquet_json_answers_carry_columns_rows_and_honest_stats_and_use_the_cache() {
-    let server = TestServer::start(|c| c.format = shardlake_lake::TableFormat::Parquet).await;
+    let server = TestServer::start(|c| c.format = Some(shardlake_lake::TableFormat::Parquet)).await;
     assert!(server.warehouse.join("control.db").exists());
     assert!(!server.warehouse.join("catalog.db").exists());
     json_answers(server).await;
