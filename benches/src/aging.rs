@@ -236,6 +236,22 @@ struct Client {
 }
 
 impl Client {
+    /// Posts `body` to `/v1/events`; an error answer fails the run, named `what`.
+    async fn ingest(&self, body: &[Value], what: &str) -> anyhow::Result<reqwest::Response> {
+        let response = self
+            .http
+            .post(format!("{}/v1/events", self.base))
+            .json(body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "{what}: {}",
+            response.status()
+        );
+        Ok(response)
+    }
+
     async fn query(&self, sql: &str) -> anyhow::Result<Value> {
         let response = self
             .http
@@ -495,17 +511,7 @@ pub async fn run(spec: AgingSpec) -> anyhow::Result<()> {
         let router = ShardRouter::new(Topology::new(SHARDS as u32, Strategy::Jump))?;
         let body = seed(&router)?;
         seeded = body.len();
-        let response = client
-            .http
-            .post(format!("{}/v1/events", client.base))
-            .json(&body)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "seed: {}",
-            response.status()
-        );
+        client.ingest(&body, "seed").await?;
         acked.store(seeded as u64, Ordering::SeqCst);
     }
     let mut rows = Vec::new();
@@ -517,17 +523,7 @@ pub async fn run(spec: AgingSpec) -> anyhow::Result<()> {
             .map(|n| event(n, &keys))
             .collect();
         let t = Instant::now();
-        let response = client
-            .http
-            .post(format!("{}/v1/events", client.base))
-            .json(&body)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "ingest: {}",
-            response.status()
-        );
+        let response = client.ingest(&body, "ingest").await?;
         let ack: Value = response.json().await?;
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
         anyhow::ensure!(

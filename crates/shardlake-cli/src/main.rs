@@ -82,8 +82,11 @@ enum Command {
     /// session. Statements: SELECT, EXPLAIN, SHOW TABLES, DESCRIBE.
     Query {
         /// SQL: one statement or several separated by `;` (`-` reads stdin).
-        #[arg(conflicts_with = "file")]
+        #[arg(conflicts_with_all = ["file", "command"])]
         sql: Option<String>,
+        /// SQL, as `-c` (psql, DuckDB): the same as giving it as the argument.
+        #[arg(short = 'c', long, conflicts_with = "file")]
+        command: Option<String>,
         /// Read the SQL from this file.
         #[arg(short = 'f', long)]
         file: Option<PathBuf>,
@@ -368,6 +371,7 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
         }
         Command::Query {
             sql,
+            command,
             file,
             format,
             max_rows,
@@ -377,7 +381,7 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             as_of,
         } => {
             let at = query::TimeTravel::new(snapshot, as_of.as_deref())?;
-            let sql = query::read_sql(sql, file.as_deref())?;
+            let sql = query::read_sql(sql.or(command), file.as_deref())?;
             let lake = cli.lake.open_existing().await?;
             let options = output::Options {
                 format,

@@ -12,10 +12,10 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use shardlake_lake::{EmitterConfig, Lake};
 use shardlake_migrate::{
-    HttpShard, InMemoryShard, MigrationConfig, MigrationPlan, MigrationReport, Migrator, ShardSet,
-    ShardStub, WriteGate, analyze_balance, current_topology, generate_rebalance_plan, key_stats,
-    migration_report, migration_reports, plan_add_shard, plan_remove_shard, publish_topology,
-    shard_service,
+    HttpShard, InMemoryShard, MigrationConfig, MigrationPlan, MigrationReport, MigrationStatus,
+    Migrator, ShardSet, ShardStub, WriteGate, analyze_balance, current_topology,
+    generate_rebalance_plan, key_stats, migration_report, migration_reports, plan_add_shard,
+    plan_remove_shard, publish_topology, shard_service,
 };
 use shardlake_query::{CrossShardQuery, QueryConfig, ReplayQuery};
 use shardlake_routing::{ShardId, ShardRouter, SharedRouter, Strategy, Topology};
@@ -266,7 +266,8 @@ async fn run_command(lake_args: &LakeArgs, command: MigrateCommand) -> anyhow::R
             let report = stored(&lake, &id).await?;
             let migrator = migrator(&lake, engine, &report.plan, &run).await?;
             let report = migrator.rollback(&id).await?;
-            finish(&report, run.json, &mut out)
+            // Success here is a migration rolled back, not one completed.
+            finish_as(&report, run.json, &mut out, MigrationStatus::RolledBack)
         }
     }
 }
@@ -510,6 +511,16 @@ async fn migrator(
 
 /// Prints the record; fails (exit 1) unless the migration completed.
 fn finish(report: &MigrationReport, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    finish_as(report, json, out, MigrationStatus::Completed)
+}
+
+/// Prints the record; fails (exit 1) unless the migration ended `wanted`.
+fn finish_as(
+    report: &MigrationReport,
+    json: bool,
+    out: &mut impl Write,
+    wanted: MigrationStatus,
+) -> anyhow::Result<()> {
     let printed = if json {
         serde_json::to_writer_pretty(&mut *out, report)
             .map_err(|e| anyhow::Error::from(std::io::Error::from(e)))
@@ -519,7 +530,7 @@ fn finish(report: &MigrationReport, json: bool, out: &mut impl Write) -> anyhow:
     };
     // The outcome decides the exit code, not whether stdout was still open.
     ignore_broken_pipe(printed)?;
-    if !report.succeeded() {
+    if report.status != wanted {
         bail!(
             "migration {} {}",
             report.id,

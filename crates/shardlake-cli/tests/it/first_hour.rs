@@ -220,6 +220,11 @@ fn query_reads_files_and_stdin_caps_tables_and_renders_values_as_json() {
         .expect("write sql");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "shards\n4\n");
+    let out = run_ok(
+        &lake,
+        &["query", "--format", "csv", "-c", "SELECT 40 + 2 AS x"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "x\n42\n");
 
     // JSON rows are objects; lists, structs and untyped NULL are JSON values.
     let doc = query_json(&lake, "SELECT 1 AS one");
@@ -242,6 +247,13 @@ fn query_reads_files_and_stdin_caps_tables_and_renders_values_as_json() {
         doc["rows"],
         serde_json::json!([{"nothing": null, "list": [1, 2], "s": {"a": 1, "b": "x"}}])
     );
+    // The statistics say how an answer was made.
+    let grouped = query_json(&lake, "SELECT namespace, count(*) FROM events GROUP BY 1");
+    assert_eq!(grouped["stats"]["answered_from"], "metadata", "{grouped}");
+    assert_eq!(grouped["stats"]["rows_scanned"], 0, "{grouped}");
+    let scanned = query_json(&lake, "SELECT count(DISTINCT entity_id) FROM events");
+    assert_eq!(scanned["stats"]["answered_from"], "scan", "{scanned}");
+    assert_eq!(scanned["stats"]["rows_scanned"], 2_000, "{scanned}");
     // Snapshot ids are strings: exact in jq and JavaScript.
     let ids = doc["stats"]["snapshot_ids"].as_array().expect("ids");
     assert!(ids.iter().all(serde_json::Value::is_string), "{doc}");

@@ -2,6 +2,7 @@
 //! real SIGKILLs.
 
 mod crash;
+mod docs;
 mod first_hour;
 mod ingest;
 mod maintain;
