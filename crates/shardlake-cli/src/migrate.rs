@@ -258,6 +258,7 @@ async fn run_command(lake_args: &LakeArgs, command: MigrateCommand) -> anyhow::R
         MigrateCommand::Status { id, json } => status(&lake, id.as_deref(), json, &mut out).await,
         MigrateCommand::Resume { id, run } => {
             let report = stored(&lake, &id).await?;
+            check_endpoints(&run.shard_urls, !(run.quiet || run.json)).await?;
             let migrator = migrator(&lake, engine, &report.plan, &run).await?;
             let report = migrator.resume(&id).await?;
             finish(&report, run.json, &mut out)
@@ -439,11 +440,50 @@ async fn start(
             open.id
         );
     }
+    let talk = !(run.quiet || run.json);
+    check_endpoints(&run.shard_urls, talk).await?;
     let from = topology_in_use(lake, &run.current, true).await?;
+    if talk {
+        eprintln!("planning: reading the key statistics of the lake...");
+    }
     let plan = plan(&engine, &from, change, run.current.replay_rate).await?;
     let migrator = migrator(lake, engine, &plan, &run).await?;
     let report = migrator.execute(plan).await?;
     finish(&report, run.json, out)
+}
+
+/// Asks every `--shard-url` endpoint a question that changes nothing (the
+/// digests of no keys) before anything is planned or claimed: a wrong URL
+/// is an error naming the shard, not a migration that fails midway and
+/// must then be rolled back against a shard that never existed.
+async fn check_endpoints(endpoints: &[(ShardId, String)], talk: bool) -> anyhow::Result<()> {
+    const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+    if talk && !endpoints.is_empty() {
+        eprintln!("checking {} shard endpoints...", endpoints.len());
+    }
+    let checks = endpoints.iter().map(|(id, url)| async move {
+        let shard = HttpShard::new(*id, url.clone());
+        match tokio::time::timeout(ANSWER_WITHIN, shard.digests(&[])).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!("shard {id} at {url}: {e}")),
+            Err(_) => Some(format!(
+                "shard {id} at {url}: no answer within {} s",
+                ANSWER_WITHIN.as_secs()
+            )),
+        }
+    });
+    let problems: Vec<String> = futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    if !problems.is_empty() {
+        bail!(
+            "{}; nothing was planned or changed (check --shard-url)",
+            problems.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// A migrator whose shards are the `--shard-url` endpoints, with a

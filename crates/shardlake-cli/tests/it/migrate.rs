@@ -112,6 +112,32 @@ async fn migrate_adds_a_shard_survives_sigkill_and_removes_one() {
         .enumerate()
         .flat_map(|(id, (_, url))| ["--shard-url".to_owned(), format!("{id}={url}")])
         .collect();
+    // A wrong endpoint (nothing listens there) is found before anything is
+    // planned or claimed: no migration to roll back against a shard that
+    // never existed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port")
+        .port();
+    let mut wrong = urls.clone();
+    let last = wrong.len() - 1;
+    wrong[last] = format!("3=http://127.0.0.1:{closed}/shard");
+    let out = shardlake()
+        .arg("--warehouse")
+        .arg(&warehouse)
+        .args(["migrate", "add-shard", "3", "--quiet"])
+        .args(&wrong)
+        .output()
+        .expect("spawn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("shard 3 at http://127.0.0.1:") && stderr.contains("nothing was planned"),
+        "{stderr}"
+    );
+    let before = status(&warehouse);
+    assert_eq!(before["migrations"], serde_json::json!([]), "{before}");
+
     // One event per apply request keeps the copy slow enough to kill.
     let mut migration = Command::new(env!("CARGO_BIN_EXE_shardlake"))
         .arg("--warehouse")
