@@ -260,7 +260,7 @@ async fn run_command(lake_args: &LakeArgs, command: MigrateCommand) -> anyhow::R
             let report = stored(&lake, &id).await?;
             check_endpoints(&run.shard_urls, !(run.quiet || run.json)).await?;
             let migrator = migrator(&lake, engine, &report.plan, &run).await?;
-            let report = migrator.resume(&id).await?;
+            let report = until_interrupted(&lake, &migrator, &run, migrator.resume(&id)).await?;
             finish(&report, run.json, &mut out)
         }
         MigrateCommand::Rollback { id, run } => {
@@ -448,8 +448,48 @@ async fn start(
     }
     let plan = plan(&engine, &from, change, run.current.replay_rate).await?;
     let migrator = migrator(lake, engine, &plan, &run).await?;
-    let report = migrator.execute(plan).await?;
+    let report = until_interrupted(lake, &migrator, &run, migrator.execute(plan)).await?;
     finish(&report, run.json, out)
+}
+
+/// Runs `work` until it ends or SIGINT/SIGTERM arrives. On a signal the
+/// run stops where it is (dropping it cancels its requests: the same as a
+/// crash, which a migration resumes from at any point), its lease is
+/// released so a resume can start at once, and the way on is printed;
+/// the command exits 130.
+async fn until_interrupted(
+    lake: &Lake,
+    migrator: &Migrator,
+    run: &RunArgs,
+    work: impl Future<Output = shardlake_migrate::Result<MigrationReport>>,
+) -> anyhow::Result<MigrationReport> {
+    tokio::select! {
+        report = work => Ok(report?),
+        () = crate::serve::shutdown_signal() => {
+            let control = lake.control().await?;
+            let open = migration_reports(&control)
+                .await?
+                .into_iter()
+                .find(|r| r.status.is_open());
+            let Some(open) = open else {
+                eprintln!("interrupted before the migration was recorded: nothing changed");
+                std::process::exit(130);
+            };
+            control.release_lease(&open.id, migrator.runner()).await?;
+            let urls: String = run
+                .shard_urls
+                .iter()
+                .map(|(id, url)| format!(" --shard-url {id}={url}"))
+                .collect();
+            eprintln!(
+                "interrupted: migration {} stopped in phase {} ({} events copied so far); \
+                 continue with `shardlake migrate resume {}{urls}` or undo it with \
+                 `shardlake migrate rollback {}{urls}`",
+                open.id, open.phase, open.events_copied, open.id, open.id
+            );
+            std::process::exit(130);
+        }
+    }
 }
 
 /// Asks every `--shard-url` endpoint a question that changes nothing (the

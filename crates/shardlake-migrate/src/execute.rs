@@ -171,6 +171,13 @@ impl Migrator {
         &self.control
     }
 
+    /// The name this migrator holds leases under: a caller that stops a
+    /// run (a signal) releases the lease with it, so a resume need not
+    /// wait for it to run out.
+    pub fn runner(&self) -> &str {
+        &self.runner
+    }
+
     /// Carries out `plan`. Returns the record whatever happened (check
     /// [`MigrationReport::status`]); errors only when it cannot start (a
     /// stale plan, keys another migration holds, no store).

@@ -238,3 +238,73 @@ async fn migrate_adds_a_shard_survives_sigkill_and_removes_one() {
     assert_eq!(s["topology"]["shards"], serde_json::json!([1, 2, 3]), "{s}");
     assert_eq!(s["migrations"].as_array().expect("list").len(), 2);
 }
+
+/// Ctrl-C (SIGINT) stops a migration, releases its lease and says how to
+/// go on: a resume right away (well inside the 30 s lease) completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_a_migration_releases_its_lease_and_says_how_to_resume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("lake");
+    let events = generate(dir.path(), 20_000, 3, 3, 11);
+    run_ok(
+        &warehouse,
+        &["ingest", events.to_str().expect("path"), "--quiet"],
+    );
+    run_ok(
+        &warehouse,
+        &["migrate", "init", "--shards", "3", "--strategy", "jump"],
+    );
+    let mut shards = Vec::new();
+    for id in 0..4 {
+        shards.push(shard(&warehouse, id).await);
+    }
+    let urls: Vec<String> = shards
+        .iter()
+        .enumerate()
+        .flat_map(|(id, (_, url))| ["--shard-url".to_owned(), format!("{id}={url}")])
+        .collect();
+    let migration = Command::new(env!("CARGO_BIN_EXE_shardlake"))
+        .arg("--warehouse")
+        .arg(&warehouse)
+        .args(["migrate", "add-shard", "3", "--quiet", "--batch-size", "1"])
+        .args(&urls)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn migrate");
+    let id = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let s = status(&warehouse);
+        if let Some(m) = s["migrations"].as_array().and_then(|m| m.first())
+            && m["phase"] == "copying"
+            && m["events_copied"].as_u64().unwrap_or(0) > 0
+        {
+            break m["id"].as_str().expect("id").to_owned();
+        }
+    };
+    let pid = migration.id().expect("pid").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let out = tokio::time::timeout(Duration::from_secs(30), migration.wait_with_output())
+        .await
+        .expect("it stops promptly")
+        .expect("reaped");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains(&format!("shardlake migrate resume {id} --shard-url 0=")),
+        "{stderr}"
+    );
+    assert_eq!(status(&warehouse)["migrations"][0]["status"], "running");
+
+    // No waiting for the lease: it was released.
+    let mut args = vec!["migrate", "resume", id.as_str(), "--json"];
+    args.extend(urls.iter().map(String::as_str));
+    let out = run_ok(&warehouse, &args);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(report["status"], "completed", "{report}");
+    assert_eq!(report["attempts"], 2);
+}
