@@ -126,3 +126,38 @@ fn markers_pick_the_block_after_them_only() {
     );
     assert!(s.contains("curl -sf 127.0.0.1:9/x"), "{s}");
 }
+
+/// The sample answers in docs/http-api.md carry exactly the statistics the
+/// engine sends: a field added, renamed or dropped without the docs fails.
+#[test]
+fn the_sample_statistics_in_the_http_docs_are_the_real_fields() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let text = std::fs::read_to_string(root.join("docs/http-api.md")).expect("http-api.md");
+    let real: serde_json::Value =
+        serde_json::to_value(shardlake_query::ScanStats::default()).expect("stats");
+    let real: std::collections::BTreeSet<&String> =
+        real.as_object().expect("an object").keys().collect();
+    let mut samples = 0;
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "```json" {
+            continue;
+        }
+        let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+        let Ok(doc) = serde_json::from_str::<serde_json::Value>(&block.join("\n")) else {
+            continue;
+        };
+        if let Some(stats) = doc.get("stats").and_then(|s| s.as_object()) {
+            let documented: std::collections::BTreeSet<&String> = stats.keys().collect();
+            assert_eq!(
+                documented, real,
+                "the stats of a sample in docs/http-api.md"
+            );
+            samples += 1;
+        }
+    }
+    assert!(
+        samples >= 1,
+        "docs/http-api.md shows an answer with its stats"
+    );
+}
