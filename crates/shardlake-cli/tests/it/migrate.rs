@@ -47,6 +47,48 @@ fn status(warehouse: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("json")
 }
 
+/// `--shard-url ID=URL` for each shard, ids in order.
+fn shard_url_args(shards: &[(Child, String)]) -> Vec<String> {
+    shards
+        .iter()
+        .enumerate()
+        .flat_map(|(id, (_, url))| ["--shard-url".to_owned(), format!("{id}={url}")])
+        .collect()
+}
+
+/// `migrate add-shard 3`, one event per apply request (a copy slow enough
+/// to interrupt), with `extra` arguments.
+fn spawn_add_shard(warehouse: &Path, urls: &[String], extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_shardlake"))
+        .arg("--warehouse")
+        .arg(warehouse)
+        .args(["migrate", "add-shard", "3", "--quiet", "--batch-size", "1"])
+        .args(extra)
+        .args(urls)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn migrate")
+}
+
+/// Waits until the migration copies, while `migration` runs; its id.
+async fn copying(warehouse: &Path, migration: &mut Child) -> String {
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let s = status(warehouse);
+        if let Some(m) = s["migrations"].as_array().and_then(|m| m.first())
+            && m["phase"] == "copying"
+            && m["events_copied"].as_u64().unwrap_or(0) > 0
+        {
+            return m["id"].as_str().expect("id").to_owned();
+        }
+        assert!(
+            migration.try_wait().expect("wait").is_none(),
+            "still running"
+        );
+    }
+}
+
 /// What shard `url` holds for `keys` (its digests).
 async fn digests(url: &str, keys: &[String]) -> serde_json::Value {
     reqwest::Client::new()
@@ -107,11 +149,7 @@ async fn migrate_adds_a_shard_survives_sigkill_and_removes_one() {
     for id in 0..4 {
         shards.push(shard(&warehouse, id).await);
     }
-    let urls: Vec<String> = shards
-        .iter()
-        .enumerate()
-        .flat_map(|(id, (_, url))| ["--shard-url".to_owned(), format!("{id}={url}")])
-        .collect();
+    let urls = shard_url_args(&shards);
     // A wrong endpoint (nothing listens there) is found before anything is
     // planned or claimed: no migration to roll back against a shard that
     // never existed.
@@ -139,29 +177,8 @@ async fn migrate_adds_a_shard_survives_sigkill_and_removes_one() {
     assert_eq!(before["migrations"], serde_json::json!([]), "{before}");
 
     // One event per apply request keeps the copy slow enough to kill.
-    let mut migration = Command::new(env!("CARGO_BIN_EXE_shardlake"))
-        .arg("--warehouse")
-        .arg(&warehouse)
-        .args(["migrate", "add-shard", "3", "--quiet", "--batch-size", "1"])
-        .args(["--lease-secs", "1"])
-        .args(&urls)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn migrate");
-    let id = loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let s = status(&warehouse);
-        if let Some(m) = s["migrations"].as_array().and_then(|m| m.first())
-            && m["phase"] == "copying"
-            && m["events_copied"].as_u64().unwrap_or(0) > 0
-        {
-            break m["id"].as_str().expect("id").to_owned();
-        }
-        assert!(
-            migration.try_wait().expect("wait").is_none(),
-            "still running"
-        );
-    };
+    let mut migration = spawn_add_shard(&warehouse, &urls, &["--lease-secs", "1"]);
+    let id = copying(&warehouse, &mut migration).await;
     // SIGKILL: no cleanup of any kind.
     migration.start_kill().expect("kill");
     migration.wait().await.expect("reaped");
@@ -258,30 +275,9 @@ async fn sigint_stops_a_migration_releases_its_lease_and_says_how_to_resume() {
     for id in 0..4 {
         shards.push(shard(&warehouse, id).await);
     }
-    let urls: Vec<String> = shards
-        .iter()
-        .enumerate()
-        .flat_map(|(id, (_, url))| ["--shard-url".to_owned(), format!("{id}={url}")])
-        .collect();
-    let migration = Command::new(env!("CARGO_BIN_EXE_shardlake"))
-        .arg("--warehouse")
-        .arg(&warehouse)
-        .args(["migrate", "add-shard", "3", "--quiet", "--batch-size", "1"])
-        .args(&urls)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn migrate");
-    let id = loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let s = status(&warehouse);
-        if let Some(m) = s["migrations"].as_array().and_then(|m| m.first())
-            && m["phase"] == "copying"
-            && m["events_copied"].as_u64().unwrap_or(0) > 0
-        {
-            break m["id"].as_str().expect("id").to_owned();
-        }
-    };
+    let urls = shard_url_args(&shards);
+    let mut migration = spawn_add_shard(&warehouse, &urls, &[]);
+    let id = copying(&warehouse, &mut migration).await;
     let pid = migration.id().expect("pid").to_string();
     let sent = std::process::Command::new("kill")
         .args(["-INT", &pid])
