@@ -30,6 +30,9 @@ pub struct IngestSummary {
     pub accepted: u64,
     /// Events already in the lake (dropped).
     pub duplicates: u64,
+    /// Of those, the ones whose content differs from the event the lake
+    /// stores for their `(shard_id, seq)` (where it could be checked).
+    pub conflicting_duplicates: u64,
     /// Events refused, with reasons (the first 20 are listed).
     pub rejected: u64,
     /// The first refused events.
@@ -97,6 +100,7 @@ pub async fn ingest(
         lines: 0,
         accepted: 0,
         duplicates: 0,
+        conflicting_duplicates: 0,
         rejected: 0,
         rejected_examples: Vec::new(),
         seconds: 0.0,
@@ -112,6 +116,7 @@ pub async fn ingest(
         summary.lines += lines;
         summary.accepted += ack.accepted as u64;
         summary.duplicates += ack.duplicates as u64;
+        summary.conflicting_duplicates += ack.conflicting_duplicates as u64;
         summary.rejected += ack.rejected.len() as u64;
         for r in ack.rejected {
             if summary.rejected_examples.len() < 20 {

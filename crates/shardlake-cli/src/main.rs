@@ -357,6 +357,14 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
                 for r in &summary.rejected_examples {
                     writeln!(out, "  rejected line {}: {}: {}", r.index, r.code, r.error)?;
                 }
+                if summary.conflicting_duplicates > 0 {
+                    writeln!(
+                        out,
+                        "  warning: {} of the duplicates differ from the event the lake stores for their (shard_id, seq): \
+                         a shard reused seq numbers for other events, which were dropped (see docs/exactly-once.md)",
+                        summary.conflicting_duplicates
+                    )?;
+                }
             }
             // Exit status 1: a script must not mistake a partly rejected
             // input for a stored one (the rest is stored, exactly once).

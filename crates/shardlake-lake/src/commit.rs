@@ -32,6 +32,12 @@ pub const FIRST_POSITION: i64 = 1;
 pub struct CommitState {
     /// Highest committed `seq` of every shard that ever committed.
     pub watermarks: BTreeMap<i32, i64>,
+    /// Content digest ([`content_digest`]) of each shard's event at its
+    /// watermark, where known (tables written before it was recorded have
+    /// none until the shard commits again): a re-sent `(shard_id, seq)`
+    /// that says something else than what the lake stores is told apart
+    /// from a true re-send.
+    pub watermark_digests: BTreeMap<i32, u64>,
     /// The position the next committed event gets.
     pub next_position: i64,
     /// Format-specific id of the commit this state belongs to (the Iceberg
@@ -43,6 +49,7 @@ impl Default for CommitState {
     fn default() -> Self {
         Self {
             watermarks: BTreeMap::new(),
+            watermark_digests: BTreeMap::new(),
             next_position: FIRST_POSITION,
             snapshot_id: None,
         }
@@ -77,6 +84,11 @@ pub struct CommitPlan {
     pub state: CommitState,
     /// Which input rows are written (`false`: duplicate).
     pub kept: Vec<bool>,
+    /// Which duplicates say something else than the event they repeat
+    /// (the stored one at the shard's watermark, or an earlier row of the
+    /// batch with the same `(shard_id, seq)`): a shard that reused a `seq`
+    /// for a different event. They are dropped like any duplicate.
+    pub conflicting: Vec<bool>,
 }
 
 /// The kept rows of one namespace in a commit.
@@ -182,9 +194,13 @@ pub fn plan_commit(pending: &RecordBatch, base: &CommitState) -> Result<CommitPl
         .values();
 
     // 1. Per shard, in seq order: keep what is above the watermark, once.
+    // A duplicate of the stored event at the watermark, or of an earlier
+    // row of the batch, is compared with it by content.
+    let contents = Contents::new(pending)?;
     let mut by_shard_seq: Vec<u32> = (0..n as u32).collect();
     by_shard_seq.sort_unstable_by_key(|&i| (shard[i as usize], seq[i as usize], i));
     let mut kept = vec![false; n];
+    let mut conflicting = vec![false; n];
     let mut state = base.clone();
     // Kept rows of each shard, in seq order: `kept_in_seq_order[range]`.
     let mut kept_in_seq_order: Vec<u32> = Vec::with_capacity(n);
@@ -193,7 +209,9 @@ pub fn plan_commit(pending: &RecordBatch, base: &CommitState) -> Result<CommitPl
     while i < n {
         let s = shard[by_shard_seq[i] as usize];
         let start = kept_in_seq_order.len();
-        let mut high = base.watermark(s);
+        let stored = base.watermark(s);
+        let mut high = stored;
+        let mut last_kept: Option<u32> = None;
         while i < n && shard[by_shard_seq[i] as usize] == s {
             let row = by_shard_seq[i];
             let q = seq[row as usize];
@@ -201,11 +219,27 @@ pub fn plan_commit(pending: &RecordBatch, base: &CommitState) -> Result<CommitPl
                 high = q;
                 kept[row as usize] = true;
                 kept_in_seq_order.push(row);
+                last_kept = Some(row);
+            } else {
+                let differs = match last_kept {
+                    Some(earlier) if seq[earlier as usize] == q => {
+                        contents.digest(earlier as usize) != contents.digest(row as usize)
+                    }
+                    _ if q == stored => base
+                        .watermark_digests
+                        .get(&s)
+                        .is_some_and(|d| *d != contents.digest(row as usize)),
+                    _ => false,
+                };
+                conflicting[row as usize] = differs;
             }
             i += 1;
         }
-        if kept_in_seq_order.len() > start {
+        if let Some(last) = last_kept {
             state.watermarks.insert(s, high);
+            state
+                .watermark_digests
+                .insert(s, contents.digest(last as usize));
             shard_ranges.insert(s, (start, kept_in_seq_order.len()));
         }
     }
@@ -256,7 +290,75 @@ pub fn plan_commit(pending: &RecordBatch, base: &CommitState) -> Result<CommitPl
         base: base.clone(),
         state,
         kept,
+        conflicting,
     })
+}
+
+/// The content digest of one pending event: xxh3 over every column but
+/// `shard_id` and `seq` (where it came from), each value typed and
+/// length-prefixed so no two events share an encoding. Stable across
+/// releases: it is recorded in the table (as [`CommitState::watermark_digests`]).
+pub fn content_digest(pending: &RecordBatch, row: usize) -> Result<u64> {
+    Ok(Contents::new(pending)?.digest(row))
+}
+
+/// The content columns of a pending batch.
+struct Contents<'a> {
+    columns: Vec<&'a dyn Array>,
+}
+
+impl<'a> Contents<'a> {
+    fn new(pending: &'a RecordBatch) -> Result<Self> {
+        let schema = pending.schema();
+        let columns = schema
+            .fields()
+            .iter()
+            .zip(pending.columns())
+            .filter(|(f, _)| f.name() != columns::SHARD_ID && f.name() != columns::SEQ)
+            .map(|(_, c)| c.as_ref())
+            .collect();
+        Ok(Self { columns })
+    }
+
+    fn digest(&self, row: usize) -> u64 {
+        use arrow::datatypes::{DataType, TimestampMicrosecondType};
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for column in &self.columns {
+            if column.is_null(row) {
+                hasher.update(&[0]);
+                continue;
+            }
+            match column.data_type() {
+                DataType::Utf8 => {
+                    let v = column.as_string::<i32>().value(row).as_bytes();
+                    hasher.update(&[1]);
+                    hasher.update(&(v.len() as u64).to_le_bytes());
+                    hasher.update(v);
+                }
+                DataType::Int64 => {
+                    hasher.update(&[2]);
+                    hasher.update(&column.as_primitive::<Int64Type>().value(row).to_le_bytes());
+                }
+                DataType::Int32 => {
+                    hasher.update(&[3]);
+                    hasher.update(&column.as_primitive::<Int32Type>().value(row).to_le_bytes());
+                }
+                DataType::Timestamp(_, _) => {
+                    hasher.update(&[4]);
+                    let v = column
+                        .as_primitive_opt::<TimestampMicrosecondType>()
+                        .map_or(0, |a| a.value(row));
+                    hasher.update(&v.to_le_bytes());
+                }
+                other => {
+                    // Not in the event schema today; typed by name at least.
+                    hasher.update(&[5]);
+                    hasher.update(other.to_string().as_bytes());
+                }
+            }
+        }
+        hasher.digest()
+    }
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a Arc<dyn Array>> {
@@ -335,6 +437,7 @@ mod tests {
             watermarks: BTreeMap::from([(1, 5)]),
             next_position: 100,
             snapshot_id: Some(7),
+            ..CommitState::default()
         };
         let batch = pending(&[
             ("a", 1, 4, "k"), // below watermark
@@ -349,6 +452,43 @@ mod tests {
         assert_eq!(plan.state.watermarks, BTreeMap::from([(1, 6), (2, 1)]));
         assert_eq!(plan.state.next_position, 102);
         assert_eq!(plan.first_position(), 100);
+        // Nothing recorded to compare the watermark's event with; the
+        // repeat within the batch is the same event.
+        assert_eq!(plan.conflicting, vec![false; 5]);
+    }
+
+    #[test]
+    fn a_duplicate_that_says_something_else_is_told_apart() {
+        let stored = pending(&[("a", 1, 5, "k")]);
+        let base = CommitState {
+            watermarks: BTreeMap::from([(1, 5)]),
+            watermark_digests: BTreeMap::from([(1, content_digest(&stored, 0).expect("digest"))]),
+            next_position: 100,
+            snapshot_id: Some(7),
+        };
+        let batch = pending(&[
+            ("a", 1, 5, "k"),     // the stored event again: a true re-send
+            ("a", 1, 5, "other"), // the same (shard, seq), another event
+            ("a", 1, 6, "k"),
+            ("b", 1, 6, "k"), // repeats the row before with other content
+            ("a", 1, 6, "k"), // repeats it exactly
+            ("a", 1, 4, "z"), // below the watermark: nothing to compare with
+        ]);
+        let plan = plan_commit(&batch, &base).expect("plan");
+        assert_eq!(plan.kept, vec![false, false, true, false, false, false]);
+        assert_eq!(
+            plan.conflicting,
+            vec![false, true, false, true, false, false]
+        );
+        // The new watermark's event is recorded for the next comparison.
+        assert_eq!(
+            plan.state.watermark_digests.get(&1).copied(),
+            Some(content_digest(&batch, 2).expect("digest"))
+        );
+        assert_ne!(
+            content_digest(&batch, 0).expect("digest"),
+            content_digest(&batch, 1).expect("digest")
+        );
     }
 
     #[test]
@@ -401,6 +541,7 @@ mod tests {
     #[test]
     fn all_duplicates_make_an_empty_plan() {
         let base = CommitState {
+            watermark_digests: BTreeMap::new(),
             watermarks: BTreeMap::from([(1, 10)]),
             next_position: 5,
             snapshot_id: Some(1),

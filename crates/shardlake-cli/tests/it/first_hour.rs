@@ -417,3 +417,26 @@ fn help_groups_the_lake_options_apart() {
     assert!(text.contains("Lake (every command):"), "{text}");
     assert!(text.contains("--max-rows"), "{text}");
 }
+
+/// The trap: other events reusing stored `(shard_id, seq)`s are
+/// still dropped, but no longer silently.
+#[test]
+fn events_that_reuse_a_stored_seq_are_reported_as_conflicting_duplicates() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lake = tmp.path().join("lake");
+    let first = generate(tmp.path(), 3_000, 4, 3, 1);
+    let other = generate(tmp.path(), 3_000, 4, 3, 99);
+    run_ok(&lake, &["ingest", first.to_str().expect("path"), "--quiet"]);
+    let again = run_ok(&lake, &["ingest", first.to_str().expect("path"), "--json"]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("summary");
+    assert_eq!(
+        again["conflicting_duplicates"], 0,
+        "a true re-send: {again}"
+    );
+    let out = run_ok(&lake, &["ingest", other.to_str().expect("path")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("of the duplicates differ from the event the lake stores"),
+        "{text}"
+    );
+}

@@ -140,6 +140,11 @@ pub struct EmitAck {
     /// Events dropped because their `(shard_id, seq)` was already committed
     /// (or appeared earlier in the same batch).
     pub duplicates: usize,
+    /// Of the duplicates, those whose content differs from the event they
+    /// repeat, where that can be checked: the stored event at the shard's
+    /// watermark, or an earlier event of the same batch. A shard that
+    /// reuses a `seq` for another event loses that event; this says so.
+    pub conflicting_duplicates: usize,
     /// Invalid events, each with its index and reason. Nothing else of the
     /// request is affected by them.
     pub rejected: Vec<RejectedEvent>,

@@ -28,6 +28,8 @@ pub(super) struct Worker {
 struct Outcome {
     /// Which rows of the batch were written (false: duplicate).
     kept: Vec<bool>,
+    /// Which duplicates differ from the event they repeat.
+    conflicting: Vec<bool>,
     /// Watermarks after the batch.
     watermarks: BTreeMap<i32, i64>,
     snapshot_id: Option<i64>,
@@ -115,8 +117,19 @@ impl Worker {
                     }
                     let n = pending.batch.len();
                     let kept = &outcome.kept[offset..offset + n];
+                    let conflicting = outcome.conflicting[offset..offset + n]
+                        .iter()
+                        .filter(|c| **c)
+                        .count();
                     offset += n;
                     let accepted = kept.iter().filter(|k| **k).count();
+                    if conflicting > 0 {
+                        // The caller's ack says so too; a server logs it.
+                        tracing::info!(
+                            conflicting,
+                            "duplicates whose content differs from the event stored for their (shard_id, seq): a shard reused seq numbers"
+                        );
+                    }
                     let shards: BTreeSet<i32> = pending.batch.shard_ids().iter().copied().collect();
                     let watermarks = shards
                         .into_iter()
@@ -125,6 +138,7 @@ impl Worker {
                     let _ = pending.ack.send(Ok(EmitAck {
                         accepted,
                         duplicates: n - accepted,
+                        conflicting_duplicates: conflicting,
                         rejected: pending.rejected,
                         watermarks,
                         snapshot_id: outcome.snapshot_id,
@@ -220,6 +234,7 @@ impl Worker {
                 EmitterMetrics::add(&m.events_duplicate, pending_rows);
                 return Ok(Outcome {
                     kept: plan.kept.clone(),
+                    conflicting: plan.conflicting.clone(),
                     watermarks: plan.state.watermarks.clone(),
                     snapshot_id: None,
                     refused,
@@ -289,6 +304,7 @@ impl Worker {
         let state = self.committer.state();
         Outcome {
             kept: plan.kept.clone(),
+            conflicting: plan.conflicting.clone(),
             // The table's watermarks are at least the plan's; report the table's.
             watermarks: state.watermarks.clone(),
             snapshot_id: state.snapshot_id,

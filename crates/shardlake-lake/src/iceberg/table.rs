@@ -34,6 +34,9 @@ pub const EVENTS_TABLE: &str = "events";
 pub mod properties {
     /// JSON object `{"<shard_id>": <highest committed seq>}`.
     pub const WATERMARKS: &str = "shardlake.watermarks";
+    /// JSON map of shard id to the content digest of its event at the
+    /// watermark (conflicting duplicates are told apart with it).
+    pub const WATERMARK_DIGESTS: &str = "shardlake.watermark-digests";
     /// Position the next committed event gets.
     pub const NEXT_POSITION: &str = "shardlake.next-position";
     /// Version of shardlake's table layout: 1 before the lake lifecycle
@@ -499,6 +502,19 @@ pub fn commit_state(table: &Table) -> Result<CommitState> {
             .with_source(e)
         })?,
     };
+    let watermark_digests = match props.get(properties::WATERMARK_DIGESTS) {
+        None => BTreeMap::new(),
+        Some(json) => serde_json::from_str(json).map_err(|e| {
+            Error::new(
+                ErrorKind::Unexpected,
+                format!(
+                    "table property {} is not valid",
+                    properties::WATERMARK_DIGESTS
+                ),
+            )
+            .with_source(e)
+        })?,
+    };
     let next_position = match props.get(properties::NEXT_POSITION) {
         None => FIRST_POSITION,
         Some(n) => n.parse().map_err(|e| {
@@ -511,6 +527,7 @@ pub fn commit_state(table: &Table) -> Result<CommitState> {
     };
     Ok(CommitState {
         watermarks,
+        watermark_digests,
         next_position,
         snapshot_id: table.metadata().current_snapshot_id(),
     })
@@ -521,8 +538,12 @@ pub fn state_properties(state: &CommitState) -> Result<Vec<(String, String)>> {
     let watermarks = serde_json::to_string(&state.watermarks).map_err(|e| {
         Error::new(ErrorKind::Unexpected, "cannot encode watermarks").with_source(e)
     })?;
+    let digests = serde_json::to_string(&state.watermark_digests).map_err(|e| {
+        Error::new(ErrorKind::Unexpected, "cannot encode watermark digests").with_source(e)
+    })?;
     Ok(vec![
         (properties::WATERMARKS.to_owned(), watermarks),
+        (properties::WATERMARK_DIGESTS.to_owned(), digests),
         (
             properties::NEXT_POSITION.to_owned(),
             state.next_position.to_string(),

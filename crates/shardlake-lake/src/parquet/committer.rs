@@ -101,6 +101,7 @@ impl TableCommitter for ParquetCommitter {
             next_position: plan.state.next_position,
             files: chunks.len(),
             watermarks: plan.state.watermarks.clone(),
+            watermark_digests: plan.state.watermark_digests.clone(),
             committed_at_ms: chrono::Utc::now().timestamp_millis(),
             compacted_at_ms: None,
         };

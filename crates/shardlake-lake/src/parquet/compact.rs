@@ -143,6 +143,7 @@ impl ParquetEventsTable {
             next_position: last.facts.next_position,
             files: chunks.len(),
             watermarks: last.facts.watermarks.clone(),
+            watermark_digests: last.facts.watermark_digests.clone(),
             committed_at_ms: last.committed_at_ms(),
             compacted_at_ms: Some(chrono::Utc::now().timestamp_millis()),
         };

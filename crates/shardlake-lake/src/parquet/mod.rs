@@ -89,6 +89,11 @@ pub struct CommitFacts {
     pub files: usize,
     /// Every shard's watermark after the commit.
     pub watermarks: BTreeMap<i32, i64>,
+    /// The content digest of each shard's event at its watermark
+    /// ([`crate::commit::content_digest`]); empty in files written before
+    /// shardlake recorded it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub watermark_digests: BTreeMap<i32, u64>,
     /// When the commit was made (Unix milliseconds; for a compaction, when
     /// the last commit it covers was). 0 in files written before shardlake
     /// recorded it: readers then use the file's modification time.
@@ -175,6 +180,7 @@ impl ParquetSnapshot {
         Some(ParquetSnapshot {
             state: CommitState {
                 watermarks: last.facts.watermarks.clone(),
+                watermark_digests: last.facts.watermark_digests.clone(),
                 next_position: last.facts.next_position,
                 snapshot_id: Some(last.facts.next_position),
             },
@@ -666,6 +672,7 @@ fn assemble(files: Vec<Arc<ParquetDataFile>>) -> Result<ParquetSnapshot> {
     if let Some(last) = chain.last() {
         snapshot.state = CommitState {
             watermarks: last.facts.watermarks.clone(),
+            watermark_digests: last.facts.watermark_digests.clone(),
             next_position: last.facts.next_position,
             snapshot_id: Some(last.facts.next_position),
         };

@@ -203,6 +203,7 @@ async fn a_crashed_commits_files_are_ignored_and_its_positions_reused() {
         next_position: 41,
         files: 2,
         watermarks: BTreeMap::from([(0, 99), (1, 99)]),
+        watermark_digests: BTreeMap::new(),
         committed_at_ms: 0,
         compacted_at_ms: None,
     };

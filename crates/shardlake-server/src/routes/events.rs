@@ -34,6 +34,9 @@ pub struct IngestResponse {
     pub accepted: usize,
     /// Events dropped because they were already committed.
     pub duplicates: usize,
+    /// Of those, the ones whose content differs from the event they repeat
+    /// (see docs/exactly-once.md, "Conflicting duplicates").
+    pub conflicting_duplicates: usize,
     /// Invalid events: index (0-based in an array, 1-based line in NDJSON),
     /// stable code and reason.
     pub rejected: Vec<RejectedEvent>,
@@ -117,6 +120,7 @@ pub async fn ingest(
     Span::current().record("accepted", ack.accepted);
     Ok(Json(IngestResponse {
         accepted: ack.accepted,
+        conflicting_duplicates: ack.conflicting_duplicates,
         duplicates: ack.duplicates,
         rejected: ack.rejected,
         watermarks: ack.watermarks,

@@ -29,6 +29,10 @@ async fn a_retried_request_is_acknowledged_as_duplicates_never_double_rows() {
     let retry = server.ingest_fixture(None).await;
     assert_eq!(retry["accepted"], 0);
     assert_eq!(retry["duplicates"], 3000);
+    assert_eq!(
+        retry["conflicting_duplicates"], 0,
+        "a true re-send: {retry}"
+    );
     assert_eq!(retry["watermarks"], first["watermarks"]);
     assert!(retry["snapshot_id"].is_null());
     assert_eq!(
@@ -253,5 +257,53 @@ async fn a_stale_watermark_expectation_is_a_409_with_the_actual_watermark() {
             .rows(None, "SELECT max(seq), count(*) FROM events")
             .await,
         vec![json!([3, 3])]
+    );
+}
+
+/// A shard that reuses a `seq` for another event: the event is dropped as
+/// a duplicate (exactly once rests on `(shard_id, seq)`), and the ack says
+/// that its content differs from what the lake stores.
+#[tokio::test]
+async fn a_reused_seq_with_other_content_is_reported_as_a_conflicting_duplicate() {
+    let server = TestServer::start(|_| {}).await;
+    let event = |key: &str| {
+        json!({"namespace": "acme", "shard_id": 7, "seq": 1, "partition_key": key,
+               "event_type": "thing.created", "ts": "2026-01-01T00:00:00Z"})
+    };
+    let first: Value = server
+        .post_json("/v1/events", None, &json!([event("Order:o-1")]))
+        .await
+        .json()
+        .await
+        .expect("ack");
+    assert_eq!(first["accepted"], 1, "{first}");
+    let same: Value = server
+        .post_json("/v1/events", None, &json!([event("Order:o-1")]))
+        .await
+        .json()
+        .await
+        .expect("ack");
+    assert_eq!(
+        (&same["duplicates"], &same["conflicting_duplicates"]),
+        (&json!(1), &json!(0))
+    );
+    let other: Value = server
+        .post_json("/v1/events", None, &json!([event("Order:o-2")]))
+        .await
+        .json()
+        .await
+        .expect("ack");
+    assert_eq!(
+        (
+            &other["accepted"],
+            &other["duplicates"],
+            &other["conflicting_duplicates"]
+        ),
+        (&json!(0), &json!(1), &json!(1)),
+        "{other}"
+    );
+    assert_eq!(
+        server.rows(None, "SELECT partition_key FROM events").await,
+        vec![json!(["Order:o-1"])]
     );
 }
