@@ -89,6 +89,17 @@ async fn copying(warehouse: &Path, migration: &mut Child) -> String {
     }
 }
 
+/// A lake of 20,000 generated events from 3 shards in `dir`.
+fn lake_of_three_shards(dir: &Path, seed: u64) -> std::path::PathBuf {
+    let warehouse = dir.join("lake");
+    let events = generate(dir, 20_000, 3, 3, seed);
+    run_ok(
+        &warehouse,
+        &["ingest", events.to_str().expect("path"), "--quiet"],
+    );
+    warehouse
+}
+
 /// What shard `url` holds for `keys` (its digests).
 async fn digests(url: &str, keys: &[String]) -> serde_json::Value {
     reqwest::Client::new()
@@ -105,12 +116,7 @@ async fn digests(url: &str, keys: &[String]) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_adds_a_shard_survives_sigkill_and_removes_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let warehouse = dir.path().join("lake");
-    let events = generate(dir.path(), 20_000, 3, 3, 7);
-    run_ok(
-        &warehouse,
-        &["ingest", events.to_str().expect("path"), "--quiet"],
-    );
+    let warehouse = lake_of_three_shards(dir.path(), 7);
 
     // No recorded topology: plan needs to be told, init records it.
     let out = shardlake()
@@ -261,12 +267,7 @@ async fn migrate_adds_a_shard_survives_sigkill_and_removes_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_stops_a_migration_releases_its_lease_and_says_how_to_resume() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let warehouse = dir.path().join("lake");
-    let events = generate(dir.path(), 20_000, 3, 3, 11);
-    run_ok(
-        &warehouse,
-        &["ingest", events.to_str().expect("path"), "--quiet"],
-    );
+    let warehouse = lake_of_three_shards(dir.path(), 11);
     run_ok(
         &warehouse,
         &["migrate", "init", "--shards", "3", "--strategy", "jump"],
