@@ -8,10 +8,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use shardlake_core::{EventBatchBuilder, EventLimits, RejectedLine, push_ndjson};
+use shardlake_core::{EventBatchBuilder, EventLimits, RejectedLine, push_json_array, push_ndjson};
 use shardlake_lake::{
     AckFuture, EmitInput, EmitterMetricsSnapshot, PipelineEmitter, RejectedEvent,
 };
@@ -48,6 +48,8 @@ pub struct IngestSummary {
 struct Chunk {
     bytes: Vec<u8>,
     first_line: usize,
+    /// A whole JSON array rather than NDJSON lines.
+    array: bool,
 }
 
 /// Reads NDJSON from `input` (a file path or `-` for stdin) into `emitter`.
@@ -69,19 +71,32 @@ pub async fn ingest(
     let (reader, compressed) = decompressed(raw).await?;
     // The bar counts decompressed bytes: a compressed file's size is no total.
     let total = len.filter(|_| !compressed);
-    let reader = ndjson(reader).await?;
+    let (mut reader, array) = starts_an_array(reader).await?;
     let bar = progress_bar(progress, total);
     let started = Instant::now();
     let limits = emitter.config().limits;
 
-    let chunks = chunk_stream(reader);
+    // A JSON array has no line boundaries to cut it at: it is one chunk,
+    // parsed as HTTP ingest parses one (rejections by 0-based index).
+    let chunks = if array {
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes).await?;
+        let chunk = Chunk {
+            bytes,
+            first_line: 0,
+            array: true,
+        };
+        futures::stream::once(async move { Ok(chunk) }).boxed()
+    } else {
+        chunk_stream(reader).boxed()
+    };
     let bar_ref = &bar;
     let acks: Vec<(AckFuture, u64)> = chunks
         .map_ok(|chunk| async move {
             let len = chunk.bytes.len() as u64;
             let parsed = tokio::task::spawn_blocking(move || parse_chunk(&chunk, limits))
                 .await
-                .map_err(|e| anyhow::anyhow!("parser task failed: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("parser task failed: {e}"))??;
             bar_ref.inc(len);
             Ok::<_, anyhow::Error>(parsed)
         })
@@ -153,13 +168,11 @@ async fn decompressed(
     })
 }
 
-/// `reader` as NDJSON: as it is, or, if its first non-blank byte is `[`,
-/// the elements of that JSON array one per line (the shape HTTP ingest
-/// accepts too). An array is read whole: it has no line boundaries to cut
-/// it at. Line numbers in rejections are then element numbers.
-async fn ndjson(
+/// Whether `reader`'s first non-blank byte is `[`: a JSON array of events
+/// (the shape HTTP ingest accepts too) rather than NDJSON.
+async fn starts_an_array(
     reader: Box<dyn AsyncRead + Unpin + Send>,
-) -> anyhow::Result<Box<dyn AsyncRead + Unpin + Send>> {
+) -> anyhow::Result<(Box<dyn AsyncRead + Unpin + Send>, bool)> {
     let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
     let first = loop {
         let head = reader.fill_buf().await?;
@@ -174,37 +187,24 @@ async fn ndjson(
             }
         }
     };
-    if first != Some(b'[') {
-        return Ok(Box::new(reader));
-    }
-    let mut text = Vec::new();
-    reader.read_to_end(&mut text).await?;
-    let elements: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&text)
-        .map_err(|e| anyhow::anyhow!("the input is a JSON array but not valid JSON: {e}"))?;
-    let mut lines = Vec::with_capacity(text.len() + elements.len());
-    for element in elements {
-        let raw = element.get();
-        if raw.contains(['\n', '\r']) {
-            // A pretty-printed element: one line of it.
-            let value: serde_json::Value = serde_json::from_str(raw)?;
-            serde_json::to_writer(&mut lines, &value)?;
-        } else {
-            lines.extend_from_slice(raw.as_bytes());
-        }
-        lines.push(b'\n');
-    }
-    Ok(Box::new(std::io::Cursor::new(lines)))
+    Ok((Box::new(reader), first == Some(b'[')))
 }
 
 fn parse_chunk(
     chunk: &Chunk,
     limits: EventLimits,
-) -> (shardlake_core::EventBatch, Vec<RejectedLine>, u64) {
+) -> anyhow::Result<(shardlake_core::EventBatch, Vec<RejectedLine>, u64)> {
     let rows = chunk.bytes.len() / 300 + 16;
     let mut builder = EventBatchBuilder::with_capacity(limits, rows, chunk.bytes.len());
-    let rejected = push_ndjson(&mut builder, &chunk.bytes, chunk.first_line);
+    let rejected = if chunk.array {
+        push_json_array(&mut builder, &chunk.bytes).map_err(|e| {
+            anyhow::anyhow!("the input is not a JSON array of events: {}", e.message)
+        })?
+    } else {
+        push_ndjson(&mut builder, &chunk.bytes, chunk.first_line)
+    };
     let lines = (builder.len() + rejected.len()) as u64;
-    (builder.finish(), rejected, lines)
+    Ok((builder.finish(), rejected, lines))
 }
 
 struct Reader {
@@ -262,6 +262,7 @@ fn chunk_stream(
             let chunk = Chunk {
                 bytes: buf,
                 first_line: st.next_line,
+                array: false,
             };
             st.next_line += lines;
             return Ok(Some((chunk, st)));
