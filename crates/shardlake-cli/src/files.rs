@@ -6,8 +6,8 @@
 
 use std::io::Write;
 
-use serde_json::json;
 use shardlake_lake::Lake;
+use shardlake_query::format::live_files_json;
 use shardlake_query::{CrossShardQuery, QueryConfig, Scope};
 
 use crate::query::TimeTravel;
@@ -46,61 +46,10 @@ pub async fn files(
                 writeln!(out, "{location}")?;
             }
         }
-        FilesFormat::Json => {
-            let files: Vec<_> = live
-                .files
-                .iter()
-                .zip(&locations)
-                .map(|(f, location)| {
-                    json!({
-                        "location": location,
-                        "namespace": f.namespace,
-                        "rows": f.rows,
-                        "bytes": f.size,
-                    })
-                })
-                .collect();
-            let doc = json!({
-                "snapshot_id": live.snapshot_id.map(|id| id.to_string()),
-                "files": files,
-            });
-            writeln!(out, "{doc}")?;
-        }
+        FilesFormat::Json => writeln!(out, "{}", live_files_json(&live, local_path))?,
         FilesFormat::Duckdb => writeln!(out, "{}", duckdb_statement(&locations))?,
     }
     Ok(())
-}
-
-/// Why compaction with these settings found nothing to do, and what would.
-pub async fn why_nothing_to_compact(
-    lake: &Lake,
-    small_file_mib: u64,
-    min_files: usize,
-) -> anyhow::Result<String> {
-    let engine = CrossShardQuery::open(lake, QueryConfig::default()).await?;
-    let live = engine.live_files(None, None, &Scope::All).await?;
-    let small = small_file_mib * 1024 * 1024;
-    let mut per_namespace: std::collections::BTreeMap<&str, usize> = Default::default();
-    for file in live.files.iter().filter(|f| f.size < small) {
-        *per_namespace.entry(file.namespace.as_str()).or_default() += 1;
-    }
-    let most = per_namespace
-        .iter()
-        .max_by_key(|(namespace, n)| (**n, std::cmp::Reverse(**namespace)));
-    Ok(match most {
-        None => format!(
-            "no data file is smaller than {small_file_mib} MiB ({} files in all)",
-            live.files.len()
-        ),
-        Some((namespace, n)) if *n >= 2 => format!(
-            "no namespace has {min_files} files smaller than {small_file_mib} MiB \
-             (--min-files); the most is {n}, in {namespace}: --min-files {n} would compact it"
-        ),
-        Some(_) => format!(
-            "every namespace has at most one file smaller than {small_file_mib} MiB: \
-             already compact"
-        ),
-    })
 }
 
 /// A `file://` URL as the local path DuckDB, pyarrow and shells expect;

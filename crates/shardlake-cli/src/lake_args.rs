@@ -79,15 +79,7 @@ impl LakeArgs {
     /// reads it: a directory without a lake is an error, never a new empty
     /// lake that answers every question with nothing.
     pub async fn open_existing(&self) -> anyhow::Result<Lake> {
-        let lake = Lake::open_existing(&self.warehouse, &self.storage_config()).await?;
-        if let Some(asked) = self.table_format.filter(|f| *f != lake.format()) {
-            anyhow::bail!(
-                "the lake at {} is a {} lake, not {asked}: --table-format only chooses for a new lake",
-                self.warehouse.display(),
-                lake.format()
-            );
-        }
-        Ok(lake)
+        Ok(Lake::open_existing(&self.warehouse, &self.storage_config(), self.table_format).await?)
     }
 
     /// Opens the lake, creating it if there is none (for commands that

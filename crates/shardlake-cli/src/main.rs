@@ -458,7 +458,8 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             } else if let Some(why) = &report.skipped {
                 writeln!(out, "nothing compacted: {why}")?;
             } else if report.snapshot_id.is_none() {
-                let why = files::why_nothing_to_compact(&lake, small_file_mib, min_files).await?;
+                let why =
+                    maintain::why_nothing_to_compact(&lake, small_file_mib, min_files).await?;
                 writeln!(out, "nothing to compact: {why}")?;
             } else {
                 writeln!(

@@ -10,6 +10,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use shardlake_lake::maintenance::Progress;
 use shardlake_lake::{Action, Lake, MaintenanceConfig, MaintenanceReport};
+use shardlake_query::{CrossShardQuery, QueryConfig, Scope};
 use shardlake_server::ServerConfig;
 
 /// The settings of one `maintain` run: the `[maintenance]` and
@@ -256,4 +257,36 @@ pub async fn snapshots(lake: &Lake, json: bool) -> anyhow::Result<()> {
     }
     writeln!(out, "{} retained snapshots", snapshots.len())?;
     Ok(())
+}
+
+/// Why compaction with these settings found nothing to do, and what would.
+pub async fn why_nothing_to_compact(
+    lake: &Lake,
+    small_file_mib: u64,
+    min_files: usize,
+) -> anyhow::Result<String> {
+    let engine = CrossShardQuery::open(lake, QueryConfig::default()).await?;
+    let live = engine.live_files(None, None, &Scope::All).await?;
+    let small = small_file_mib * 1024 * 1024;
+    let mut per_namespace: std::collections::BTreeMap<&str, usize> = Default::default();
+    for file in live.files.iter().filter(|f| f.size < small) {
+        *per_namespace.entry(file.namespace.as_str()).or_default() += 1;
+    }
+    let most = per_namespace
+        .iter()
+        .max_by_key(|(namespace, n)| (**n, std::cmp::Reverse(**namespace)));
+    Ok(match most {
+        None => format!(
+            "no data file is smaller than {small_file_mib} MiB ({} files in all)",
+            live.files.len()
+        ),
+        Some((namespace, n)) if *n >= 2 => format!(
+            "no namespace has {min_files} files smaller than {small_file_mib} MiB \
+             (--min-files); the most is {n}, in {namespace}: --min-files {n} would compact it"
+        ),
+        Some(_) => format!(
+            "every namespace has at most one file smaller than {small_file_mib} MiB: \
+             already compact"
+        ),
+    })
 }

@@ -83,16 +83,21 @@ impl Lake {
 
     /// Opens the lake whose data directory is `data_dir`, in the format it
     /// was created with, creating nothing: a directory that holds no lake is
-    /// refused (naming the lake it is inside of, if any). For commands that
-    /// only read, where a new empty lake would answer every question
-    /// wrongly instead of failing.
+    /// refused (naming the lake it is inside of, if any), and so is a
+    /// `format` that contradicts the lake's. For commands that only read,
+    /// where a new empty lake would answer every question wrongly instead
+    /// of failing.
     pub async fn open_existing(
         data_dir: impl AsRef<Path>,
         storage: &ObjectStorageConfig,
+        format: Option<TableFormat>,
     ) -> Result<Self> {
         let data_dir = data_dir.as_ref();
         match LakeDir::probe(data_dir) {
-            LakeDir::Lake(format) => Self::open_with(data_dir, storage, format).await,
+            LakeDir::Lake(found) => {
+                check_format(data_dir, found, format)?;
+                Self::open_with(data_dir, storage, found).await
+            }
             other => Err(not_a_lake(data_dir, &other)),
         }
     }
@@ -110,17 +115,10 @@ impl Lake {
     ) -> Result<(Self, bool)> {
         let data_dir = data_dir.as_ref();
         match LakeDir::probe(data_dir) {
-            LakeDir::Lake(found) => match format {
-                Some(asked) if asked != found => Err(Error::new(
-                    ErrorKind::DataInvalid,
-                    format!(
-                        "the lake at {} is a {found} lake, not {asked}: the table format only \
-                         chooses for a new lake (leave it out, or use another directory)",
-                        data_dir.display()
-                    ),
-                )),
-                _ => Ok((Self::open_with(data_dir, storage, found).await?, false)),
-            },
+            LakeDir::Lake(found) => {
+                check_format(data_dir, found, format)?;
+                Ok((Self::open_with(data_dir, storage, found).await?, false))
+            }
             inside @ LakeDir::Inside { .. } => Err(not_a_lake(data_dir, &inside)),
             LakeDir::Empty => {
                 let lake = Self::open_with(data_dir, storage, format.unwrap_or_default()).await?;
@@ -244,4 +242,19 @@ pub fn not_a_lake(data_dir: &Path, found: &LakeDir) -> Error {
         _ => format!("no shardlake lake at {shown} (create one with shardlake ingest)"),
     };
     Error::new(ErrorKind::NotFound, message)
+}
+
+/// Refuses a format `asked` for that contradicts the lake's own.
+fn check_format(data_dir: &Path, found: TableFormat, asked: Option<TableFormat>) -> Result<()> {
+    match asked {
+        Some(asked) if asked != found => Err(Error::new(
+            ErrorKind::DataInvalid,
+            format!(
+                "the lake at {} is a {found} lake, not {asked}: the table format only \
+                 chooses for a new lake (leave it out, or use another directory)",
+                data_dir.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }

@@ -11,6 +11,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde_json::{Value, json};
 
 use crate::engine::QueryResult;
+use crate::snapshot::SnapshotFiles;
 
 /// One cell as JSON: numbers, booleans and strings natively, lists as
 /// arrays, structs and maps as objects (recursively), NULL (of any type,
@@ -159,6 +160,29 @@ pub fn rows_json(batches: &[RecordBatch]) -> Result<Vec<Value>, ArrowError> {
         })?;
     }
     Ok(rows)
+}
+
+/// The live files of a snapshot as every interface lists them:
+/// `{"snapshot_id": "...", "files": [{"location", "namespace", "rows",
+/// "bytes"}]}` (the id a string, as ids are in every JSON answer), each
+/// location as `location` renders it.
+pub fn live_files_json(live: &SnapshotFiles, location: impl Fn(&str) -> String) -> Value {
+    let files: Vec<Value> = live
+        .files
+        .iter()
+        .map(|f| {
+            json!({
+                "location": location(&f.location),
+                "namespace": f.namespace,
+                "rows": f.rows,
+                "bytes": f.size,
+            })
+        })
+        .collect();
+    json!({
+        "snapshot_id": live.snapshot_id.map(|id| id.to_string()),
+        "files": files,
+    })
 }
 
 impl QueryResult {

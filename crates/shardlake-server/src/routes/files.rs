@@ -8,8 +8,9 @@
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use serde_json::{Value, json};
+use serde_json::Value;
 use shardlake_query::Scope;
+use shardlake_query::format::live_files_json;
 
 use crate::auth::Authenticated;
 use crate::config::Permission;
@@ -55,20 +56,5 @@ pub async fn files(
         .engine()
         .live_files(snapshot_id, as_of, &scope)
         .await?;
-    let files: Vec<Value> = live
-        .files
-        .iter()
-        .map(|f| {
-            json!({
-                "location": f.location,
-                "namespace": f.namespace,
-                "rows": f.rows,
-                "bytes": f.size,
-            })
-        })
-        .collect();
-    Ok(Json(json!({
-        "snapshot_id": live.snapshot_id.map(|id| id.to_string()),
-        "files": files,
-    })))
+    Ok(Json(live_files_json(&live, str::to_owned)))
 }
