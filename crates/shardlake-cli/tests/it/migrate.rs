@@ -100,6 +100,14 @@ fn lake_of_three_shards(dir: &Path, seed: u64) -> std::path::PathBuf {
     warehouse
 }
 
+/// `migrate resume ID --json` with the endpoints, expecting success; its report.
+fn resume(warehouse: &Path, id: &str, urls: &[String]) -> serde_json::Value {
+    let mut args = vec!["migrate", "resume", id, "--json"];
+    args.extend(urls.iter().map(String::as_str));
+    let out = run_ok(warehouse, &args);
+    serde_json::from_slice(&out.stdout).expect("report")
+}
+
 /// What shard `url` holds for `keys` (its digests).
 async fn digests(url: &str, keys: &[String]) -> serde_json::Value {
     reqwest::Client::new()
@@ -206,10 +214,7 @@ async fn migrate_adds_a_shard_survives_sigkill_and_removes_one() {
 
     // Resume completes it, once the dead run's lease has run out.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let mut args = vec!["migrate", "resume", id.as_str(), "--json"];
-    args.extend(urls.iter().map(String::as_str));
-    let out = run_ok(&warehouse, &args);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    let report = resume(&warehouse, &id, &urls);
     assert_eq!(report["status"], "completed", "{report}");
     assert_eq!(report["attempts"], 2);
     assert_eq!(report["keys_verified"].as_u64(), Some(moved.len() as u64));
@@ -298,10 +303,7 @@ async fn sigint_stops_a_migration_releases_its_lease_and_says_how_to_resume() {
     assert_eq!(status(&warehouse)["migrations"][0]["status"], "running");
 
     // No waiting for the lease: it was released.
-    let mut args = vec!["migrate", "resume", id.as_str(), "--json"];
-    args.extend(urls.iter().map(String::as_str));
-    let out = run_ok(&warehouse, &args);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    let report = resume(&warehouse, &id, &urls);
     assert_eq!(report["status"], "completed", "{report}");
     assert_eq!(report["attempts"], 2);
 }

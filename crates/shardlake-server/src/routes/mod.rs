@@ -200,7 +200,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
         StatusCode::UNAUTHORIZED => "unauthorized",
         StatusCode::FORBIDDEN => "forbidden",
         s if s.is_client_error() => "invalid_request",
-        _ => "internal",
+        _ => "internal_error",
     };
     let (parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
