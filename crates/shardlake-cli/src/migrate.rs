@@ -2,6 +2,7 @@
 //! resume, roll back) and `shardlake shard serve` (an in-memory shard over
 //! HTTP, to try migrations and for the runbook).
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -259,13 +260,21 @@ async fn run_command(lake_args: &LakeArgs, command: MigrateCommand) -> anyhow::R
         MigrateCommand::Resume { id, run } => {
             let report = stored(&lake, &id).await?;
             check_endpoints(&run.shard_urls, !(run.quiet || run.json)).await?;
-            let migrator = migrator(&lake, engine, &report.plan, &run).await?;
+            let migrator =
+                migrator(&lake, engine, &report.plan, plan_shards(&report.plan), &run).await?;
             let report = until_interrupted(&lake, &migrator, &run, migrator.resume(&id)).await?;
             finish(&report, run.json, &mut out)
         }
         MigrateCommand::Rollback { id, run } => {
-            let report = stored(&lake, &id).await?;
-            let migrator = migrator(&lake, engine, &report.plan, &run).await?;
+            let mut report = stored(&lake, &id).await?;
+            // The store decides whether cutover happened (the record may
+            // lag it after a crash), as the rollback itself does.
+            let current = current_topology(&lake.control().await?).await?;
+            if current.is_some_and(|t| t.version >= report.plan.to.version) {
+                report.cut_over = true;
+            }
+            let needed = report.rollback_shards();
+            let migrator = migrator(&lake, engine, &report.plan, needed, &run).await?;
             let report = migrator.rollback(&id).await?;
             // Success here is a migration rolled back, not one completed.
             finish_as(&report, run.json, &mut out, MigrationStatus::RolledBack)
@@ -447,7 +456,7 @@ async fn start(
         eprintln!("planning: reading the key statistics of the lake...");
     }
     let plan = plan(&engine, &from, change, run.current.replay_rate).await?;
-    let migrator = migrator(lake, engine, &plan, &run).await?;
+    let migrator = migrator(lake, engine, &plan, plan_shards(&plan), &run).await?;
     let report = until_interrupted(lake, &migrator, &run, migrator.execute(plan)).await?;
     finish(&report, run.json, out)
 }
@@ -526,26 +535,28 @@ async fn check_endpoints(endpoints: &[(ShardId, String)], talk: bool) -> anyhow:
     Ok(())
 }
 
-/// A migrator whose shards are the `--shard-url` endpoints, with a
-/// progress bar.
+/// Every shard `plan` moves keys from or to: a run talks to all of them.
+fn plan_shards(plan: &MigrationPlan) -> BTreeSet<ShardId> {
+    plan.moves.iter().flat_map(|m| [m.from, m.to]).collect()
+}
+
+/// A migrator whose shards are the `--shard-url` endpoints (which must
+/// cover `needed`), with a progress bar.
 async fn migrator(
     lake: &Lake,
     engine: CrossShardQuery,
     plan: &MigrationPlan,
+    needed: BTreeSet<ShardId>,
     run: &RunArgs,
 ) -> anyhow::Result<Migrator> {
     let shards = Arc::new(ShardSet::new());
     for (id, url) in &run.shard_urls {
         shards.insert(Arc::new(HttpShard::new(*id, url.clone())));
     }
-    let mut needed: Vec<ShardId> = plan
-        .moves
-        .iter()
-        .flat_map(|m| [m.from, m.to])
+    let needed: Vec<ShardId> = needed
+        .into_iter()
         .filter(|s| !run.shard_urls.iter().any(|(id, _)| id == s))
         .collect();
-    needed.sort_unstable();
-    needed.dedup();
     if !needed.is_empty() {
         bail!(
             "the migration needs the endpoints of shards {needed:?}: pass --shard-url ID=URL for each"

@@ -109,6 +109,10 @@ struct Run {
     /// When the record was last saved while applying (`status` in another
     /// process shows progress from it).
     saved: Instant,
+    /// Events counted since the last checkpoint by earlier attempts: a
+    /// resumed run finds them on the targets again, and that many skips
+    /// are not counted twice.
+    recount: u64,
 }
 
 /// How often the record is saved while events are being applied.
@@ -527,7 +531,7 @@ impl Migrator {
             self.replay_into(query, &moves, &mut sink, run).await?;
         }
         sink.flush_all(run).await?;
-        run.report.applied_snapshot = Some(snapshot);
+        run.checkpoint(snapshot);
         record::save(&self.control, &run.report).await
     }
 
@@ -659,7 +663,7 @@ impl Migrator {
             }
         }
         sink.flush_all(run).await?;
-        run.report.applied_snapshot = Some(current);
+        run.checkpoint(current);
         run.report.catch_up_rounds += 1;
         record::save(&self.control, &run.report).await?;
         Ok(seen)
@@ -982,7 +986,11 @@ impl Migrator {
             }
         }
         if !run.report.cut_over {
-            for (shard, keys) in by_shard(&run.report.plan.moves, |m| m.to) {
+            // Copies exist only where events were sent; old owners stopped
+            // accepting only once fenced.
+            let needed = run.report.rollback_shards();
+            let targets = by_shard(&run.report.plan.moves, |m| m.to);
+            for (shard, keys) in targets.into_iter().filter(|(s, _)| needed.contains(s)) {
                 let result = self
                     .stub(shard)
                     .map(|s| async move { s.drop_keys(&keys).await.map(|()| keys.len()) });
@@ -1002,17 +1010,21 @@ impl Migrator {
                     ),
                 }
             }
-            for (shard, keys) in by_shard(&run.report.plan.moves, |m| m.from) {
-                let result = match self.stub(shard) {
-                    Ok(stub) => stub.set_accepting(&keys, true).await,
-                    Err(e) => Err(e),
-                };
-                note(&mut problems, result, format!("reopen shard {shard}"));
-            }
             if run.report.fenced {
-                match self.flush_and_unfence(run).await {
-                    Ok(n) => summary.writes_returned += n,
-                    Err(e) => note(&mut problems, Err(e), "return the buffered writes".into()),
+                for (shard, keys) in by_shard(&run.report.plan.moves, |m| m.from) {
+                    let result = match self.stub(shard) {
+                        Ok(stub) => stub.set_accepting(&keys, true).await,
+                        Err(e) => Err(e),
+                    };
+                    note(&mut problems, result, format!("reopen shard {shard}"));
+                }
+                // The fence stays up (and a retry reopens again) until
+                // every old owner accepts its keys.
+                if problems.is_empty() {
+                    match self.flush_and_unfence(run).await {
+                        Ok(n) => summary.writes_returned += n,
+                        Err(e) => note(&mut problems, Err(e), "return the buffered writes".into()),
+                    }
                 }
             }
         }
@@ -1135,12 +1147,33 @@ fn reopen(mut report: MigrationReport) -> MigrationReport {
 
 impl Run {
     fn new(report: MigrationReport) -> Self {
+        let counted = report.events_copied + report.events_skipped;
         Self {
+            recount: counted.saturating_sub(report.events_counted_at_checkpoint),
             report,
             started: Instant::now(),
             phase_started: Instant::now(),
             saved: Instant::now(),
         }
+    }
+
+    /// The targets hold every moving key's events up to `snapshot`.
+    fn checkpoint(&mut self, snapshot: i64) {
+        self.report.applied_snapshot = Some(snapshot);
+        self.report.events_counted_at_checkpoint =
+            self.report.events_copied + self.report.events_skipped;
+        self.recount = 0;
+    }
+
+    /// Counts what a shard's `apply` did: skips of events an earlier
+    /// attempt already counted (it applied them, then died before its
+    /// checkpoint) are not counted again.
+    fn count_applied(&mut self, ack: &crate::stub::ApplyAck) {
+        let skipped = ack.skipped as u64;
+        let recounted = skipped.min(self.recount);
+        self.recount -= recounted;
+        self.report.events_copied += ack.applied as u64;
+        self.report.events_skipped += skipped - recounted;
     }
 
     fn close_phase(&mut self) {
@@ -1202,15 +1235,16 @@ impl<'a> Sink<'a> {
     }
 
     async fn apply(&self, shard: ShardId, events: &[Event], run: &mut Run) -> Result<()> {
-        let ack = self
-            .migrator
-            .gate
-            .shards()
-            .get(shard)?
-            .apply(events)
-            .await?;
-        run.report.events_copied += ack.applied as u64;
-        run.report.events_skipped += ack.skipped as u64;
+        let stub = self.migrator.gate.shards().get(shard)?;
+        // Durably before the first send: a rollback must find every copy.
+        if let Some(sent_to) = &mut run.report.shards_sent_to
+            && sent_to.insert(shard)
+        {
+            run.saved = Instant::now();
+            record::save(&self.migrator.control, &run.report).await?;
+        }
+        let ack = stub.apply(events).await?;
+        run.count_applied(&ack);
         self.migrator.report_progress(run);
         if run.saved.elapsed() >= SAVE_EVERY {
             run.saved = Instant::now();

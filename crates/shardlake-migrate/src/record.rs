@@ -3,11 +3,11 @@
 //! the caller gets, and what `shardlake migrate status` and
 //! `/v1/migrations` show.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use shardlake_lake::control::{ControlStore, MigrationRow};
-use shardlake_routing::Topology;
+use shardlake_routing::{ShardId, Topology};
 
 use crate::error::{MigrateError, Result};
 use crate::plan::MigrationPlan;
@@ -132,10 +132,26 @@ pub struct MigrationReport {
     /// Keys that appeared in the lake after planning and move too.
     pub keys_discovered: usize,
     /// Events applied on the new owners (and, by a rollback after cutover,
-    /// on the old ones).
+    /// on the old ones), over all attempts.
     pub events_copied: u64,
-    /// Events the new owners had already (re-runs).
+    /// Events the new owners had already, and no earlier attempt counted
+    /// (a resumed copy finds what the dead run applied; those it had
+    /// counted as copied are not counted again): `events_copied +
+    /// events_skipped` is the number of events moved, however many
+    /// attempts it took.
     pub events_skipped: u64,
+    /// `events_copied + events_skipped` when the targets were last caught
+    /// up to a recorded snapshot: a resumed run re-applies what came after,
+    /// and skips up to the difference are not counted again.
+    #[serde(default)]
+    pub events_counted_at_checkpoint: u64,
+    /// Shards this migration sent events to (recorded before the first
+    /// send): a rollback before cutover drops copies only there, so a
+    /// target that never received anything (or never existed) does not
+    /// hold the rollback up. `None` in records from before it was kept:
+    /// every destination.
+    #[serde(default)]
+    pub shards_sent_to: Option<BTreeSet<ShardId>>,
     /// Incremental replays after the copy.
     pub catch_up_rounds: u32,
     /// Writes found buffered when flushing (a write counted again only if
@@ -193,6 +209,8 @@ impl MigrationReport {
             keys_discovered: 0,
             events_copied: 0,
             events_skipped: 0,
+            events_counted_at_checkpoint: 0,
+            shards_sent_to: Some(BTreeSet::new()),
             catch_up_rounds: 0,
             writes_buffered: 0,
             writes_flushed: 0,
@@ -217,6 +235,28 @@ impl MigrationReport {
     /// Whether it completed.
     pub fn succeeded(&self) -> bool {
         self.status == MigrationStatus::Completed
+    }
+
+    /// The shards a rollback of this record talks to. After cutover, every
+    /// shard a key moves from or to (the keys go back). Before cutover,
+    /// only the targets that were sent events (they hold copies to drop)
+    /// and, once fenced, the old owners (they reopen their keys): a target
+    /// that never received anything, or never existed, is not needed.
+    pub fn rollback_shards(&self) -> BTreeSet<ShardId> {
+        let moves = &self.plan.moves;
+        if self.cut_over {
+            return moves.iter().flat_map(|m| [m.from, m.to]).collect();
+        }
+        let sent = |s: &ShardId| {
+            self.shards_sent_to
+                .as_ref()
+                .is_none_or(|set| set.contains(s))
+        };
+        let mut shards: BTreeSet<ShardId> = moves.iter().map(|m| m.to).filter(sent).collect();
+        if self.fenced {
+            shards.extend(moves.iter().map(|m| m.from));
+        }
+        shards
     }
 }
 

@@ -507,6 +507,153 @@ async fn a_target_failing_mid_copy_rolls_back_without_a_trace() {
     cluster.assert_owned_once(&report).await;
 }
 
+#[tokio::test]
+async fn a_rollback_needs_only_the_shards_that_received_events() {
+    // Shard 4 is planned but was never registered (a wrong or missing
+    // endpoint): the run fails before sending it anything, and the
+    // rollback must not wait for a shard that holds nothing.
+    let cluster = Cluster::start(4, 0, 60).await;
+    let plan = cluster.plan_add(4).await;
+    let report = cluster
+        .migrator(MigrationConfig::default())
+        .await
+        .execute(plan.clone())
+        .await
+        .expect("start");
+    assert_eq!(report.status, MigrationStatus::RolledBack, "{report:#?}");
+    assert_eq!(
+        report.error.as_ref().map(|e| e.phase),
+        Some(Phase::Initializing)
+    );
+    let rollback = report.rollback.as_ref().expect("rollback");
+    assert!(rollback.problems.is_empty(), "{rollback:?}");
+    assert_eq!(rollback.keys_dropped, 0, "nothing was sent anywhere");
+    assert_eq!(report.shards_sent_to, Some(BTreeSet::new()));
+    assert_eq!(cluster.router().current().topology(), &plan.from);
+    // The keys are free again: the old owners take their writes.
+    assert_eq!(
+        cluster.write_next(&plan.moves[0].key).await,
+        Submitted::Delivered {
+            shard: plan.moves[0].from
+        }
+    );
+}
+
+/// A target that applies slowly (so the record saves its counters), then
+/// stops answering, as if the migrating process died mid-copy.
+struct HangsMidCopy {
+    inner: Arc<InMemoryShard>,
+    answered: AtomicI64,
+    hung: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl ShardStub for HangsMidCopy {
+    fn id(&self) -> ShardId {
+        self.inner.id()
+    }
+    async fn apply(
+        &self,
+        events: &[Event],
+    ) -> shardlake_migrate::Result<shardlake_migrate::ApplyAck> {
+        let ack = self.inner.apply(events).await?;
+        if self.answered.fetch_add(1, Ordering::Relaxed) >= 2 {
+            // Applied, never acknowledged: the dead run counted none of it.
+            self.hung.notify_one();
+            std::future::pending::<()>().await;
+        }
+        // Past the record's save interval.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(ack)
+    }
+    async fn digests(
+        &self,
+        keys: &[String],
+    ) -> shardlake_migrate::Result<BTreeMap<String, KeyDigest>> {
+        self.inner.digests(keys).await
+    }
+    async fn drop_keys(&self, keys: &[String]) -> shardlake_migrate::Result<()> {
+        self.inner.drop_keys(keys).await
+    }
+    async fn set_accepting(
+        &self,
+        keys: &[String],
+        accepting: bool,
+    ) -> shardlake_migrate::Result<()> {
+        self.inner.set_accepting(keys, accepting).await
+    }
+    async fn accepts(&self, key: &str) -> shardlake_migrate::Result<bool> {
+        self.inner.accepts(key).await
+    }
+    async fn drain(&self) -> shardlake_migrate::Result<()> {
+        self.inner.drain().await
+    }
+    async fn write(&self, events: &[Event]) -> shardlake_migrate::Result<()> {
+        self.inner.write(events).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_add_up_across_a_resumed_copy() {
+    let cluster = Cluster::start(4, 1, 200).await;
+    let plan = cluster.plan_add(4).await;
+    let hanging = Arc::new(HangsMidCopy {
+        inner: Arc::clone(&cluster.stubs[&4]),
+        answered: AtomicI64::new(0),
+        hung: tokio::sync::Notify::new(),
+    });
+    cluster
+        .shards
+        .insert(Arc::clone(&hanging) as Arc<dyn ShardStub>);
+    let config = || MigrationConfig {
+        batch_size: 10,
+        lease: Duration::from_secs(1),
+        ..MigrationConfig::default()
+    };
+    let doomed = cluster.migrator(config()).await;
+    let task = tokio::spawn({
+        let plan = plan.clone();
+        async move { doomed.execute(plan).await }
+    });
+    hanging.hung.notified().await;
+    task.abort();
+    assert!(task.await.is_err(), "killed");
+    let control = cluster.lake.control().await.expect("control");
+    let dead = migration_reports(&control)
+        .await
+        .expect("reports")
+        .remove(0);
+    assert!(
+        dead.events_copied >= 20,
+        "the dead run saved counters: {dead:#?}"
+    );
+
+    let target = Arc::clone(&cluster.stubs[&4]) as Arc<dyn ShardStub>;
+    cluster.shards.insert(target);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let report = cluster
+        .restart(config())
+        .await
+        .execute(plan.clone())
+        .await
+        .expect("resume");
+    assert_eq!(
+        (report.status, report.attempts),
+        (MigrationStatus::Completed, 2),
+        "{report:#?}"
+    );
+    // Every event moved is counted once: applied by one of the attempts,
+    // or found on the target by the resume and not counted before.
+    assert!(report.events_skipped > 0, "{report:#?}");
+    assert_eq!(
+        report.events_copied + report.events_skipped,
+        report.plan.events_to_move,
+        "{report:#?}"
+    );
+    cluster.assert_exactly_once().await;
+    cluster.assert_owned_once(&report).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_after_cutover_restores_routing_and_keeps_the_buffered_writes() {
     let cluster = Arc::new(Cluster::start(4, 1, 120).await);
