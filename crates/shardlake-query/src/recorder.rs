@@ -58,6 +58,10 @@ pub struct FileFindings {
     pub partitions_total: usize,
     /// Namespaces of the files scanned.
     pub partitions_scanned: usize,
+    /// Namespaces of the files left after planning-time pruning (the
+    /// partition filter, file statistics, the scope): the ones the answer
+    /// takes into account, whether from their data or their metadata.
+    pub partitions_covered: usize,
     /// Distinct shards listed in the footers of the files scanned.
     pub shards_queried: usize,
     /// Bytes the scans fetched from storage: column data and page indexes.
@@ -138,6 +142,7 @@ impl ScanRecorder {
             files_scanned: scanned.len(),
             partitions_total: s.namespaces_total.len(),
             partitions_scanned: partitions.len(),
+            partitions_covered: s.namespace_of.values().collect::<HashSet<_>>().len(),
             shards_queried: shards.len(),
             bytes_scanned: s.bytes_fetched,
         }

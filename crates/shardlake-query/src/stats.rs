@@ -19,7 +19,13 @@ pub struct ScanStats {
     pub partitions_total: usize,
     /// Namespaces of the files the query read data from.
     pub partitions_scanned: usize,
-    /// `partitions_total - partitions_scanned`.
+    /// Namespaces the answer covers: those of the files left after the
+    /// partition filter and file statistics, whether their data was read
+    /// or their metadata answered (then `partitions_scanned` stays 0).
+    #[serde(default)]
+    pub partitions_covered: usize,
+    /// `partitions_total - partitions_covered`: ruled out without looking
+    /// at any of their files' data or footers.
     pub partitions_pruned: usize,
     /// Live data files in the pinned snapshot.
     pub files_total: usize,
@@ -74,7 +80,8 @@ impl ScanStats {
             shards_queried: findings.shards_queried,
             partitions_total: findings.partitions_total,
             partitions_scanned: findings.partitions_scanned,
-            partitions_pruned: findings.partitions_total - findings.partitions_scanned,
+            partitions_covered: findings.partitions_covered,
+            partitions_pruned: findings.partitions_total - findings.partitions_covered,
             files_total: findings.files_total,
             files_scanned: findings.files_scanned,
             files_pruned: findings.files_total - findings.files_scanned,
@@ -120,11 +127,12 @@ impl ScanStats {
         }
         if self.answered_from == AnsweredFrom::Metadata {
             return format!(
-                "{} rows in {:.1} ms, answered from metadata: no data read from the {} files of {} partitions (snapshot {:?})",
+                "{} rows in {:.1} ms, answered from metadata: {} of {} partitions, no data read from the {} files (snapshot {:?})",
                 self.rows_returned,
                 self.elapsed_ms,
-                self.files_total,
+                self.partitions_covered,
                 self.partitions_total,
+                self.files_total,
                 self.snapshot_ids,
             );
         }

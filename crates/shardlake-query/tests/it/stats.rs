@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
-use shardlake_query::{QueryResult, Scope};
+use shardlake_query::{AnsweredFrom, QueryResult, Scope};
 
 use crate::fixture::{Fixture, config};
 
@@ -50,6 +50,7 @@ async fn a_namespace_filter_scans_only_that_namespace() {
     let (ns_files, ns_bytes) = namespace_files(&fixture, ns).await;
     assert_eq!(s.partitions_total, 4);
     assert_eq!(s.partitions_scanned, 1);
+    assert_eq!(s.partitions_covered, 1);
     assert_eq!(s.partitions_pruned, 3);
     assert_eq!(s.files_total, 16, "4 commits x 4 namespaces");
     assert_eq!(s.files_scanned, ns_files);
@@ -72,6 +73,17 @@ async fn a_namespace_filter_scans_only_that_namespace() {
     assert_eq!(single_i64(&metadata_only), truth.len() as i64);
     assert_eq!(metadata_only.stats.bytes_scanned, 0);
     assert_eq!(metadata_only.stats.files_scanned, 0);
+    // The answer covers one partition, from its metadata, and the filter
+    // ruled out the other three.
+    assert_eq!(metadata_only.stats.answered_from, AnsweredFrom::Metadata);
+    assert_eq!(
+        (
+            metadata_only.stats.partitions_scanned,
+            metadata_only.stats.partitions_covered,
+            metadata_only.stats.partitions_pruned
+        ),
+        (0, 1, 3)
+    );
     assert_eq!(s.shards_queried, shards.len());
     assert!(!s.cache_hit);
     let current = engine
@@ -99,6 +111,16 @@ async fn count_star_without_filters_is_answered_from_metadata() {
     assert_eq!(result.stats.rows_scanned, 0);
     assert_eq!(result.stats.files_total, 16);
     assert_eq!(result.stats.files_pruned, 16);
+    // Every partition is covered, none by reading it.
+    assert_eq!(result.stats.answered_from, AnsweredFrom::Metadata);
+    assert_eq!(
+        (
+            result.stats.partitions_scanned,
+            result.stats.partitions_covered,
+            result.stats.partitions_pruned
+        ),
+        (0, 4, 0)
+    );
 }
 
 #[tokio::test]
@@ -112,6 +134,8 @@ async fn full_scans_read_every_file_and_every_shard() {
     let s = &result.stats;
     assert_eq!(s.files_scanned, 16);
     assert_eq!(s.partitions_scanned, 4);
+    assert_eq!((s.partitions_covered, s.partitions_pruned), (4, 0));
+    assert_eq!(s.answered_from, AnsweredFrom::Scan);
     assert_eq!(s.shards_queried, 6);
     assert_eq!(s.rows_scanned, fixture.events.len() as u64);
     assert_eq!(s.rows_returned, 3);
