@@ -103,6 +103,18 @@ impl EventsTable {
         }
     }
 
+    /// A count of the changes this process made to the table (commits,
+    /// compactions, maintenance), bumped when each ends. Readers that keep
+    /// the current snapshot in memory look at the catalog again when it
+    /// moved, so this process's own commits are visible at once; other
+    /// processes' commits need a look at the catalog.
+    pub fn local_changes(&self) -> u64 {
+        match self {
+            Self::Iceberg(t) => t.local_changes(),
+            Self::Parquet(t) => t.local_changes(),
+        }
+    }
+
     /// The committed state: every shard's watermark and the next position.
     pub async fn commit_state(&self) -> Result<CommitState> {
         match self {

@@ -10,12 +10,13 @@
 //! - A result larger than `max_result_bytes` is handed to everyone waiting
 //!   for it but not kept.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
 use moka::notification::RemovalCause;
 use serde::Serialize;
 
@@ -56,7 +57,7 @@ pub struct CacheKey {
     /// Who may see the result.
     pub scope: Scope,
     /// The normalized query text (or a typed query's canonical form).
-    pub query: String,
+    pub query: Arc<str>,
     /// The snapshots the result was computed from.
     pub snapshot_ids: Vec<i64>,
 }
@@ -72,6 +73,26 @@ pub struct CachedResult {
     pub stats: ScanStats,
     /// Bytes the batches occupy in memory.
     pub bytes: u64,
+    /// The JSON answer's columns and rows, rendered by the first caller
+    /// that asked for JSON and served as bytes to every later one.
+    pub(crate) json: Arc<OnceLock<Bytes>>,
+}
+
+impl CachedResult {
+    pub(crate) fn new(
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        stats: ScanStats,
+        bytes: u64,
+    ) -> Self {
+        Self {
+            schema,
+            batches,
+            stats,
+            bytes,
+            json: Arc::default(),
+        }
+    }
 }
 
 /// Cache counters.

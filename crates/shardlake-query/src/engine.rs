@@ -16,7 +16,7 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, execute_stream};
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement;
 use futures::future::BoxFuture;
@@ -24,10 +24,12 @@ use futures::{Stream, StreamExt};
 use serde::Serialize;
 use shardlake_lake::Lake;
 use shardlake_lake::pins::OpenPin;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::cache::{CacheConfig, CacheKey, CacheMetrics, CachedResult, ResultCache};
 use crate::context::QueryContext;
 use crate::error::{Error, ErrorKind, Result};
+use crate::executor::{self, CpuRuntime};
 use crate::provider::{EventsTable, THINGS_SQL};
 use crate::recorder::ScanRecorder;
 use crate::scope::Scope;
@@ -50,6 +52,14 @@ pub struct QueryConfig {
     pub cache: CacheConfig,
     /// Parsed manifests kept in memory.
     pub manifest_cache_entries: u64,
+    /// How old the current snapshot a query pins may be: within it, the
+    /// last look at the catalog is reused (this process's own commits are
+    /// seen at once regardless). Zero looks at the catalog for every query.
+    pub freshness: Duration,
+    /// Worker threads of the runtime queries plan and run on, apart from
+    /// the caller's (a server's HTTP runtime keeps answering while queries
+    /// use every core). Zero runs queries as tasks of the caller's runtime.
+    pub cpu_threads: usize,
 }
 
 impl Default for QueryConfig {
@@ -60,6 +70,8 @@ impl Default for QueryConfig {
             default_timeout: Some(Duration::from_secs(60)),
             cache: CacheConfig::default(),
             manifest_cache_entries: 100_000,
+            freshness: Duration::ZERO,
+            cpu_threads: 0,
         }
     }
 }
@@ -73,9 +85,21 @@ pub struct QueryResult {
     pub batches: Vec<RecordBatch>,
     /// Scan statistics.
     pub stats: ScanStats,
+    /// Rendered JSON columns and rows, shared with the cache entry.
+    pub(crate) json: Arc<std::sync::OnceLock<bytes::Bytes>>,
 }
 
 impl QueryResult {
+    /// `cached`'s rows with `stats`, sharing its rendered JSON.
+    fn from_cached(cached: &CachedResult, stats: ScanStats) -> Self {
+        Self {
+            schema: Arc::clone(&cached.schema),
+            batches: cached.batches.clone(),
+            stats,
+            json: Arc::clone(&cached.json),
+        }
+    }
+
     /// Number of rows.
     pub fn num_rows(&self) -> usize {
         self.batches.iter().map(RecordBatch::num_rows).sum()
@@ -98,6 +122,11 @@ struct Inner {
     snapshots: Arc<LakeSnapshots>,
     base: SessionState,
     cache: ResultCache,
+    /// SQL text as sent to its normalized form (the cache key's query), so
+    /// a repeated query is not parsed again to find its cache entry.
+    normalized: moka::sync::Cache<String, Arc<str>>,
+    /// Where queries run (`None`: on the caller's runtime).
+    cpu: Option<CpuRuntime>,
 }
 
 /// Global SQL over all shards' events. Cheap to clone; share one per process.
@@ -123,7 +152,12 @@ impl CrossShardQuery {
         let snapshots = Arc::new(LakeSnapshots::new(
             lake.table().clone(),
             config.manifest_cache_entries,
+            config.freshness,
         ));
+        let cpu = match config.cpu_threads {
+            0 => None,
+            n => Some(CpuRuntime::start(n)?),
+        };
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(config.memory_limit)))
             .build_arc()?;
@@ -144,9 +178,11 @@ impl CrossShardQuery {
         Ok(Self {
             inner: Arc::new(Inner {
                 cache: ResultCache::new(config.cache.clone()),
+                normalized: moka::sync::Cache::new(config.cache.max_entries.max(1_000)),
                 config,
                 snapshots,
                 base: ctx.state(),
+                cpu,
             }),
         })
     }
@@ -197,9 +233,22 @@ impl CrossShardQuery {
         }
     }
 
-    /// The live files of the current snapshot (for `/v1/tables`-style views).
+    /// The live files of the current snapshot, as the catalog says now
+    /// (whatever the freshness bound: a migration's catch-up relies on it).
     pub async fn current_snapshot(&self) -> Result<Arc<SnapshotFiles>> {
-        self.inner.snapshots.pin().await
+        self.inner.snapshots.pin_latest().await
+    }
+
+    /// `sql` in normalized form, checked to be read-only (memoized).
+    fn normalize(&self, sql: &str) -> Result<Arc<str>> {
+        if let Some(known) = self.inner.normalized.get(sql) {
+            return Ok(known);
+        }
+        let normalized: Arc<str> = normalize_read_only(&self.inner.base, sql)?.into();
+        self.inner
+            .normalized
+            .insert(sql.to_owned(), Arc::clone(&normalized));
+        Ok(normalized)
     }
 
     fn request(&self, request: Request) -> SqlQuery {
@@ -212,6 +261,8 @@ impl CrossShardQuery {
             limit: ResultLimit::NONE,
             snapshot_id: None,
             as_of_ms: None,
+            latest: false,
+            guard: None,
         }
     }
 
@@ -331,10 +382,14 @@ fn read_only() -> SQLOptions {
 impl CrossShardQuery {
     /// Pins snapshot `snapshot_id`, else the one current at `as_of_ms`,
     /// else the current one, and holds it until the pin drops.
+    ///
+    /// The current snapshot is the one last seen within the freshness
+    /// bound, or with `latest` what the catalog says now.
     async fn pin(
         &self,
         snapshot_id: Option<i64>,
         as_of_ms: Option<i64>,
+        latest: bool,
     ) -> Result<(Arc<SnapshotFiles>, Option<OpenPin>)> {
         let snapshots = &self.inner.snapshots;
         let id = match (snapshot_id, as_of_ms) {
@@ -348,7 +403,10 @@ impl CrossShardQuery {
                 Ok((snapshots.pin_at(id).await?, Some(hold)))
             }
             None => {
-                let files = snapshots.pin().await?;
+                let files = match latest {
+                    true => snapshots.pin_latest().await?,
+                    false => snapshots.pin().await?,
+                };
                 let hold = files.snapshot_id.map(|id| snapshots.hold(id));
                 Ok((files, hold))
             }
@@ -368,7 +426,7 @@ impl CrossShardQuery {
         scope: &Scope,
     ) -> Result<SnapshotFiles> {
         let (files, _hold) = self
-            .pin(snapshot_id, as_of.map(|t| t.timestamp_millis()))
+            .pin(snapshot_id, as_of.map(|t| t.timestamp_millis()), false)
             .await?;
         Ok(SnapshotFiles {
             snapshot_id: files.snapshot_id,
@@ -391,6 +449,7 @@ impl CrossShardQuery {
 /// A query being configured. Await it for the whole result, or call
 /// [`SqlQuery::stream`] for record batches as they are produced.
 #[must_use = "a query does nothing until awaited or streamed"]
+#[derive(Clone)]
 pub struct SqlQuery {
     engine: CrossShardQuery,
     request: Request,
@@ -402,6 +461,10 @@ pub struct SqlQuery {
     snapshot_id: Option<i64>,
     /// Time travel: the snapshot current at this time (Unix ms).
     as_of_ms: Option<i64>,
+    /// Pin the latest snapshot whatever the freshness bound.
+    latest: bool,
+    /// Kept until the query's work has ended (see [`SqlQuery::holding`]).
+    guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// The most a result may hold. A query whose result grows past it fails
@@ -481,10 +544,21 @@ impl SqlQuery {
         self
     }
 
-    /// Pins the query's snapshot for as long as the returned guard lives:
-    /// expiry in this process keeps it meanwhile.
-    async fn pin(&self) -> Result<(Arc<SnapshotFiles>, Option<OpenPin>)> {
-        self.engine.pin(self.snapshot_id, self.as_of_ms).await
+    /// Pins the snapshot the catalog says is current now, ignoring the
+    /// engine's freshness bound (for a caller that must see another
+    /// process's commit of a moment ago).
+    pub fn latest(mut self) -> Self {
+        self.latest = true;
+        self
+    }
+
+    /// Keeps `guard` until the query's work has really ended, which can be
+    /// after its timeout answered (work that cannot be interrupted runs to
+    /// its next await point). A server's query slot goes here, so slots
+    /// bound the work running, not the requests waiting for it.
+    pub fn holding(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
+        self.guard = Some(Arc::new(guard));
+        self
     }
 
     /// Restricts the query to `scope`'s namespaces.
@@ -493,20 +567,41 @@ impl SqlQuery {
         self
     }
 
-    /// Plans the request in `ctx` and returns its logical plan.
+    /// Pins the snapshot and works out what identifies the answer (scope,
+    /// normalized query, snapshots), without running anything. A query that
+    /// is not allowed (DDL, DML, ...) or does not parse fails here.
+    pub async fn prepare(self) -> Result<PreparedQuery> {
+        let started = Instant::now();
+        let (snapshot, hold) = self
+            .engine
+            .pin(self.snapshot_id, self.as_of_ms, self.latest)
+            .await?;
+        let key = CacheKey {
+            scope: self.scope.clone(),
+            query: self.cache_text()?,
+            snapshot_ids: snapshot.snapshot_id.into_iter().collect(),
+        };
+        Ok(PreparedQuery {
+            query: self,
+            snapshot,
+            hold,
+            key,
+            started,
+        })
+    }
+
+    /// Plans the request in `ctx` and returns its logical plan. The SQL was
+    /// checked to be read-only when the query was prepared.
     async fn plan(&self, ctx: &SessionContext) -> Result<LogicalPlan> {
         let df = match &self.request {
-            Request::Sql(sql) => {
-                normalize_read_only(&ctx.state(), sql)?;
-                ctx.sql_with_options(sql, read_only()).await.map_err(|e| {
-                    let e = Error::from(e);
-                    if e.message().contains("not supported") {
-                        Error::new(ErrorKind::NotAllowed, e.message().to_owned())
-                    } else {
-                        e
-                    }
-                })?
-            }
+            Request::Sql(sql) => ctx.sql_with_options(sql, read_only()).await.map_err(|e| {
+                let e = Error::from(e);
+                if e.message().contains("not supported") {
+                    Error::new(ErrorKind::NotAllowed, e.message().to_owned())
+                } else {
+                    e
+                }
+            })?,
             Request::Things(q) => typed::things(ctx, q).await?,
             Request::Events(q) => typed::events(ctx, q).await?,
             Request::Aggregate(q) => typed::aggregate(ctx, q).await?,
@@ -521,24 +616,25 @@ impl SqlQuery {
         Ok(df.into_unoptimized_plan())
     }
 
-    /// The request's part of the cache key. Parsed with the engine's
-    /// template state, so a cache hit never builds a session.
-    fn cache_text(&self, state: &SessionState) -> Result<String> {
-        Ok(match &self.request {
-            Request::Sql(sql) => normalize_read_only(state, sql)?,
-            Request::Things(q) => {
-                format!("things:{}", serde_json::to_string(q).unwrap_or_default())
-            }
-            Request::Events(q) => {
-                format!("events:{}", serde_json::to_string(q).unwrap_or_default())
-            }
-            Request::Aggregate(q) => {
-                format!("aggregate:{}", serde_json::to_string(q).unwrap_or_default())
-            }
-            Request::Replay(q) => {
-                format!("replay:{}", serde_json::to_string(q).unwrap_or_default())
-            }
-        })
+    /// The request's part of the cache key: SQL normalized (memoized, so a
+    /// repeated query is not parsed again), a typed query in canonical JSON.
+    fn cache_text(&self) -> Result<Arc<str>> {
+        fn typed(kind: &str, query: &impl Serialize) -> Result<Arc<str>> {
+            let json = serde_json::to_string(query).map_err(|e| {
+                Error::new(
+                    ErrorKind::Unexpected,
+                    format!("unserializable {kind} query: {e}"),
+                )
+            })?;
+            Ok(format!("{kind}:{json}").into())
+        }
+        match &self.request {
+            Request::Sql(sql) => self.engine.normalize(sql),
+            Request::Things(q) => typed("things", q),
+            Request::Events(q) => typed("events", q),
+            Request::Aggregate(q) => typed("aggregate", q),
+            Request::Replay(q) => typed("replay", q),
+        }
     }
 
     async fn physical(&self, ctx: &SessionContext) -> Result<Arc<dyn ExecutionPlan>> {
@@ -548,84 +644,9 @@ impl SqlQuery {
 
     /// Runs the query to completion.
     pub async fn execute(self) -> Result<QueryResult> {
-        let started = Instant::now();
-        let work = self.execute_inner(started);
-        match self.timeout {
-            Some(limit) => tokio::time::timeout(limit, work)
-                .await
-                .map_err(|_| timeout_error(limit))?,
-            None => work.await,
-        }
-    }
-
-    async fn execute_inner(&self, started: Instant) -> Result<QueryResult> {
-        let engine = &self.engine;
-        let (snapshot, _hold) = self.pin().await?;
-        let compute = async {
-            let (ctx, recorder) = engine.session(&snapshot, &self.scope);
-            let plan = self.physical(&ctx).await?;
-            let mut stream = execute_stream(Arc::clone(&plan), ctx.task_ctx())?;
-            let (mut batches, mut rows, mut bytes) = (Vec::new(), 0, 0);
-            while let Some(batch) = stream.next().await {
-                let batch = batch?;
-                self.limit.account(&mut rows, &mut bytes, &batch)?;
-                batches.push(batch);
-            }
-            let stats = ScanStats::from_execution(
-                &recorder.findings(),
-                &plan,
-                rows,
-                started.elapsed().as_secs_f64() * 1e3,
-            );
-            Ok::<_, Error>(CachedResult {
-                schema: plan.schema(),
-                batches,
-                stats,
-                bytes,
-            })
-        };
-        if !(self.use_cache && engine.inner.cache.enabled()) {
-            let result = compute.await?;
-            return Ok(QueryResult {
-                schema: result.schema,
-                batches: result.batches,
-                stats: result.stats,
-            });
-        }
-        let key = self.cache_key(&snapshot)?;
-        let (result, hit) = engine.inner.cache.get_or_compute(key, compute).await?;
-        if hit {
-            return self.served_from_cache(&result, started);
-        }
-        Ok(QueryResult {
-            schema: Arc::clone(&result.schema),
-            batches: result.batches.clone(),
-            stats: result.stats.clone(),
-        })
-    }
-
-    fn cache_key(&self, snapshot: &SnapshotFiles) -> Result<CacheKey> {
-        Ok(CacheKey {
-            scope: self.scope.clone(),
-            query: self.cache_text(&self.engine.inner.base)?,
-            snapshot_ids: snapshot.snapshot_id.into_iter().collect(),
-        })
-    }
-
-    /// A cached result as this caller's answer: held to this caller's
-    /// limit (it was filled under someone else's), with cache-hit stats.
-    fn served_from_cache(&self, result: &CachedResult, started: Instant) -> Result<QueryResult> {
-        let (mut rows, mut bytes) = (0, 0);
-        for batch in &result.batches {
-            self.limit.account(&mut rows, &mut bytes, batch)?;
-        }
-        Ok(QueryResult {
-            schema: Arc::clone(&result.schema),
-            batches: result.batches.clone(),
-            stats: result
-                .stats
-                .served_from_cache(started.elapsed().as_secs_f64() * 1e3),
-        })
+        let deadline = self.deadline();
+        let prepared = within(deadline, self.prepare()).await?;
+        prepared.execute().await
     }
 
     /// The answer from the result cache if it holds one for the current
@@ -633,49 +654,247 @@ impl SqlQuery {
     /// query does not use the cache). Lets a server answer cache hits
     /// without taking a query slot.
     pub async fn cached(&self) -> Result<Option<QueryResult>> {
-        if !(self.use_cache && self.engine.inner.cache.enabled()) {
-            return Ok(None);
-        }
-        let started = Instant::now();
-        let (snapshot, _hold) = self.pin().await?;
-        let key = self.cache_key(&snapshot)?;
-        match self.engine.inner.cache.peek(&key).await {
-            Some(result) => self.served_from_cache(&result, started).map(Some),
-            None => Ok(None),
-        }
+        self.clone().prepare().await?.cached().await
     }
 
     /// Runs the query and streams record batches as they are produced. The
     /// result cache is not used. Statistics are available from the stream
     /// once it has ended.
     pub async fn stream(self) -> Result<QueryStream> {
-        let started = Instant::now();
-        let deadline = self.timeout.map(|t| (t, tokio::time::Instant::now() + t));
-        let engine = self.engine.clone();
-        let (snapshot, hold) = self.pin().await?;
-        let (ctx, recorder) = engine.session(&snapshot, &self.scope);
-        let plan = match deadline {
-            Some((limit, at)) => tokio::time::timeout_at(at, self.physical(&ctx))
-                .await
-                .map_err(|_| timeout_error(limit))??,
-            None => self.physical(&ctx).await?,
-        };
-        let inner = execute_stream(Arc::clone(&plan), ctx.task_ctx())?;
+        let deadline = self.deadline();
+        let prepared = within(deadline, self.prepare()).await?;
+        prepared.stream().await
+    }
+
+    /// When the query's timeout ends, counted from now.
+    fn deadline(&self) -> Option<(Duration, tokio::time::Instant)> {
+        self.timeout.map(|t| (t, tokio::time::Instant::now() + t))
+    }
+}
+
+/// Awaits `work` until `deadline`, failing with a timeout after it.
+async fn within<T>(
+    deadline: Option<(Duration, tokio::time::Instant)>,
+    work: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match deadline {
+        Some((limit, at)) => tokio::time::timeout_at(at, work)
+            .await
+            .map_err(|_| timeout_error(limit))?,
+        None => work.await,
+    }
+}
+
+/// A query with its snapshot pinned and its answer identified, ready to be
+/// answered from the cache, run or streamed ([`SqlQuery::prepare`]).
+#[must_use = "a prepared query does nothing until executed or streamed"]
+pub struct PreparedQuery {
+    query: SqlQuery,
+    snapshot: Arc<SnapshotFiles>,
+    hold: Option<OpenPin>,
+    key: CacheKey,
+    started: Instant,
+}
+
+impl std::fmt::Debug for PreparedQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedQuery")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreparedQuery {
+    /// The snapshot the query reads (`None`: an empty table).
+    pub fn snapshot_id(&self) -> Option<i64> {
+        self.snapshot.snapshot_id
+    }
+
+    /// Whether the query pinned a snapshot by id or time (time travel):
+    /// its answer can never change, while a query of the current snapshot
+    /// may answer differently after the next commit.
+    pub fn is_pinned(&self) -> bool {
+        self.query.snapshot_id.is_some() || self.query.as_of_ms.is_some()
+    }
+
+    /// A digest of what determines the answer: the caller's scope, the
+    /// normalized query and the snapshots. Equal fingerprints, equal
+    /// answers (an HTTP ETag is made from it).
+    pub fn fingerprint(&self) -> u128 {
+        use std::hash::Hash;
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        self.key.hash(&mut hasher);
+        hasher.digest128()
+    }
+
+    /// Keeps `guard` until the query's work has ended (see
+    /// [`SqlQuery::holding`]).
+    pub fn holding(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
+        self.query.guard = Some(Arc::new(guard));
+        self
+    }
+
+    /// The answer from the result cache, if it holds one (`None` too when
+    /// the query does not use the cache).
+    pub async fn cached(&self) -> Result<Option<QueryResult>> {
+        let cache = &self.query.engine.inner.cache;
+        if !(self.query.use_cache && cache.enabled()) {
+            return Ok(None);
+        }
+        match cache.peek(&self.key).await {
+            Some(result) => served_from_cache(&self.query.limit, &result, self.started).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs the query to completion (through the result cache unless the
+    /// query opted out), on the engine's query runtime.
+    pub async fn execute(self) -> Result<QueryResult> {
+        let deadline = self
+            .query
+            .timeout
+            .map(|t| (t, tokio::time::Instant::from_std(self.started) + t));
+        within(deadline, self.run()).await
+    }
+
+    async fn run(self) -> Result<QueryResult> {
+        let Self {
+            query,
+            snapshot,
+            hold,
+            key,
+            started,
+        } = self;
+        let engine = query.engine.clone();
+        let use_cache = query.use_cache && engine.inner.cache.enabled();
+        let limit = query.limit;
+        let work = executor::run(engine.inner.cpu.as_ref(), async move {
+            let result = compute(&query, &snapshot, started).await;
+            // The pin and the guard end with the work, not with the wait.
+            drop((hold, query.guard));
+            result
+        });
+        if !use_cache {
+            let result = work.await?;
+            return Ok(QueryResult::from_cached(&result, result.stats.clone()));
+        }
+        let (result, hit) = engine.inner.cache.get_or_compute(key, work).await?;
+        if hit {
+            return served_from_cache(&limit, &result, started);
+        }
+        Ok(QueryResult::from_cached(&result, result.stats.clone()))
+    }
+
+    /// Runs the query on the engine's query runtime and streams its
+    /// batches as they are produced. The result cache is not used.
+    pub async fn stream(self) -> Result<QueryStream> {
+        let Self {
+            query,
+            snapshot,
+            hold,
+            started,
+            ..
+        } = self;
+        let deadline = query
+            .timeout
+            .map(|t| (t, tokio::time::Instant::from_std(started) + t));
+        let engine = query.engine.clone();
+        let (limit, snapshot_id) = (query.limit, snapshot.snapshot_id);
+        let (planned_tx, planned_rx) = tokio::sync::oneshot::channel();
+        // Two batches in flight: the producer stays one ahead of the reader.
+        let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(2);
+        let task = executor::spawn(engine.inner.cpu.as_ref(), async move {
+            let (ctx, recorder) = query.engine.session(&snapshot, &query.scope);
+            let planned = match query.physical(&ctx).await {
+                Ok(plan) => execute_stream(Arc::clone(&plan), ctx.task_ctx())
+                    .map(|rows| (plan, rows))
+                    .map_err(Error::from),
+                Err(e) => Err(e),
+            };
+            let mut rows = match planned {
+                Ok((plan, rows)) => {
+                    if planned_tx.send(Ok((plan, recorder))).is_err() {
+                        return;
+                    }
+                    rows
+                }
+                Err(e) => {
+                    let _ = planned_tx.send(Err(e));
+                    return;
+                }
+            };
+            while let Some(batch) = rows.next().await {
+                if batches_tx.send(batch.map_err(Error::from)).await.is_err() {
+                    break; // the reader is gone: stop
+                }
+            }
+            drop(query.guard);
+        });
+        let planned = within(deadline, async {
+            planned_rx.await.map_err(|_| {
+                Error::new(ErrorKind::Unexpected, "the query stopped while planning")
+            })?
+        })
+        .await?;
+        let (plan, recorder) = planned;
         Ok(QueryStream {
             schema: plan.schema(),
-            inner: Some(inner),
+            inner: Some(batches_rx),
+            _task: Some(task),
             plan,
             recorder,
             started,
             rows: 0,
             bytes: 0,
-            limit: self.limit,
-            snapshot_id: snapshot.snapshot_id,
+            limit,
+            snapshot_id,
             deadline: deadline.map(|(limit, at)| (limit, Box::pin(tokio::time::sleep_until(at)))),
             stats: None,
             _hold: hold,
         })
     }
+}
+
+/// Plans and runs `query` against `snapshot` in a session of its own,
+/// collecting the result (held to the query's limit) and its statistics.
+async fn compute(
+    query: &SqlQuery,
+    snapshot: &Arc<SnapshotFiles>,
+    started: Instant,
+) -> Result<CachedResult> {
+    let (ctx, recorder) = query.engine.session(snapshot, &query.scope);
+    let plan = query.physical(&ctx).await?;
+    let mut stream = execute_stream(Arc::clone(&plan), ctx.task_ctx())?;
+    let (mut batches, mut rows, mut bytes) = (Vec::new(), 0, 0);
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        query.limit.account(&mut rows, &mut bytes, &batch)?;
+        batches.push(batch);
+    }
+    let stats = ScanStats::from_execution(
+        &recorder.findings(),
+        &plan,
+        rows,
+        started.elapsed().as_secs_f64() * 1e3,
+    );
+    Ok(CachedResult::new(plan.schema(), batches, stats, bytes))
+}
+
+/// A cached result as this caller's answer: held to this caller's limit
+/// (it was filled under someone else's), with cache-hit stats.
+fn served_from_cache(
+    limit: &ResultLimit,
+    result: &Arc<CachedResult>,
+    started: Instant,
+) -> Result<QueryResult> {
+    let (mut rows, mut bytes) = (0, 0);
+    for batch in &result.batches {
+        limit.account(&mut rows, &mut bytes, batch)?;
+    }
+    let stats = result
+        .stats
+        .served_from_cache(started.elapsed().as_secs_f64() * 1e3);
+    Ok(QueryResult::from_cached(result, stats))
 }
 
 fn timeout_error(limit: Duration) -> Error {
@@ -701,7 +920,11 @@ impl IntoFuture for SqlQuery {
 /// stream cancels the query.
 pub struct QueryStream {
     schema: SchemaRef,
-    inner: Option<SendableRecordBatchStream>,
+    /// Batches from the task running the plan; `None` once ended.
+    inner: Option<tokio::sync::mpsc::Receiver<Result<RecordBatch>>>,
+    /// The task running the plan (on the query runtime); dropping it
+    /// stops the query.
+    _task: Option<AbortOnDropHandle<()>>,
     plan: Arc<dyn ExecutionPlan>,
     recorder: Arc<ScanRecorder>,
     started: Instant,
@@ -741,24 +964,28 @@ impl Stream for QueryStream {
             && sleep.as_mut().poll(cx).is_ready()
             && this.inner.is_some()
         {
-            // Dropping the DataFusion stream stops its tasks.
+            // Aborting the task drops the DataFusion stream, which stops
+            // its own tasks.
             this.inner = None;
+            this._task = None;
             return Poll::Ready(Some(Err(timeout_error(*limit))));
         }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match inner.poll_next_unpin(cx) {
+        match inner.poll_recv(cx) {
             Poll::Ready(Some(Ok(batch))) => {
                 if let Err(e) = this.limit.account(&mut this.rows, &mut this.bytes, &batch) {
                     this.inner = None;
+                    this._task = None;
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(Some(Ok(batch)))
             }
             Poll::Ready(Some(Err(e))) => {
                 this.inner = None;
-                Poll::Ready(Some(Err(e.into())))
+                this._task = None;
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
                 this.inner = None;

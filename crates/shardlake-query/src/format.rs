@@ -8,6 +8,7 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::engine::QueryResult;
@@ -193,5 +194,37 @@ impl QueryResult {
             "rows": rows_json(&self.batches)?,
             "stats": self.stats,
         }))
+    }
+
+    /// [`Self::to_json`] as bytes. The columns and rows of a cached result
+    /// are rendered once and shared by every answer served from the cache:
+    /// a hit costs the statistics and a copy.
+    pub fn to_json_bytes(&self) -> Result<Bytes, ArrowError> {
+        let head = match self.json.get() {
+            Some(head) => head.clone(),
+            None => {
+                // `{"columns":[...],"rows":[...]`, keys in the order
+                // `to_json` has them (sorted).
+                let mut head = br#"{"columns":"#.to_vec();
+                serde_json::to_writer(&mut head, &columns_json(&self.schema))
+                    .map_err(|e| ArrowError::JsonError(e.to_string()))?;
+                head.extend_from_slice(br#","rows":"#);
+                serde_json::to_writer(&mut head, &rows_json(&self.batches)?)
+                    .map_err(|e| ArrowError::JsonError(e.to_string()))?;
+                let head = Bytes::from(head);
+                // Another caller may have rendered it meanwhile: same bytes.
+                let _ = self.json.set(head.clone());
+                head
+            }
+        };
+        let stats = serde_json::to_value(&self.stats)
+            .and_then(|v| serde_json::to_vec(&v))
+            .map_err(|e| ArrowError::JsonError(e.to_string()))?;
+        let mut body = Vec::with_capacity(head.len() + stats.len() + 10);
+        body.extend_from_slice(&head);
+        body.extend_from_slice(br#","stats":"#);
+        body.extend_from_slice(&stats);
+        body.push(b'}');
+        Ok(Bytes::from(body))
     }
 }

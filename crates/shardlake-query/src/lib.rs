@@ -28,6 +28,7 @@ mod cache;
 mod context;
 mod engine;
 mod error;
+mod executor;
 pub mod format;
 mod provider;
 mod recorder;
@@ -41,7 +42,8 @@ pub mod udf;
 
 pub use cache::{CacheConfig, CacheMetrics};
 pub use engine::{
-    CrossShardQuery, EngineMetrics, QueryConfig, QueryResult, QueryStream, ResultLimit, SqlQuery,
+    CrossShardQuery, EngineMetrics, PreparedQuery, QueryConfig, QueryResult, QueryStream,
+    ResultLimit, SqlQuery,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use provider::THINGS_SQL;

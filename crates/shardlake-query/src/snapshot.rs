@@ -6,7 +6,9 @@
 //!
 //! Every query pins the table's current snapshot. Finding out which snapshot
 //! is current costs one indexed lookup in the catalog database; metadata is
-//! re-read only when that answer changes. The live files of a snapshot are
+//! re-read only when that answer changes. With a freshness bound the answer
+//! is kept in memory and reused (no lock, no lookup) until it is older than
+//! the bound or this process changed the table (see [`LakeSnapshots::pin`]). The live files of a snapshot are
 //! assembled from manifests, and manifests are immutable, so they are cached
 //! by path: a new snapshot after a commit reads only the manifest that commit
 //! added. The result is a flat list of [`LakeFile`]s with everything file
@@ -14,7 +16,9 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use arrow::array::Array;
 use arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
@@ -248,12 +252,28 @@ enum Source {
     },
 }
 
+/// The current snapshot as a look at the catalog found it.
+struct Seen {
+    files: Arc<SnapshotFiles>,
+    /// When the look started: every commit that landed before it is in
+    /// `files`.
+    at: Instant,
+    /// The table's [`EventsTable::local_changes`] before the look.
+    changes: u64,
+}
+
 /// Pins snapshots of the `events` table and caches their file lists.
 pub struct LakeSnapshots {
     source: Source,
     table: EventsTable,
     store_url: url::Url,
     snapshots: moka::sync::Cache<i64, Arc<SnapshotFiles>>,
+    /// How old the current snapshot [`Self::pin`] hands out may be.
+    freshness: Duration,
+    /// The last look at the catalog, reused within `freshness`.
+    seen: ArcSwapOption<Seen>,
+    /// One look at a time: the others wait for it and take its answer.
+    looking: Mutex<()>,
 }
 
 impl std::fmt::Debug for LakeSnapshots {
@@ -273,7 +293,12 @@ impl LakeSnapshots {
     /// Snapshot pinning for `table`. Caches the file lists of the 16 most
     /// recent snapshots and up to `manifest_capacity` parsed manifests (or,
     /// for a Parquet table, that many files' bounds times 64).
-    pub fn new(table: EventsTable, manifest_capacity: u64) -> Self {
+    ///
+    /// `freshness` bounds how old the current snapshot may be: a pin within
+    /// it of the last look at the catalog reuses that look, unless this
+    /// process changed the table since (its own commits are seen at once).
+    /// Zero looks every time.
+    pub fn new(table: EventsTable, manifest_capacity: u64, freshness: Duration) -> Self {
         let store_url = table.warehouse().store_url();
         let source = match table.clone() {
             EventsTable::Iceberg(table) => Source::Iceberg {
@@ -291,7 +316,18 @@ impl LakeSnapshots {
             table,
             store_url,
             snapshots: moka::sync::Cache::new(16),
+            freshness,
+            seen: ArcSwapOption::empty(),
+            looking: Mutex::new(()),
         }
+    }
+
+    /// The last look, if it may still be handed out.
+    fn fresh(&self) -> Option<Arc<SnapshotFiles>> {
+        let seen = self.seen.load();
+        let seen = seen.as_ref()?;
+        (seen.changes == self.table.local_changes() && seen.at.elapsed() < self.freshness)
+            .then(|| Arc::clone(&seen.files))
     }
 
     /// Keeps snapshot `snapshot_id` from expiring in this process while the
@@ -324,7 +360,46 @@ impl LakeSnapshots {
     }
 
     /// Pins the current snapshot and returns its live files.
+    ///
+    /// The snapshot is never older than the freshness bound: it includes
+    /// every commit of this process that ended before the call, and every
+    /// other process's commit that landed more than `freshness` before it.
+    /// Within the bound this is two atomic loads.
     pub async fn pin(&self) -> Result<Arc<SnapshotFiles>> {
+        if self.freshness.is_zero() {
+            return self.look().await;
+        }
+        if let Some(files) = self.fresh() {
+            return Ok(files);
+        }
+        let _one = self.looking.lock().await;
+        // Another caller may have looked while this one waited.
+        if let Some(files) = self.fresh() {
+            return Ok(files);
+        }
+        self.look_and_keep().await
+    }
+
+    /// Pins the current snapshot as the catalog says now, whatever the
+    /// freshness bound (a migration's catch-up must see every commit).
+    pub async fn pin_latest(&self) -> Result<Arc<SnapshotFiles>> {
+        self.look_and_keep().await
+    }
+
+    /// Looks, and keeps the answer for [`Self::pin`].
+    async fn look_and_keep(&self) -> Result<Arc<SnapshotFiles>> {
+        let (at, changes) = (Instant::now(), self.table.local_changes());
+        let files = self.look().await?;
+        self.seen.store(Some(Arc::new(Seen {
+            files: Arc::clone(&files),
+            at,
+            changes,
+        })));
+        Ok(files)
+    }
+
+    /// Asks the catalog (or the listing) which snapshot is current.
+    async fn look(&self) -> Result<Arc<SnapshotFiles>> {
         if let Source::Parquet { table, .. } = &self.source {
             let snapshot = table.snapshot().await?;
             return Ok(self.parquet_files(&snapshot));

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Result cache.
     pub cache: CacheSettings,
+    /// Where queries run and how fresh their snapshot is.
+    pub query: QuerySettings,
     /// Ingestion batching.
     pub emitter: EmitterSettings,
     /// Background lake maintenance: compaction, manifest merging, snapshot
@@ -101,6 +103,7 @@ impl Default for ServerConfig {
             format: None,
             limits: Limits::default(),
             cache: CacheSettings::default(),
+            query: QuerySettings::default(),
             emitter: EmitterSettings::default(),
             maintenance: MaintenanceSettings::default(),
             compaction: CompactionSettings::default(),
@@ -182,6 +185,33 @@ impl Default for CacheSettings {
             max_entries: c.max_entries,
             ttl_secs: c.ttl.as_secs(),
             max_result_bytes: c.max_result_bytes,
+        }
+    }
+}
+
+/// Where queries run and how fresh the snapshot they pin is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuerySettings {
+    /// How old the current snapshot a query pins may be, milliseconds:
+    /// within it the server reuses its last look at the catalog (no lookup
+    /// per request). Commits this server makes (its ingest, its
+    /// maintenance) are seen at once whatever the value; another process's
+    /// commit within this many milliseconds. 0 looks at the catalog for
+    /// every query.
+    pub freshness_ms: u64,
+    /// Worker threads of the runtime queries plan and run on, apart from
+    /// the one that serves HTTP: cache hits, health checks, ingest acks and
+    /// timeouts keep their latency while queries use every core. Default:
+    /// one per core. 0 runs queries on the HTTP runtime.
+    pub cpu_threads: Option<usize>,
+}
+
+impl Default for QuerySettings {
+    fn default() -> Self {
+        Self {
+            freshness_ms: 100,
+            cpu_threads: None,
         }
     }
 }
@@ -361,6 +391,11 @@ impl ServerConfig {
                 ttl: Duration::from_secs(self.cache.ttl_secs),
                 max_result_bytes: self.cache.max_result_bytes,
             },
+            freshness: Duration::from_millis(self.query.freshness_ms),
+            cpu_threads: self
+                .query
+                .cpu_threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             ..QueryConfig::default()
         }
     }

@@ -40,6 +40,16 @@ pub enum Format {
 }
 
 impl Format {
+    /// The format's name as requests give it (`"format": "csv"`).
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Ndjson => "ndjson",
+            Format::Csv => "csv",
+            Format::Arrow => "arrow",
+        }
+    }
+
     /// The `Content-Type` of the response.
     pub fn content_type(self) -> &'static str {
         match self {

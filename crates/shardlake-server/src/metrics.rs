@@ -56,6 +56,8 @@ pub struct ServerMetrics {
     pub bytes_scanned: Counter,
     /// Queries answered from the result cache.
     pub cached_queries: Counter,
+    /// Queries answered `304 Not Modified` (the caller's copy is current).
+    pub not_modified: Counter,
     /// Requests refused because every query slot was busy.
     pub overloaded: Counter,
     /// Background compactions that replaced files.
@@ -89,6 +91,7 @@ impl ServerMetrics {
         let rows_returned = Counter::default();
         let bytes_scanned = Counter::default();
         let cached_queries = Counter::default();
+        let not_modified = Counter::default();
         let overloaded = Counter::default();
         let compactions = Counter::default();
         let maintenance_runs = Counter::default();
@@ -120,6 +123,11 @@ impl ServerMetrics {
             "query_cache_served",
             "Queries answered from the result cache",
             cached_queries.clone(),
+        );
+        r.register(
+            "query_not_modified",
+            "Queries answered 304 Not Modified: the caller's ETag matched",
+            not_modified.clone(),
         );
         r.register(
             "query_slots_exhausted",
@@ -178,6 +186,7 @@ impl ServerMetrics {
             rows_returned,
             bytes_scanned,
             cached_queries,
+            not_modified,
             overloaded,
             compactions,
             maintenance_runs,

@@ -194,3 +194,78 @@ async fn the_docker_configuration_serves_from_s3_with_tokens_from_the_environmen
     assert!(!dir.path().join("warehouse").exists());
     child.start_kill().expect("kill");
 }
+
+/// `[query] freshness_ms`: a server pins the snapshot it last looked up
+/// until that look is older than the bound; another process's commit is in
+/// every answer once the bound has passed since it landed.
+#[tokio::test]
+async fn another_writers_commit_is_seen_within_the_freshness_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("lake");
+    let events = |seq0: i64| {
+        (0..50)
+            .map(|i| {
+                json!({"namespace": "acme", "shard_id": 7, "seq": seq0 + i, "partition_key": "k",
+                    "event_type": "a", "ts": "2026-01-01T00:00:00Z"})
+                .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let file = dir.path().join("first.ndjson");
+    std::fs::write(&file, events(1)).expect("events");
+    crate::run_ok(&warehouse, &["ingest", file.to_str().expect("utf-8 path")]);
+
+    const FRESHNESS_MS: u64 = 1_500;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardlake"))
+        .arg("--warehouse")
+        .arg(&warehouse)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("SHARDLAKE_QUERY__FRESHNESS_MS", FRESHNESS_MS.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn serve");
+    let (_, base, _stdout) = wait_for_banner(&mut child).await;
+    let client = reqwest::Client::new();
+    let count = || async {
+        let answer: Value = client
+            .post(format!("{base}/v1/query"))
+            .json(&json!({"sql": "SELECT count(*) FROM events", "cache": false}))
+            .send()
+            .await
+            .expect("query")
+            .json()
+            .await
+            .expect("json");
+        answer["rows"][0][0].as_i64().expect("a count")
+    };
+    assert_eq!(count().await, 50);
+
+    // A second writer process commits 50 more.
+    let file = dir.path().join("second.ndjson");
+    std::fs::write(&file, events(51)).expect("events");
+    crate::run_ok(&warehouse, &["ingest", file.to_str().expect("utf-8 path")]);
+    let landed = std::time::Instant::now();
+    // Within the bound either answer is allowed; right after it, only the
+    // new one.
+    let early = count().await;
+    assert!(early == 50 || early == 100, "{early}");
+    tokio::time::sleep(Duration::from_millis(FRESHNESS_MS).saturating_sub(landed.elapsed())).await;
+    for _ in 0..3 {
+        assert_eq!(count().await, 100, "the bound has passed since the commit");
+    }
+
+    // The server's own commits are in the next answer at once.
+    let own = json!([{"namespace": "acme", "shard_id": 8, "seq": 1, "partition_key": "k",
+        "event_type": "a", "ts": "2026-01-01T00:00:00Z"}]);
+    let ack = client
+        .post(format!("{base}/v1/events"))
+        .json(&own)
+        .send()
+        .await
+        .expect("ingest");
+    assert_eq!(ack.status(), 200);
+    assert_eq!(count().await, 101);
+}

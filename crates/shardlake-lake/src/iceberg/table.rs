@@ -104,6 +104,8 @@ struct Inner {
     pins: SnapshotPins,
     // Serializes this process's commits on the table (see `lock_commits`).
     commits: tokio::sync::Mutex<()>,
+    // Commit attempts this process finished (see `local_changes`).
+    changes: std::sync::atomic::AtomicU64,
     in_flight: InFlightFiles,
 }
 
@@ -176,6 +178,7 @@ impl IcebergEventsTable {
                 file_io,
                 manifests: ManifestCache::default(),
                 commits: tokio::sync::Mutex::new(()),
+                changes: std::sync::atomic::AtomicU64::new(0),
                 in_flight: InFlightFiles::default(),
             }),
         };
@@ -363,6 +366,17 @@ impl IcebergEventsTable {
         self.inner.commits.lock().await
     }
 
+    /// Bumped whenever a commit attempt of this process (through this
+    /// handle or a clone) ends, whatever its outcome: a reader that saw
+    /// the same count before and after looking at the catalog knows no
+    /// commit of this process happened in between (see
+    /// [`crate::EventsTable::local_changes`]).
+    pub fn local_changes(&self) -> u64 {
+        self.inner
+            .changes
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Commits the next version of the table: `update` turns `base`'s
     /// metadata into the next one, which is written next to it and made
     /// current with a compare-and-swap on the catalog row, conditional on
@@ -398,6 +412,10 @@ impl IcebergEventsTable {
             self.swap_metadata_location(&current, &path).await
         }
         .await;
+        // Landed, lost (another commit landed) or unknown: readers look again.
+        self.inner
+            .changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.inner.in_flight.remove(&path);
         let location = path;
         if !swapped? {

@@ -46,6 +46,7 @@ mod compact;
 mod expire;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
@@ -252,6 +253,8 @@ pub struct ParquetEventsTable {
     // Files are immutable: a footer is read once per process.
     footers: Arc<Mutex<HashMap<Path, Arc<ParquetDataFile>>>>,
     listing: Arc<Mutex<ListingCache>>,
+    // Changes this process finished (see `local_changes`).
+    changes: Arc<AtomicU64>,
     // Commits this process is writing (an emitter's, a compaction's): their
     // files are not the leftovers of a crash, whatever a listing shows.
     in_flight: InFlight,
@@ -291,6 +294,7 @@ impl ListingCache {
 /// listings taken meanwhile are not reused.
 pub(crate) struct Change {
     listing: Arc<Mutex<ListingCache>>,
+    changes: Arc<AtomicU64>,
 }
 
 impl Drop for Change {
@@ -300,6 +304,7 @@ impl Drop for Change {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .changed();
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -338,6 +343,7 @@ impl ParquetEventsTable {
             pool,
             footers: Arc::new(Mutex::new(HashMap::new())),
             listing: Arc::new(Mutex::new(ListingCache::default())),
+            changes: Arc::default(),
             in_flight: InFlight::default(),
         })
     }
@@ -420,6 +426,13 @@ impl ParquetEventsTable {
         Ok(snapshot)
     }
 
+    /// Bumped whenever a change of this process (a commit, a compaction,
+    /// a cleanup, through this handle or a clone) ends, whatever its
+    /// outcome (see [`crate::EventsTable::local_changes`]).
+    pub fn local_changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
     /// How many times this handle (and its clones) listed the table
     /// directory: for diagnostics and tests.
     pub fn listings(&self) -> u64 {
@@ -442,6 +455,7 @@ impl ParquetEventsTable {
             .changed();
         Change {
             listing: Arc::clone(&self.listing),
+            changes: Arc::clone(&self.changes),
         }
     }
 

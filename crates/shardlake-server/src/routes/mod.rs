@@ -2,7 +2,7 @@
 //!
 //! | Route | Permission | Module |
 //! |---|---|---|
-//! | `POST /v1/query` | query | [`query`] |
+//! | `POST, GET /v1/query` | query | [`query`] |
 //! | `POST /v1/events` | ingest | [`events`] |
 //! | `GET /v1/replay` | query | [`replay`] |
 //! | `GET /v1/tables` | query | [`tables`] |
@@ -42,7 +42,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The whole API over `state`, with request ids, request logs and metrics.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/v1/query", post(query::query))
+        .route("/v1/query", post(query::query).get(query::query_get))
         .route("/v1/events", post(events::ingest))
         .route("/v1/replay", get(replay::replay))
         .route("/v1/tables", get(tables::tables))

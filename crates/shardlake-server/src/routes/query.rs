@@ -8,22 +8,20 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::header::{ACCEPT, CONTENT_TYPE, TRAILER};
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::extract::{RawQuery, State};
+use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, TRAILER, VARY};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body::Frame;
 use http_body_util::StreamBody;
 use serde::Deserialize;
-use shardlake_query::{QueryStream, ResultLimit, ScanStats, SqlQuery};
-use tokio::sync::OwnedSemaphorePermit;
+use shardlake_query::{PreparedQuery, QueryStream, ResultLimit, ScanStats};
 use tracing::Span;
 
-use crate::auth::Authenticated;
+use crate::auth::{Authenticated, Caller};
 use crate::config::Permission;
 use crate::encode::{ERROR_TRAILER, Format, STATS_TRAILER, StreamEncoder};
 use crate::error::ApiError;
@@ -62,7 +60,7 @@ pub(crate) fn parse_as_of(text: &str) -> Result<chrono::DateTime<chrono::Utc>, A
         })
 }
 
-/// Runs one query.
+/// Runs one query sent as a JSON body.
 pub async fn query(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -70,8 +68,7 @@ pub async fn query(
     body: Body,
 ) -> Result<Response, ApiError> {
     caller.require(Permission::Query)?;
-    let limits = &state.config().limits;
-    let body = read_body(body, limits.max_body_bytes).await?;
+    let body = read_body(body, state.config().limits.max_body_bytes).await?;
     let request: QueryRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_request",
@@ -81,6 +78,81 @@ pub async fn query(
             ),
         )
     })?;
+    answer(state, &caller, &headers, request).await
+}
+
+/// Runs one query sent as a URL (`GET /v1/query?sql=...`): the same
+/// parameters as the JSON body. A URL names its answer, so browsers,
+/// proxies and CDNs can revalidate it with `If-None-Match`.
+pub async fn query_get(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(Permission::Query)?;
+    let request = parse_query_string(raw.as_deref().unwrap_or(""))?;
+    answer(state, &caller, &headers, request).await
+}
+
+/// The parameters of `GET /v1/query`.
+fn parse_query_string(raw: &str) -> Result<QueryRequest, ApiError> {
+    let bad = |m: String| ApiError::bad_request("invalid_request", m);
+    let mut request = QueryRequest {
+        sql: String::new(),
+        format: None,
+        timeout_ms: None,
+        cache: None,
+        snapshot_id: None,
+        as_of: None,
+    };
+    let mut sql = None;
+    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        match k.as_ref() {
+            "sql" => sql = Some(v.into_owned()),
+            "format" => {
+                request.format = Some(
+                    serde_json::from_value(serde_json::Value::String(v.to_string())).map_err(
+                        |_| bad(format!("`format` is json, ndjson, csv or arrow, not `{v}`")),
+                    )?,
+                );
+            }
+            "timeout_ms" => {
+                request.timeout_ms = Some(v.parse().map_err(|_| {
+                    bad(format!(
+                        "`timeout_ms` must be a positive integer, got `{v}`"
+                    ))
+                })?);
+            }
+            "cache" => {
+                request.cache = Some(
+                    v.parse()
+                        .map_err(|_| bad(format!("`cache` is true or false, not `{v}`")))?,
+                );
+            }
+            "snapshot_id" => {
+                request.snapshot_id =
+                    Some(v.parse().map_err(|_| {
+                        bad(format!("`snapshot_id` must be an integer, got `{v}`"))
+                    })?);
+            }
+            "as_of" => request.as_of = Some(v.into_owned()),
+            other => return Err(bad(format!("unknown parameter `{other}`"))),
+        }
+    }
+    request.sql = sql.ok_or_else(|| bad("`sql` is missing: GET /v1/query?sql=...".to_owned()))?;
+    Ok(request)
+}
+
+/// Answers `request` for `caller`: from the result cache, with a 304 when
+/// the caller's copy is current, or by running it.
+async fn answer(
+    state: AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    request: QueryRequest,
+) -> Result<Response, ApiError> {
+    let limits = &state.config().limits;
     if request.sql.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_request", "`sql` is empty"));
     }
@@ -125,26 +197,104 @@ pub async fn query(
         (None, Some(at)) => query = query.as_of(parse_as_of(at)?),
         (None, None) => {}
     }
-    match format {
+    // Pinned and identified before anything runs: the ETag is known, and a
+    // caller whose copy is current gets 304 without the query running.
+    let prepared = query.prepare().await?;
+    let validators = Validators::of(&prepared, format, state.auth().is_enabled());
+    if validators.matches(headers) {
+        state.metrics().not_modified.inc();
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        validators.apply(response.headers_mut());
+        return Ok(response);
+    }
+    let mut response = match format {
         Format::Json => {
             // A cache hit costs no query slot: it must not wait behind
             // running queries.
-            let result = match query.cached().await? {
+            let result = match prepared.cached().await? {
                 Some(hit) => hit,
                 None => {
-                    let _slot = state.query_slot().await?;
-                    query.await?
+                    let slot = state.query_slot().await?;
+                    prepared.holding(slot).execute().await?
                 }
             };
             record(&state, &result.stats);
-            let body = result.to_json().map_err(ApiError::internal)?;
-            Ok(Json(body).into_response())
+            let body = result.to_json_bytes().map_err(ApiError::internal)?;
+            let mut response = Response::new(Body::from(body));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(Format::Json.content_type()),
+            );
+            response
         }
         _ => {
             let slot = state.query_slot().await?;
-            stream(state, query, format, slot).await
+            stream(state, prepared.holding(slot), format).await?
+        }
+    };
+    validators.apply(response.headers_mut());
+    Ok(response)
+}
+
+/// What lets a client (or a proxy) reuse an answer: its ETag and the
+/// caching rules that go with it.
+struct Validators {
+    etag: HeaderValue,
+    cache_control: HeaderValue,
+}
+
+impl Validators {
+    /// The validators of `prepared`'s answer in `format`.
+    ///
+    /// The ETag is weak (`W/`): two answers with the same tag have the same
+    /// columns and rows, while their statistics (time, cache hit) differ.
+    /// It digests the caller's scope with the query and snapshot, so a
+    /// caller never matches another scope's answer. An answer of the current
+    /// snapshot may change with the next commit: caches must revalidate
+    /// (`no-cache`). A time-travel answer never changes. With tokens,
+    /// answers are per caller (`private`).
+    fn of(prepared: &PreparedQuery, format: Format, authenticated: bool) -> Self {
+        let tag = format!(
+            "W/\"{:032x}.{}\"",
+            prepared.fingerprint(),
+            format.extension()
+        );
+        let who = if authenticated { "private" } else { "public" };
+        let rule = if prepared.is_pinned() {
+            format!("{who}, max-age=31536000, immutable")
+        } else {
+            format!("{who}, no-cache")
+        };
+        Self {
+            etag: HeaderValue::from_str(&tag).unwrap_or_else(|_| HeaderValue::from_static("")),
+            cache_control: HeaderValue::from_str(&rule)
+                .unwrap_or_else(|_| HeaderValue::from_static("no-cache")),
         }
     }
+
+    /// Whether `If-None-Match` names this answer (weak comparison, as RFC
+    /// 9110 has it for `If-None-Match`; `*` matches any answer).
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let ours = opaque(self.etag.to_str().unwrap_or(""));
+        headers.get_all(IF_NONE_MATCH).iter().any(|value| {
+            value.to_str().unwrap_or("").split(',').any(|tag| {
+                let tag = tag.trim();
+                tag == "*" || (!tag.is_empty() && opaque(tag) == ours)
+            })
+        })
+    }
+
+    fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert(ETAG, self.etag.clone());
+        headers.insert(CACHE_CONTROL, self.cache_control.clone());
+        // The answer depends on who asks and in which format.
+        headers.insert(VARY, HeaderValue::from_static("authorization, accept"));
+    }
+}
+
+/// An entity tag without its weakness prefix.
+fn opaque(tag: &str) -> &str {
+    tag.strip_prefix("W/").unwrap_or(tag)
 }
 
 /// Logs and counts a finished query.
@@ -174,8 +324,6 @@ struct Streaming {
     phase: Phase,
     state: AppState,
     span: Span,
-    /// Held until the last row is out; a dropped response frees it too.
-    slot: Option<OwnedSemaphorePermit>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -196,7 +344,6 @@ impl Streaming {
                 },
                 Some(Err(e)) => self.fail(&ApiError::from(e)),
                 None => {
-                    self.slot = None;
                     let stats = self.rows.stats().cloned().unwrap_or_default();
                     self.span.in_scope(|| {
                         record(&self.state, &stats);
@@ -226,7 +373,6 @@ impl Streaming {
     /// a trailer; CSV and Arrow have no place for it, so the response is cut
     /// off abnormally, which every client notices (no silent truncation).
     fn fail(&mut self, error: &ApiError) -> Option<Result<Frame<Bytes>, BoxError>> {
-        self.slot = None;
         self.span.in_scope(|| {
             tracing::warn!(
                 code = error.code(),
@@ -252,12 +398,12 @@ fn json_line(stats: &ScanStats) -> String {
     serde_json::to_string(stats).unwrap_or_default()
 }
 
-/// Starts `query` and answers with a body that streams its batches.
+/// Starts `query` and answers with a body that streams its batches. The
+/// query's slot (which it holds) is free once its work has ended.
 async fn stream(
     state: AppState,
-    query: SqlQuery,
+    query: PreparedQuery,
     format: Format,
-    slot: OwnedSemaphorePermit,
 ) -> Result<Response, ApiError> {
     // Errors found while planning still get a proper status and JSON body.
     let rows = query.stream().await?;
@@ -268,7 +414,6 @@ async fn stream(
         phase: Phase::Rows,
         state,
         span: Span::current(),
-        slot: Some(slot),
     };
     let frames = futures::stream::unfold(streaming, |mut s| async move {
         let frame = s.next_frame().await?;

@@ -7,4 +7,5 @@ mod lifecycle;
 mod migrations;
 mod ops;
 mod query;
+mod serving;
 mod support;

@@ -296,9 +296,30 @@ async fn bad_requests_get_stable_codes() {
     )
     .await;
     assert_error(
-        server.get("/v1/query", None).send().await.expect("request"),
+        server
+            .get("/v1/events", None)
+            .send()
+            .await
+            .expect("request"),
         405,
         "method_not_allowed",
+    )
+    .await;
+    // GET /v1/query takes the body's fields as parameters.
+    assert_error(
+        server.get("/v1/query", None).send().await.expect("request"),
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_error(
+        server
+            .get("/v1/query?sql=SELECT%201&colour=red", None)
+            .send()
+            .await
+            .expect("request"),
+        400,
+        "invalid_request",
     )
     .await;
 }
