@@ -2,6 +2,7 @@
 
 mod cache;
 mod fixture;
+mod freshness;
 mod interop;
 mod limits;
 mod replay;
