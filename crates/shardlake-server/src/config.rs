@@ -225,6 +225,10 @@ pub struct EmitterSettings {
     pub flush_interval_ms: u64,
     /// Commit once this many events wait.
     pub max_batch_events: usize,
+    /// Commit at once, without waiting for `flush_interval_ms`, once this
+    /// many events wait: large requests commit as fast as commits go
+    /// (concurrent requests share one), small ones are still gathered.
+    pub eager_commit_events: usize,
     /// Bytes of events that may wait for a commit; beyond it requests wait
     /// up to `limits.queue_wait_ms`, then get 429.
     pub max_queued_bytes: usize,
@@ -238,6 +242,7 @@ impl Default for EmitterSettings {
         Self {
             flush_interval_ms: e.flush_interval.as_millis() as u64,
             max_batch_events: e.max_batch_events,
+            eager_commit_events: e.eager_commit_events,
             max_queued_bytes: e.max_queued_bytes,
             max_payload_bytes: e.limits.max_payload_bytes,
         }
@@ -436,6 +441,7 @@ impl ServerConfig {
         let mut c = EmitterConfig {
             flush_interval: Duration::from_millis(self.emitter.flush_interval_ms),
             max_batch_events: self.emitter.max_batch_events,
+            eager_commit_events: self.emitter.eager_commit_events,
             max_queued_bytes: self.emitter.max_queued_bytes,
             ..EmitterConfig::default()
         };

@@ -42,6 +42,11 @@ use crate::error::{Error, ErrorKind, Result};
 pub struct EmitterConfig {
     /// Commit once this many events are waiting.
     pub max_batch_events: usize,
+    /// Commit without waiting for `flush_interval` once this many events
+    /// are waiting: large requests commit as fast as the committer goes
+    /// (each commit takes everything that arrived during the last one),
+    /// while a trickle of small ones is still gathered into one commit.
+    pub eager_commit_events: usize,
     /// Commit once this many bytes of events are waiting.
     pub max_batch_bytes: usize,
     /// Commit at the latest this long after the first event of a batch
@@ -62,6 +67,7 @@ impl Default for EmitterConfig {
     fn default() -> Self {
         Self {
             max_batch_events: 500_000,
+            eager_commit_events: 10_000,
             max_batch_bytes: 256 * 1024 * 1024,
             flush_interval: Duration::from_millis(500),
             max_queued_bytes: 1024 * 1024 * 1024,

@@ -51,8 +51,9 @@ impl Worker {
         let mut waiters: Vec<oneshot::Sender<Result<()>>> = Vec::new();
         let mut stop = false;
         loop {
-            let full =
-                batch_events >= config.max_batch_events || batch_bytes >= config.max_batch_bytes;
+            let full = batch_events >= config.max_batch_events
+                || batch_events >= config.eager_commit_events
+                || batch_bytes >= config.max_batch_bytes;
             let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
             if !batch.is_empty() && (full || due || !waiters.is_empty() || stop) {
                 let result = self.commit_batch(std::mem::take(&mut batch)).await;
@@ -77,22 +78,38 @@ impl Worker {
                 },
                 None => rx.recv().await,
             };
-            match message {
-                Some(Message::Emit(pending)) => {
-                    if batch.is_empty() {
-                        deadline = Some(tokio::time::Instant::now() + config.flush_interval);
+            // Everything that arrived meanwhile (during the last commit,
+            // say) joins this batch: concurrent requests share one commit.
+            let mut arrived = vec![message];
+            let (mut more_events, mut more_bytes) = (0, 0);
+            while batch_events + more_events < config.max_batch_events
+                && batch_bytes + more_bytes < config.max_batch_bytes
+            {
+                let Ok(m) = rx.try_recv() else { break };
+                if let Message::Emit(p) = &m {
+                    more_events += p.batch.len();
+                    more_bytes += p.batch.approx_bytes();
+                }
+                arrived.push(Some(m));
+            }
+            for message in arrived {
+                match message {
+                    Some(Message::Emit(pending)) => {
+                        if batch.is_empty() {
+                            deadline = Some(tokio::time::Instant::now() + config.flush_interval);
+                        }
+                        batch_events += pending.batch.len();
+                        batch_bytes += pending.batch.approx_bytes();
+                        batch.push(pending);
                     }
-                    batch_events += pending.batch.len();
-                    batch_bytes += pending.batch.approx_bytes();
-                    batch.push(pending);
+                    Some(Message::Flush(w)) => waiters.push(w),
+                    Some(Message::Close(w)) => {
+                        waiters.push(w);
+                        stop = true;
+                    }
+                    // Every sender is gone: commit what we have and stop.
+                    None => stop = true,
                 }
-                Some(Message::Flush(w)) => waiters.push(w),
-                Some(Message::Close(w)) => {
-                    waiters.push(w);
-                    stop = true;
-                }
-                // Every sender is gone: commit what we have and stop.
-                None => stop = true,
             }
         }
         debug!("emitter committer stopped");
