@@ -37,6 +37,9 @@ use crate::snapshot::{LakeSnapshots, SnapshotFiles};
 use crate::stats::ScanStats;
 use crate::typed::{self, AggregateQuery, EventsQuery, ReplayQuery, ThingsQuery};
 
+/// The longest SQL text whose normalized form is memoized.
+const MEMOIZED_SQL_BYTES: usize = 16 * 1024;
+
 /// Engine settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueryConfig {
@@ -245,9 +248,13 @@ impl CrossShardQuery {
             return Ok(known);
         }
         let normalized: Arc<str> = normalize_read_only(&self.inner.base, sql)?.into();
-        self.inner
-            .normalized
-            .insert(sql.to_owned(), Arc::clone(&normalized));
+        // Entries are counted, not weighed: only texts of a sane size are
+        // kept (a generated 10 MB IN-list is parsed each time instead).
+        if sql.len() <= MEMOIZED_SQL_BYTES {
+            self.inner
+                .normalized
+                .insert(sql.to_owned(), Arc::clone(&normalized));
+        }
         Ok(normalized)
     }
 
