@@ -15,8 +15,8 @@ use shardlake_lake::{EmitterConfig, Lake};
 use shardlake_migrate::{
     HttpShard, InMemoryShard, MigrationConfig, MigrationPlan, MigrationReport, MigrationStatus,
     Migrator, ShardSet, ShardStub, WriteGate, analyze_balance, current_topology,
-    generate_rebalance_plan, key_stats, migration_report, migration_reports, plan_add_shard,
-    plan_remove_shard, publish_topology, shard_service,
+    cut_over_per_store, generate_rebalance_plan, key_stats, migration_report, migration_reports,
+    plan_add_shard, plan_remove_shard, publish_topology, shard_service,
 };
 use shardlake_query::{CrossShardQuery, QueryConfig, ReplayQuery};
 use shardlake_routing::{ShardId, ShardRouter, SharedRouter, Strategy, Topology};
@@ -267,12 +267,8 @@ async fn run_command(lake_args: &LakeArgs, command: MigrateCommand) -> anyhow::R
         }
         MigrateCommand::Rollback { id, run } => {
             let mut report = stored(&lake, &id).await?;
-            // The store decides whether cutover happened (the record may
-            // lag it after a crash), as the rollback itself does.
-            let current = current_topology(&lake.control().await?).await?;
-            if current.is_some_and(|t| t.version >= report.plan.to.version) {
-                report.cut_over = true;
-            }
+            // Whether cutover happened, as the rollback itself will decide.
+            cut_over_per_store(&lake.control().await?, &mut report).await?;
             let needed = report.rollback_shards();
             let migrator = migrator(&lake, engine, &report.plan, needed, &run).await?;
             let report = migrator.rollback(&id).await?;

@@ -965,12 +965,8 @@ impl Migrator {
         }
         let mut summary = RollbackSummary::default();
         let mut problems = Vec::new();
-        // The record may lag the store (a crash or timeout between
-        // publishing the next version and saving): the store decides.
-        match record::current_topology(&self.control).await {
-            Ok(Some(t)) if t.version >= run.report.plan.to.version => run.report.cut_over = true,
-            Ok(_) => {}
-            Err(e) => problems.push(format!("read the topology: {e}")),
+        if let Err(e) = record::cut_over_per_store(&self.control, &mut run.report).await {
+            problems.push(format!("read the topology: {e}"));
         }
         let note = |problems: &mut Vec<String>, result: Result<()>, what: String| {
             if let Err(e) = result {

@@ -33,6 +33,7 @@ pub use plan::{
 };
 pub use record::{
     FailureSummary, MigrationReport, MigrationStatus, Phase, Progress, RollbackSummary,
-    current_topology, migration_id, migration_report, migration_reports, publish_topology,
+    current_topology, cut_over_per_store, migration_id, migration_report, migration_reports,
+    publish_topology,
 };
 pub use stub::{ApplyAck, HttpShard, InMemoryShard, KeyDigest, ShardStub, digest_of};

@@ -362,6 +362,22 @@ pub async fn current_topology(control: &ControlStore) -> Result<Option<Topology>
         .transpose()
 }
 
+/// Marks `report` as cut over if the store has its next topology (or a
+/// later one) published: the record may lag the store after a crash or a
+/// timeout between publishing and saving, and the store decides.
+pub async fn cut_over_per_store(
+    control: &ControlStore,
+    report: &mut MigrationReport,
+) -> Result<()> {
+    if current_topology(control)
+        .await?
+        .is_some_and(|t| t.version >= report.plan.to.version)
+    {
+        report.cut_over = true;
+    }
+    Ok(())
+}
+
 /// Publishes `topology` if its version is higher than the current one.
 pub async fn publish_topology(control: &ControlStore, topology: &Topology) -> Result<bool> {
     let json = serde_json::to_string(topology)

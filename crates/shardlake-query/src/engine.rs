@@ -470,7 +470,7 @@ pub struct SqlQuery {
     as_of_ms: Option<i64>,
     /// Pin the latest snapshot whatever the freshness bound.
     latest: bool,
-    /// Kept until the query's work has ended (see [`SqlQuery::holding`]).
+    /// Kept until the query's work has ended (see [`PreparedQuery::holding`]).
     guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
@@ -556,15 +556,6 @@ impl SqlQuery {
     /// process's commit of a moment ago).
     pub fn latest(mut self) -> Self {
         self.latest = true;
-        self
-    }
-
-    /// Keeps `guard` until the query's work has really ended, which can be
-    /// after its timeout answered (work that cannot be interrupted runs to
-    /// its next await point). A server's query slot goes here, so slots
-    /// bound the work running, not the requests waiting for it.
-    pub fn holding(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
-        self.guard = Some(Arc::new(guard));
         self
     }
 
@@ -734,8 +725,10 @@ impl PreparedQuery {
         hasher.digest128()
     }
 
-    /// Keeps `guard` until the query's work has ended (see
-    /// [`SqlQuery::holding`]).
+    /// Keeps `guard` until the query's work has really ended, which can be
+    /// after its timeout answered (work that cannot be interrupted runs to
+    /// its next await point). A server's query slot goes here, so slots
+    /// bound the work running, not the requests waiting for it.
     pub fn holding(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
         self.query.guard = Some(Arc::new(guard));
         self

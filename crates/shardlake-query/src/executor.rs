@@ -11,21 +11,14 @@
 //! on time even when the work cannot be interrupted: the task is aborted at
 //! its next await point and its result dropped when it finishes.
 
-use std::sync::Arc;
-
 use tokio::runtime::Handle;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// A runtime for query work, with `threads` workers, shut down when the
-/// last clone drops.
-#[derive(Clone)]
+/// A runtime for query work, with `threads` workers, shut down when it
+/// drops.
 pub(crate) struct CpuRuntime {
-    inner: Arc<Owned>,
-}
-
-struct Owned {
     handle: Handle,
     /// Dropping it lets the runtime's thread shut the runtime down (a
     /// runtime must not be dropped inside another one's async context).
@@ -64,15 +57,9 @@ impl CpuRuntime {
                 Error::new(ErrorKind::Unexpected, "cannot start the query runtime").with_source(e)
             })?;
         Ok(Self {
-            inner: Arc::new(Owned {
-                handle,
-                _stop: stop,
-            }),
+            handle,
+            _stop: stop,
         })
-    }
-
-    fn handle(&self) -> &Handle {
-        &self.inner.handle
     }
 }
 
@@ -83,7 +70,7 @@ pub(crate) fn spawn<T: Send + 'static>(
     work: impl Future<Output = T> + Send + 'static,
 ) -> AbortOnDropHandle<T> {
     AbortOnDropHandle::new(match runtime {
-        Some(runtime) => runtime.handle().spawn(work),
+        Some(runtime) => runtime.handle.spawn(work),
         None => tokio::spawn(work),
     })
 }
