@@ -106,6 +106,11 @@ struct Inner {
     commits: tokio::sync::Mutex<()>,
     // Commit attempts this process finished (see `local_changes`).
     changes: std::sync::atomic::AtomicU64,
+    // The version this process's last successful commit made current:
+    // while the catalog still points at it, `load` hands it out instead of
+    // reading and parsing the metadata file again (a file of megabytes once
+    // thousands of snapshots are retained).
+    committed: arc_swap::ArcSwapOption<Table>,
     in_flight: InFlightFiles,
 }
 
@@ -179,6 +184,7 @@ impl IcebergEventsTable {
                 manifests: ManifestCache::default(),
                 commits: tokio::sync::Mutex::new(()),
                 changes: std::sync::atomic::AtomicU64::new(0),
+                committed: arc_swap::ArcSwapOption::empty(),
                 in_flight: InFlightFiles::default(),
             }),
         };
@@ -280,6 +286,11 @@ impl IcebergEventsTable {
         loop {
             attempt += 1;
             let location = self.current_metadata_location().await?;
+            if let Some(committed) = self.inner.committed.load_full()
+                && committed.metadata_location() == Some(location.as_str())
+            {
+                return Ok((*committed).clone());
+            }
             match TableMetadata::read_from(&self.inner.file_io, &location).await {
                 Ok(metadata) => {
                     check_schema(metadata.current_schema())?;
@@ -412,19 +423,33 @@ impl IcebergEventsTable {
             self.swap_metadata_location(&current, &path).await
         }
         .await;
+        let delete_expired = delete_after_commit(&built.metadata);
+        // Published before the count moves, so a reader that sees the new
+        // count finds the new version without reading it back.
+        let committed = match swapped {
+            Ok(true) => {
+                let table = self.table_at(built.metadata, path.clone());
+                if let Ok(table) = &table {
+                    self.inner.committed.store(Some(Arc::new(table.clone())));
+                }
+                Some(table)
+            }
+            _ => None,
+        };
         // Landed, lost (another commit landed) or unknown: readers look again.
         self.inner
             .changes
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.inner.in_flight.remove(&path);
         let location = path;
-        if !swapped? {
+        let Some(table) = committed else {
+            swapped?;
             if let Err(e) = self.inner.file_io.delete(&location).await {
                 tracing::debug!(error = %e, location, "could not remove a lost commit's metadata");
             }
             return Ok(None);
-        }
-        if delete_after_commit(&built.metadata) {
+        };
+        if delete_expired {
             for old in &built.expired_metadata_logs {
                 if let Err(e) = self.inner.file_io.delete(&old.metadata_file).await {
                     // Cleanup removes what this misses.
@@ -432,7 +457,7 @@ impl IcebergEventsTable {
                 }
             }
         }
-        self.table_at(built.metadata, location).map(Some)
+        table.map(Some)
     }
 
     /// The current version of the table: `known` itself if nothing was
