@@ -593,3 +593,49 @@ pub fn state_properties(state: &CommitState) -> Result<Vec<(String, String)>> {
         ),
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn property(table: &Table, key: &str) -> Option<String> {
+        table.metadata().properties().get(key).cloned()
+    }
+
+    #[tokio::test]
+    async fn a_load_after_this_handles_commit_reuses_it_but_never_hides_another_commit() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let warehouse = Warehouse::local(tmp.path()).expect("warehouse");
+        let ours = IcebergEventsTable::open(&warehouse).await.expect("open");
+        let theirs = IcebergEventsTable::open(&warehouse).await.expect("open");
+        let set = |v: &str| HashMap::from([("test.marker".to_owned(), v.to_owned())]);
+
+        ours.set_properties(set("ours")).await.expect("commit");
+        let committed = ours.inner.committed.load_full().expect("published");
+        let loaded = ours.load().await.expect("load");
+        assert!(
+            Arc::ptr_eq(&loaded.metadata_ref(), &committed.metadata_ref()),
+            "the committed version is handed out, not read back"
+        );
+        assert_eq!(property(&loaded, "test.marker").as_deref(), Some("ours"));
+
+        // Another handle (as another process would) commits on top: the
+        // catalog no longer points at our version, so it is read.
+        theirs.set_properties(set("theirs")).await.expect("commit");
+        let loaded = ours.load().await.expect("load");
+        assert!(!Arc::ptr_eq(
+            &loaded.metadata_ref(),
+            &committed.metadata_ref()
+        ));
+        assert_eq!(property(&loaded, "test.marker").as_deref(), Some("theirs"));
+        assert_eq!(
+            loaded.metadata_location(),
+            Some(
+                ours.current_metadata_location()
+                    .await
+                    .expect("pointer")
+                    .as_str()
+            )
+        );
+    }
+}
