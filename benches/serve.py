@@ -160,19 +160,14 @@ def http_ingest(port, bodies):
     return time.perf_counter() - start, errors
 
 
-def measure(name, binary, workdir, seconds, events_file):
-    print("== %s (%s)" % (name, binary), flush=True)
+def measure_queries(name, binary, workdir, seconds, events_file):
     out = {}
     # `shardlake ingest` of the file makes the lake the queries run on (a
     # lake's catalog records absolute locations: it cannot be copied).
     wh = os.path.join(workdir, "lake-" + name)
     shutil.rmtree(wh, ignore_errors=True)
-    t0 = time.perf_counter()
     subprocess.run([binary, "--warehouse", wh, "ingest", events_file],
                    check=True, capture_output=True)
-    secs = time.perf_counter() - t0
-    n = sum(1 for _ in open(events_file, "rb"))
-    out["ingest_cli"] = {"events": n, "seconds": round(secs, 2), "events_per_s": round(n / secs)}
     log = open(os.path.join(workdir, "server-%s.log" % name), "wb")
     server = Server(binary, wh, log)
     port = server.port
@@ -252,17 +247,45 @@ def measure(name, binary, workdir, seconds, events_file):
     finally:
         server.stop()
 
-    # HTTP ingest of the same events into a fresh lake.
-    iw = os.path.join(workdir, "ingest-http-" + name)
-    shutil.rmtree(iw, ignore_errors=True)
-    server = Server(binary, iw, log)
-    bodies, n = split_by_shard(events_file, 4, 20_000)
-    seconds_taken, errors = http_ingest(server.port, bodies)
-    server.stop()
-    out["ingest_http_4clients"] = {"events": n, "seconds": round(seconds_taken, 2),
-                                   "events_per_s": round(n / seconds_taken),
-                                   "errors": len(errors)}
-    print(json.dumps(out, indent=2), flush=True)
+    return out
+
+
+def measure_ingest(name, binary, workdir, events_file, runs):
+    """`shardlake ingest` of the file and HTTP ingest of the same events
+    (4 clients, 20,000-event bodies), each into a fresh lake, `runs` times
+    alternately; medians (this machine varies run to run)."""
+    log = open(os.path.join(workdir, "server-%s.log" % name), "ab")
+    n = sum(1 for _ in open(events_file, "rb"))
+    bodies, _ = split_by_shard(events_file, 4, 20_000)
+    cli, http_ = [], []
+    errors = 0
+    for run in range(runs):
+        wh = os.path.join(workdir, "ingest-cli-" + name)
+        shutil.rmtree(wh, ignore_errors=True)
+        t0 = time.perf_counter()
+        subprocess.run([binary, "--warehouse", wh, "ingest", events_file],
+                       check=True, capture_output=True)
+        cli.append(n / (time.perf_counter() - t0))
+        iw = os.path.join(workdir, "ingest-http-" + name)
+        shutil.rmtree(iw, ignore_errors=True)
+        server = Server(binary, iw, log)
+        try:
+            seconds_taken, errs = http_ingest(server.port, bodies)
+        finally:
+            server.stop()
+        errors += len(errs)
+        http_.append(n / seconds_taken)
+    cli.sort()
+    http_.sort()
+    out = {
+        "ingest_cli": {"events": n, "runs": [round(r) for r in cli],
+                       "events_per_s": round(cli[len(cli) // 2])},
+        "ingest_http_4clients": {"events": n, "runs": [round(r) for r in http_],
+                                 "events_per_s": round(http_[len(http_) // 2]),
+                                 "errors": errors},
+    }
+    out["http_vs_cli"] = round(out["ingest_http_4clients"]["events_per_s"]
+                               / out["ingest_cli"]["events_per_s"], 2)
     return out
 
 
@@ -282,13 +305,25 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--binary", action="append", required=True,
                     help="name=path of a shardlake binary; repeat to compare")
+    ap.add_argument("--only", choices=["queries", "ingest"],
+                    help="run one half of the benchmark")
+    ap.add_argument("--ingest-runs", type=int, default=3,
+                    help="ingest runs per binary (medians are reported)")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     binaries = [b.split("=", 1) for b in args.binary]
     cli = binaries[-1][1]
     events_file = generate(cli, args.workdir, args.events)
-    results = {name: measure(name, path, args.workdir, args.seconds, events_file)
-               for name, path in binaries}
+    results = {}
+    for name, path in binaries:
+        print("== %s (%s)" % (name, path), flush=True)
+        out = {}
+        if args.only in (None, "queries"):
+            out.update(measure_queries(name, path, args.workdir, args.seconds, events_file))
+        if args.only in (None, "ingest"):
+            out.update(measure_ingest(name, path, args.workdir, events_file, args.ingest_runs))
+        print(json.dumps(out, indent=2), flush=True)
+        results[name] = out
     with open(os.path.join(args.workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     print("results in", os.path.join(args.workdir, "results.json"))

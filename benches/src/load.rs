@@ -32,6 +32,9 @@ struct Samples {
     accepted: u64,
     transport_errors: u64,
     cache_hits: BTreeMap<&'static str, u64>,
+    /// Latencies by kind and by how the answer was made: `hit` (the cache
+    /// held it), `shared` (waited for an identical query's run), `ran`.
+    by_answer_ms: BTreeMap<(&'static str, &'static str), Vec<f64>>,
 }
 
 impl Samples {
@@ -45,6 +48,9 @@ impl Samples {
         for (k, v) in other.cache_hits {
             *self.cache_hits.entry(k).or_default() += v;
         }
+        for (k, v) in other.by_answer_ms {
+            self.by_answer_ms.entry(k).or_default().extend(v);
+        }
         self.accepted += other.accepted;
         self.transport_errors += other.transport_errors;
     }
@@ -53,6 +59,21 @@ impl Samples {
         let mut kinds = BTreeMap::new();
         for (kind, v) in &mut self.latencies_ms {
             v.sort_by(f64::total_cmp);
+            let mut answers = serde_json::Map::new();
+            for ((k, how), v) in &mut self.by_answer_ms {
+                if k != kind {
+                    continue;
+                }
+                v.sort_by(f64::total_cmp);
+                answers.insert(
+                    (*how).to_owned(),
+                    json!({
+                        "requests": v.len(),
+                        "p50_ms": percentile(v, 0.5),
+                        "p99_ms": percentile(v, 0.99),
+                    }),
+                );
+            }
             kinds.insert(
                 *kind,
                 json!({
@@ -61,6 +82,7 @@ impl Samples {
                     "p50_ms": percentile(v, 0.5),
                     "p99_ms": percentile(v, 0.99),
                     "cache_hits": self.cache_hits.get(kind).copied().unwrap_or(0),
+                    "by_answer": answers,
                 }),
             );
         }
@@ -241,9 +263,23 @@ async fn observe(
         .entry(kind)
         .or_default()
         .push(started.elapsed().as_secs_f64() * 1e3);
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let body: Value = serde_json::from_slice(&body).unwrap_or_default();
-    if body["stats"]["cache_hit"] == true {
+    let stats = &body["stats"];
+    if stats["cache_hit"] == true && stats["shared_run"] != true {
         *samples.cache_hits.entry(kind).or_default() += 1;
+    }
+    if !stats.is_null() {
+        let how = match (stats["cache_hit"] == true, stats["shared_run"] == true) {
+            (_, true) => "shared",
+            (true, false) => "hit",
+            (false, false) => "ran",
+        };
+        samples
+            .by_answer_ms
+            .entry((kind, how))
+            .or_default()
+            .push(elapsed_ms);
     }
     body
 }

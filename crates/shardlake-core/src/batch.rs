@@ -302,30 +302,6 @@ pub fn push_ndjson(
     rejected
 }
 
-/// Appends every element of a JSON array of events to `builder`, returning the
-/// refused elements by 0-based index. Fails as a whole only if the body is not
-/// a JSON array at all.
-pub fn push_json_array(
-    builder: &mut EventBatchBuilder,
-    body: &[u8],
-) -> std::result::Result<Vec<RejectedLine>, EventError> {
-    let elements: Vec<&serde_json::value::RawValue> =
-        serde_json::from_slice(body).map_err(|e| {
-            EventError::new(
-                EventErrorCode::MalformedJson,
-                format!("not a JSON array of events: {e}"),
-            )
-        })?;
-    let mut rejected = Vec::new();
-    for (i, element) in elements.iter().enumerate() {
-        let bytes = element.get().as_bytes();
-        if let Err(error) = builder.push_json(bytes) {
-            rejected.push(RejectedLine::new(i, error, bytes));
-        }
-    }
-    Ok(rejected)
-}
-
 /// Reads the events of a record batch with the table's (or the pending)
 /// schema back into owned [`Event`]s, in row order.
 pub fn events_from_batch(batch: &RecordBatch) -> Result<Vec<Event>> {
@@ -411,6 +387,7 @@ pub fn with_positions(pending: &RecordBatch, positions: ArrayRef) -> Result<Reco
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::body::push_json_array;
 
     fn line(ns: &str, shard: i32, seq: i64) -> String {
         format!(

@@ -15,6 +15,7 @@
 //! ```
 
 mod batch;
+mod body;
 mod error;
 mod event;
 pub mod hash;
@@ -23,8 +24,9 @@ pub mod schema;
 
 pub use batch::{
     EventBatch, EventBatchBuilder, MAX_REJECTED_RAW_BYTES, RejectedLine, events_from_batch,
-    push_json_array, push_ndjson, with_positions,
+    push_ndjson, with_positions,
 };
+pub use body::{BodyForm, BodyParser, push_json_array};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{
     Event, EventError, EventErrorCode, EventLimits, JsonStr, MAX_NAMESPACE_BYTES, RawEvent,

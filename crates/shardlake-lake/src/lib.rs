@@ -23,6 +23,7 @@ pub mod crashpoint;
 mod data_file;
 pub mod emitter;
 mod error;
+pub mod executor;
 pub mod file_meta;
 mod format;
 pub mod history;
@@ -220,13 +221,23 @@ impl Lake {
 
     /// Starts an emitter committing to the `events` table. Dead letters go to
     /// `<data dir>/dead-letter/` unless the config says otherwise.
-    pub async fn emitter(&self, mut config: EmitterConfig) -> Result<PipelineEmitter> {
+    pub async fn emitter(&self, config: EmitterConfig) -> Result<PipelineEmitter> {
+        self.emitter_on(config, None).await
+    }
+
+    /// [`Self::emitter`] with its committer on `runtime` (see
+    /// [`PipelineEmitter::start_on`]).
+    pub async fn emitter_on(
+        &self,
+        mut config: EmitterConfig,
+        runtime: Option<executor::CpuRuntime>,
+    ) -> Result<PipelineEmitter> {
         if config.dead_letter_dir.is_none() {
             config.dead_letter_dir =
                 Some(self.warehouse.data_dir().join(warehouse::DEAD_LETTER_DIR));
         }
         let committer = self.table.committer(self.writer.clone()).await?;
-        PipelineEmitter::start(committer, config)
+        PipelineEmitter::start_on(committer, config, runtime)
     }
 }
 

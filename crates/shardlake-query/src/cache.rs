@@ -6,7 +6,10 @@
 //! - Entries are weighted by their bytes; each entry weighs at least
 //!   `max_bytes / max_entries`, which bounds bytes and entry count at once.
 //! - Identical concurrent queries run once (`try_get_with`); the others wait
-//!   for the same result.
+//!   for the same result and are counted apart from hits (`shared`): they
+//!   waited for a run, they did not find an answer.
+//! - An entry weighs its Arrow bytes plus its rendered JSON, which the
+//!   query renders before the entry is inserted when its caller asked for it.
 //! - A result larger than `max_result_bytes` is handed to everyone waiting
 //!   for it but not kept.
 
@@ -73,8 +76,9 @@ pub struct CachedResult {
     pub stats: ScanStats,
     /// Bytes the batches occupy in memory.
     pub bytes: u64,
-    /// The JSON answer's columns and rows, rendered by the first caller
-    /// that asked for JSON and served as bytes to every later one.
+    /// The JSON answer's columns and rows, rendered on the query runtime
+    /// before the entry is inserted (when the caller asked for JSON), and
+    /// served as bytes to every later caller. Weighed with the entry.
     pub(crate) json: Arc<OnceLock<Bytes>>,
 }
 
@@ -93,13 +97,21 @@ impl CachedResult {
             json: Arc::default(),
         }
     }
+
+    /// What the entry weighs: its batches and its rendered JSON.
+    fn weight(&self) -> u64 {
+        self.bytes + self.json.get().map_or(0, |json| json.len() as u64)
+    }
 }
 
 /// Cache counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CacheMetrics {
-    /// Lookups answered from the cache (including waiters on an identical running query).
+    /// Lookups answered by an entry the cache held.
     pub hits: u64,
+    /// Lookups that found an identical query running and waited for its
+    /// answer instead of running it again.
+    pub shared: u64,
     /// Lookups that ran the query.
     pub misses: u64,
     /// Entries evicted to make room.
@@ -112,6 +124,17 @@ pub struct CacheMetrics {
     pub bytes: u64,
 }
 
+/// How a lookup got its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// The cache held it.
+    Hit,
+    /// An identical query was running; this caller waited for its answer.
+    Shared,
+    /// This caller ran the query.
+    Ran,
+}
+
 enum Fill {
     Failed(Error),
     Oversize(Arc<CachedResult>),
@@ -122,6 +145,7 @@ pub struct ResultCache {
     config: CacheConfig,
     cache: moka::future::Cache<CacheKey, Arc<CachedResult>>,
     hits: AtomicU64,
+    shared: AtomicU64,
     misses: AtomicU64,
     oversize: AtomicU64,
     evictions: Arc<AtomicU64>,
@@ -137,7 +161,7 @@ impl ResultCache {
             .max_capacity(config.max_bytes)
             .time_to_live(config.ttl)
             .weigher(move |_k: &CacheKey, v: &Arc<CachedResult>| {
-                u32::try_from(v.bytes.max(floor)).unwrap_or(u32::MAX)
+                u32::try_from(v.weight().max(floor)).unwrap_or(u32::MAX)
             })
             .eviction_listener(move |_k, _v, cause| {
                 if cause == RemovalCause::Size {
@@ -149,6 +173,7 @@ impl ResultCache {
             config,
             cache,
             hits: AtomicU64::new(0),
+            shared: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             oversize: AtomicU64::new(0),
             evictions,
@@ -161,16 +186,20 @@ impl ResultCache {
     }
 
     /// The cached result for `key`, or runs `compute` once for all
-    /// concurrent callers with the same key. Returns the result and whether
-    /// this caller got it without running the query.
+    /// concurrent callers with the same key. Returns the result and how
+    /// this caller got it.
     pub async fn get_or_compute<F>(
         &self,
         key: CacheKey,
         compute: F,
-    ) -> Result<(Arc<CachedResult>, bool)>
+    ) -> Result<(Arc<CachedResult>, Lookup)>
     where
         F: Future<Output = Result<CachedResult>>,
     {
+        if let Some(found) = self.cache.get(&key).await {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((found, Lookup::Hit));
+        }
         let ran = AtomicBool::new(false);
         let max = self.config.max_result_bytes;
         let result = self
@@ -178,23 +207,31 @@ impl ResultCache {
             .try_get_with(key, async {
                 ran.store(true, Ordering::Relaxed);
                 let computed = compute.await.map_err(Fill::Failed)?;
-                if computed.bytes > max {
+                if computed.weight() > max {
                     return Err(Fill::Oversize(Arc::new(computed)));
                 }
                 Ok(Arc::new(computed))
             })
             .await;
-        let hit = !ran.load(Ordering::Relaxed);
-        let counter = if hit { &self.hits } else { &self.misses };
+        // Not run by this caller: another one was running it (or finished
+        // it between the lookup above and this one).
+        let lookup = match ran.load(Ordering::Relaxed) {
+            true => Lookup::Ran,
+            false => Lookup::Shared,
+        };
+        let counter = match lookup {
+            Lookup::Ran => &self.misses,
+            _ => &self.shared,
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok(v) => Ok((v, hit)),
+            Ok(v) => Ok((v, lookup)),
             Err(fill) => match fill.as_ref() {
                 Fill::Oversize(v) => {
-                    if !hit {
+                    if lookup == Lookup::Ran {
                         self.oversize.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok((Arc::clone(v), hit))
+                    Ok((Arc::clone(v), lookup))
                 }
                 Fill::Failed(e) => Err(Error::new(e.kind(), e.message().to_owned())),
             },
@@ -222,6 +259,7 @@ impl ResultCache {
         self.cache.run_pending_tasks().await;
         CacheMetrics {
             hits: self.hits.load(Ordering::Relaxed),
+            shared: self.shared.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
             oversize: self.oversize.load(Ordering::Relaxed),

@@ -23,13 +23,13 @@ use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use shardlake_lake::Lake;
+use shardlake_lake::executor::{self, CpuRuntime};
 use shardlake_lake::pins::OpenPin;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::cache::{CacheConfig, CacheKey, CacheMetrics, CachedResult, ResultCache};
+use crate::cache::{CacheConfig, CacheKey, CacheMetrics, CachedResult, Lookup, ResultCache};
 use crate::context::QueryContext;
 use crate::error::{Error, ErrorKind, Result};
-use crate::executor::{self, CpuRuntime};
 use crate::provider::{EventsTable, THINGS_SQL};
 use crate::recorder::ScanRecorder;
 use crate::scope::Scope;
@@ -227,6 +227,12 @@ impl CrossShardQuery {
         self.inner.cache.clear().await;
     }
 
+    /// The runtime queries run on, if they have one of their own: the
+    /// emitter and maintenance of the same process run there too.
+    pub fn cpu_runtime(&self) -> Option<CpuRuntime> {
+        self.inner.cpu.clone()
+    }
+
     /// Cache and memory counters.
     pub async fn metrics(&self) -> EngineMetrics {
         EngineMetrics {
@@ -269,6 +275,7 @@ impl CrossShardQuery {
             snapshot_id: None,
             as_of_ms: None,
             latest: false,
+            render_json: false,
             guard: None,
         }
     }
@@ -470,6 +477,8 @@ pub struct SqlQuery {
     as_of_ms: Option<i64>,
     /// Pin the latest snapshot whatever the freshness bound.
     latest: bool,
+    /// Render the JSON form of the rows with the result.
+    render_json: bool,
     /// Kept until the query's work has ended (see [`PreparedQuery::holding`]).
     guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
@@ -556,6 +565,15 @@ impl SqlQuery {
     /// process's commit of a moment ago).
     pub fn latest(mut self) -> Self {
         self.latest = true;
+        self
+    }
+
+    /// Renders the result's columns and rows as JSON as part of the query,
+    /// on the query runtime, and keeps the bytes with the cached result
+    /// (weighed with it): later callers of
+    /// [`QueryResult::to_json_bytes`] serve them without rendering again.
+    pub fn rendering_json(mut self) -> Self {
+        self.render_json = true;
         self
     }
 
@@ -742,7 +760,9 @@ impl PreparedQuery {
             return Ok(None);
         }
         match cache.peek(&self.key).await {
-            Some(result) => served_from_cache(&self.query.limit, &result, self.started).map(Some),
+            Some(result) => {
+                served_from_cache(&self.query.limit, &result, self.started, false).map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -778,11 +798,12 @@ impl PreparedQuery {
             let result = work.await?;
             return Ok(QueryResult::from_cached(&result, result.stats.clone()));
         }
-        let (result, hit) = engine.inner.cache.get_or_compute(key, work).await?;
-        if hit {
-            return served_from_cache(&limit, &result, started);
+        let (result, lookup) = engine.inner.cache.get_or_compute(key, work).await?;
+        match lookup {
+            Lookup::Ran => Ok(QueryResult::from_cached(&result, result.stats.clone())),
+            Lookup::Hit => served_from_cache(&limit, &result, started, false),
+            Lookup::Shared => served_from_cache(&limit, &result, started, true),
         }
-        Ok(QueryResult::from_cached(&result, result.stats.clone()))
     }
 
     /// Runs the query on the engine's query runtime and streams its
@@ -877,7 +898,13 @@ async fn compute(
         rows,
         started.elapsed().as_secs_f64() * 1e3,
     );
-    Ok(CachedResult::new(plan.schema(), batches, stats, bytes))
+    let result = CachedResult::new(plan.schema(), batches, stats, bytes);
+    if query.render_json {
+        let head = crate::format::render_json_head(&result.schema, &result.batches)?;
+        // Set before anyone else can see the result: it cannot be set yet.
+        let _ = result.json.set(head);
+    }
+    Ok(result)
 }
 
 /// A cached result as this caller's answer: held to this caller's limit
@@ -886,6 +913,7 @@ fn served_from_cache(
     limit: &ResultLimit,
     result: &Arc<CachedResult>,
     started: Instant,
+    shared_run: bool,
 ) -> Result<QueryResult> {
     let (mut rows, mut bytes) = (0, 0);
     for batch in &result.batches {
@@ -893,7 +921,7 @@ fn served_from_cache(
     }
     let stats = result
         .stats
-        .served_from_cache(started.elapsed().as_secs_f64() * 1e3);
+        .served_from_cache(started.elapsed().as_secs_f64() * 1e3, shared_run);
     Ok(QueryResult::from_cached(result, stats))
 }
 

@@ -186,6 +186,21 @@ pub fn live_files_json(live: &SnapshotFiles, location: impl Fn(&str) -> String) 
     })
 }
 
+/// `{"columns":[...],"rows":[...]`: the part of a JSON answer that does not
+/// change when it is served again (keys in the order `to_json` has them).
+pub(crate) fn render_json_head(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Bytes, ArrowError> {
+    let mut head = br#"{"columns":"#.to_vec();
+    serde_json::to_writer(&mut head, &columns_json(schema))
+        .map_err(|e| ArrowError::JsonError(e.to_string()))?;
+    head.extend_from_slice(br#","rows":"#);
+    serde_json::to_writer(&mut head, &rows_json(batches)?)
+        .map_err(|e| ArrowError::JsonError(e.to_string()))?;
+    Ok(Bytes::from(head))
+}
+
 impl QueryResult {
     /// The result as `{"columns", "rows", "stats"}`.
     pub fn to_json(&self) -> Result<Value, ArrowError> {
@@ -196,26 +211,16 @@ impl QueryResult {
         }))
     }
 
-    /// [`Self::to_json`] as bytes. The columns and rows of a cached result
-    /// are rendered once and shared by every answer served from the cache:
-    /// a hit costs the statistics and a copy.
+    /// [`Self::to_json`] as bytes. The columns and rows of a result run
+    /// with [`SqlQuery::rendering_json`](crate::SqlQuery::rendering_json)
+    /// were rendered once, on the query runtime, and are shared by every
+    /// answer served from the cache: a hit costs the statistics and a copy.
+    /// Any other result is rendered here, for this caller only (the cache
+    /// keeps only what it weighed).
     pub fn to_json_bytes(&self) -> Result<Bytes, ArrowError> {
         let head = match self.json.get() {
             Some(head) => head.clone(),
-            None => {
-                // `{"columns":[...],"rows":[...]`, keys in the order
-                // `to_json` has them (sorted).
-                let mut head = br#"{"columns":"#.to_vec();
-                serde_json::to_writer(&mut head, &columns_json(&self.schema))
-                    .map_err(|e| ArrowError::JsonError(e.to_string()))?;
-                head.extend_from_slice(br#","rows":"#);
-                serde_json::to_writer(&mut head, &rows_json(&self.batches)?)
-                    .map_err(|e| ArrowError::JsonError(e.to_string()))?;
-                let head = Bytes::from(head);
-                // Another caller may have rendered it meanwhile: same bytes.
-                let _ = self.json.set(head.clone());
-                head
-            }
+            None => render_json_head(&self.schema, &self.batches)?,
         };
         let stats = serde_json::to_value(&self.stats)
             .and_then(|v| serde_json::to_vec(&v))

@@ -28,7 +28,6 @@ mod cache;
 mod context;
 mod engine;
 mod error;
-mod executor;
 pub mod format;
 mod provider;
 mod recorder;

@@ -43,6 +43,11 @@ pub struct ScanStats {
     pub rows_returned: u64,
     /// Whether the result came from the result cache (then nothing was scanned).
     pub cache_hit: bool,
+    /// Whether this caller found an identical query (same scope, query and
+    /// snapshots) running and waited for its answer instead of running it
+    /// again (then also `cache_hit`, and `elapsed_ms` includes the wait).
+    #[serde(default)]
+    pub shared_run: bool,
     /// How the answer was made: [`AnsweredFrom`].
     #[serde(default)]
     pub answered_from: AnsweredFrom,
@@ -89,6 +94,7 @@ impl ScanStats {
             rows_scanned: rows_scanned(plan),
             rows_returned,
             cache_hit: false,
+            shared_run: false,
             answered_from: if findings.files_scanned == 0 && findings.bytes_scanned == 0 {
                 AnsweredFrom::Metadata
             } else {
@@ -100,8 +106,9 @@ impl ScanStats {
     }
 
     /// The statistics of serving `self`'s result again from the cache:
-    /// the same snapshot and totals, nothing scanned.
-    pub(crate) fn served_from_cache(&self, elapsed_ms: f64) -> Self {
+    /// the same snapshot and totals, nothing scanned. `shared_run`: the
+    /// caller waited for an identical query's run rather than finding it.
+    pub(crate) fn served_from_cache(&self, elapsed_ms: f64, shared_run: bool) -> Self {
         Self {
             shards_queried: 0,
             partitions_scanned: 0,
@@ -111,6 +118,7 @@ impl ScanStats {
             bytes_scanned: 0,
             rows_scanned: 0,
             cache_hit: true,
+            shared_run,
             answered_from: AnsweredFrom::Cache,
             elapsed_ms,
             ..self.clone()

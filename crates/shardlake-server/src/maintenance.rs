@@ -56,8 +56,9 @@ pub(crate) fn spawn(state: &AppState) -> Option<tokio::task::JoinHandle<()>> {
         return None;
     }
     let config = state.config().maintenance_config();
+    let runtime = state.engine().cpu_runtime();
     let state = state.clone();
-    Some(tokio::spawn(async move {
+    let work = async move {
         let interval = Duration::from_secs(settings.interval_secs.max(1));
         loop {
             tokio::time::sleep(interval).await;
@@ -70,7 +71,13 @@ pub(crate) fn spawn(state: &AppState) -> Option<tokio::task::JoinHandle<()>> {
                 .await;
             record(&state, result);
         }
-    }))
+    };
+    // Compaction decodes, sorts and encodes: CPU work, run where queries
+    // and commits run, off the runtime that answers requests.
+    Some(match runtime {
+        Some(runtime) => runtime.handle().spawn(work),
+        None => tokio::spawn(work),
+    })
 }
 
 /// The background run shows no progress.

@@ -225,8 +225,13 @@ impl ServerMetrics {
         queries_running: usize,
     ) -> Result<String, std::fmt::Error> {
         let mut scrape = Registry::with_prefix("shardlake");
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 14] = [
             ("cache_hits", "Result cache hits", engine.cache.hits),
+            (
+                "cache_shared",
+                "Queries that waited for an identical running query's answer",
+                engine.cache.shared,
+            ),
             ("cache_misses", "Result cache misses", engine.cache.misses),
             (
                 "cache_evictions",

@@ -102,7 +102,11 @@ impl Server {
             );
         }
         let engine = CrossShardQuery::open(&lake, config.query_config()).await?;
-        let emitter = lake.emitter(config.emitter_config()).await?;
+        // Commits (sorting, encoding) run where queries run, off the
+        // runtime that answers requests.
+        let emitter = lake
+            .emitter_on(config.emitter_config(), engine.cpu_runtime())
+            .await?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| ServerError::Bind(config.listen, e))?;

@@ -36,6 +36,7 @@ use self::metrics::HealthCell;
 pub use self::metrics::{EmitterMetrics, EmitterMetricsSnapshot, Health, HealthStatus};
 use crate::commit::TableCommitter;
 use crate::error::{Error, ErrorKind, Result};
+use crate::executor::CpuRuntime;
 
 /// How the emitter batches, bounds and retries.
 #[derive(Debug, Clone, PartialEq)]
@@ -249,11 +250,25 @@ pub struct PipelineEmitter {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Message>,
     worker: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The runtime the committer runs on, kept alive while it does.
+    _runtime: Option<CpuRuntime>,
 }
 
 impl PipelineEmitter {
-    /// Starts an emitter committing through `committer`.
+    /// Starts an emitter committing through `committer`, its committer a
+    /// task of the caller's runtime.
     pub fn start(committer: Box<dyn TableCommitter>, config: EmitterConfig) -> Result<Self> {
+        Self::start_on(committer, config, None)
+    }
+
+    /// Starts an emitter whose committer (sorting, encoding, writing,
+    /// committing) runs on `runtime`, so that the caller's runtime (a
+    /// server's, answering requests) keeps its workers for requests.
+    pub fn start_on(
+        committer: Box<dyn TableCommitter>,
+        config: EmitterConfig,
+        runtime: Option<CpuRuntime>,
+    ) -> Result<Self> {
         let dead_letters = DeadLetters::new(config.dead_letter_dir.clone())?;
         let shared = Arc::new(Shared {
             capacity: Arc::new(Semaphore::new(config.max_queued_bytes.max(1))),
@@ -263,11 +278,16 @@ impl PipelineEmitter {
             dead_letters,
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        let worker = tokio::spawn(worker::Worker::new(committer, Arc::clone(&shared)).run(rx));
+        let work = worker::Worker::new(committer, Arc::clone(&shared)).run(rx);
+        let worker = match &runtime {
+            Some(runtime) => runtime.handle().spawn(work),
+            None => tokio::spawn(work),
+        };
         Ok(Self {
             shared,
             tx,
             worker: tokio::sync::Mutex::new(Some(worker)),
+            _runtime: runtime,
         })
     }
 

@@ -86,9 +86,19 @@ async fn identical_concurrent_queries_execute_once() {
     for r in &results {
         assert_eq!(r.as_ref().expect("ok").batches, first.batches);
     }
+    let shared = results
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.stats.shared_run))
+        .count();
     let m = engine.metrics().await.cache;
     assert_eq!(m.misses, 1, "one execution");
-    assert_eq!(m.hits, 7, "seven waited for it");
+    // The others either waited for that run or (arriving after it ended)
+    // found its answer; each says which in its stats.
+    assert_eq!(m.shared + m.hits, 7, "{m:?}");
+    assert_eq!(shared as u64, m.shared, "the waiters' stats say they shared a run");
+    let again = engine.sql(SQL).await.expect("hit");
+    assert!(again.stats.cache_hit && !again.stats.shared_run);
+    assert_eq!(engine.metrics().await.cache.hits, m.hits + 1);
 }
 
 #[tokio::test]

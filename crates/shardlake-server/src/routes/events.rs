@@ -12,11 +12,16 @@ use std::collections::BTreeMap;
 use arrow::array::AsArray;
 use axum::Json;
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use futures::StreamExt;
 use serde::Serialize;
-use shardlake_core::{EventBatchBuilder, RejectedLine, push_json_array, push_ndjson, schema};
+use shardlake_core::{
+    BodyForm, BodyParser, EventBatch, EventBatchBuilder, EventError, EventLimits, RejectedLine,
+    schema,
+};
 use shardlake_lake::{EmitInput, RejectedEvent};
 use shardlake_query::Scope;
 use tracing::Span;
@@ -55,16 +60,9 @@ pub async fn ingest(
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
     caller.require(Permission::Ingest)?;
-    let body = read_body(body, state.config().limits.max_body_bytes).await?;
     let limits = state.emitter().config().limits;
-    let mut builder = EventBatchBuilder::with_capacity(limits, body.len() / 256 + 1, body.len());
-    let rejected: Vec<RejectedLine> = if is_json_array(&headers, &body) {
-        push_json_array(&mut builder, &body)
-            .map_err(|e| ApiError::bad_request("invalid_events", e.message))?
-    } else {
-        push_ndjson(&mut builder, &body, 1)
-    };
-    let batch = builder.finish();
+    let (batch, rejected) =
+        parse_body(body, &headers, state.config().limits.max_body_bytes, limits).await?;
     if batch.is_empty() && rejected.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_events",
@@ -155,16 +153,125 @@ fn expected_watermarks(headers: &HeaderMap) -> Result<BTreeMap<i32, i64>, ApiErr
         .collect()
 }
 
-/// A JSON array by `Content-Type`, or (without one) by its first byte.
-fn is_json_array(headers: &HeaderMap, body: &[u8]) -> bool {
+/// The form a `Content-Type` declares: NDJSON for `ndjson`/`jsonl` types;
+/// anything else is told by the body's first byte.
+fn declared_form(headers: &HeaderMap) -> Option<BodyForm> {
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if content_type.contains("ndjson") || content_type.contains("jsonl") {
-        return false;
+    (content_type.contains("ndjson") || content_type.contains("jsonl")).then_some(BodyForm::Ndjson)
+}
+
+/// Bodies up to this size (by `Content-Length`) are read whole and parsed
+/// in place: a parser thread would cost more than the parse.
+const SMALL_BODY_BYTES: usize = 64 * 1024;
+
+/// Reads and parses a body of at most `limit` bytes. A large body is
+/// parsed as it arrives, on a thread of the blocking pool that takes each
+/// frame as the connection delivers it: parsing overlaps receiving, stays
+/// off the runtime that answers requests, and never waits for that
+/// runtime between frames.
+async fn parse_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    limits: EventLimits,
+) -> Result<(EventBatch, Vec<RejectedLine>), ApiError> {
+    let declared = declared_form(headers);
+    let length = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if length.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
     }
-    body.iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|b| *b == b'[')
+    if length.is_some_and(|n| n <= SMALL_BODY_BYTES) {
+        let body = read_body(body, limit).await?;
+        return parse_frames(
+            std::iter::once(body),
+            declared,
+            limits,
+            body_len_hint(length),
+        )
+        .map_err(invalid);
+    }
+    let (frames_tx, mut frames_rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let parser = tokio::task::spawn_blocking(move || {
+        parse_frames(
+            std::iter::from_fn(|| frames_rx.blocking_recv()),
+            declared,
+            limits,
+            body_len_hint(length),
+        )
+    });
+    let mut frames = body.into_data_stream();
+    let mut received = 0usize;
+    while let Some(frame) = frames.next().await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("could not read the request body: {e}"),
+            )
+        })?;
+        received += frame.len();
+        if received > limit {
+            return Err(too_large(limit));
+        }
+        if frames_tx.send(frame).await.is_err() {
+            break; // the parser gave up: its error says why
+        }
+    }
+    drop(frames_tx);
+    parser
+        .await
+        .map_err(|e| ApiError::internal(format!("the body parser failed: {e}")))?
+        .map_err(invalid)
+}
+
+/// Parses a body from its frames, its form declared or sniffed from its
+/// first bytes.
+fn parse_frames(
+    frames: impl Iterator<Item = Bytes>,
+    declared: Option<BodyForm>,
+    limits: EventLimits,
+    size_hint: usize,
+) -> Result<(EventBatch, Vec<RejectedLine>), EventError> {
+    let builder = || EventBatchBuilder::with_capacity(limits, size_hint / 256 + 1, size_hint);
+    let mut parser = declared.map(|form| BodyParser::new(form, builder()));
+    // Blanks before the first byte that tells the form.
+    let mut head = Vec::new();
+    for frame in frames {
+        match parser.as_mut() {
+            Some(parser) => parser.push(&frame)?,
+            None => {
+                head.extend_from_slice(&frame);
+                if let Some(form) = BodyForm::sniff(&head) {
+                    let mut started = BodyParser::new(form, builder());
+                    started.push(&head)?;
+                    parser = Some(started);
+                }
+            }
+        }
+    }
+    parser
+        .unwrap_or_else(|| BodyParser::new(BodyForm::Ndjson, builder()))
+        .finish()
+}
+
+fn body_len_hint(length: Option<usize>) -> usize {
+    // A declared length sizes the columns once; without one, start small.
+    length.unwrap_or(64 * 1024).min(64 * 1024 * 1024)
+}
+
+fn invalid(e: EventError) -> ApiError {
+    ApiError::bad_request("invalid_events", e.message)
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body is larger than {limit} bytes"),
+    )
 }

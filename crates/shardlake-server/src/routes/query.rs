@@ -186,6 +186,11 @@ async fn answer(
     if request.cache == Some(false) {
         query = query.without_cache();
     }
+    if format == Format::Json {
+        // Rendered with the rows on the query runtime, and kept (weighed)
+        // with the cached answer: a hit serves the bytes.
+        query = query.rendering_json();
+    }
     match (request.snapshot_id, request.as_of.as_deref()) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(

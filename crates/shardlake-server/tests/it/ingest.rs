@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::support::{TestServer, assert_error};
@@ -305,5 +306,109 @@ async fn a_reused_seq_with_other_content_is_reported_as_a_conflicting_duplicate(
     assert_eq!(
         server.rows(None, "SELECT partition_key FROM events").await,
         vec![json!(["Order:o-1"])]
+    );
+}
+
+/// Posts `body` cut into pieces of `piece` bytes, streamed with pauses, so
+/// the server parses it while it arrives.
+async fn post_in_pieces(server: &TestServer, body: Vec<u8>, piece: usize, ndjson: bool) -> Value {
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(piece).map(|c| Ok(c.to_vec())).collect();
+    let stream = futures::stream::iter(pieces).then(|piece| async {
+        tokio::task::yield_now().await;
+        piece
+    });
+    let mut request = server.post("/v1/events", None);
+    if ndjson {
+        request = request.header("content-type", "application/x-ndjson");
+    }
+    let response = request
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    response.json().await.expect("json")
+}
+
+#[tokio::test]
+async fn a_large_body_is_parsed_as_it_arrives_with_refusals_numbered_as_sent() {
+    let server = TestServer::start(|_| {}).await;
+    // About 1.5 MB each: several of the server's parse pieces, cut at odd
+    // places by the client's own pieces.
+    let events = 5_000i64;
+    let bad = [17i64, 2_500, 4_999];
+    let mut ndjson = Vec::new();
+    let mut array = Vec::from(&b"[\n"[..]);
+    for seq in 1..=events {
+        let (line, element) = if bad.contains(&seq) {
+            (
+                b"{\"namespace\": \"acme\", broken".to_vec(),
+                json!({"shard_id": 1}),
+            )
+        } else {
+            let line = serde_json::to_vec(&event("acme", 1, seq)).expect("json");
+            (line, event("acme", 2, seq))
+        };
+        ndjson.extend_from_slice(&line);
+        ndjson.push(b'\n');
+        if seq > 1 {
+            array.extend_from_slice(b",\n");
+        }
+        array.extend_from_slice(&serde_json::to_vec(&element).expect("json"));
+    }
+    array.extend_from_slice(b"\n]\n");
+
+    let ack = post_in_pieces(&server, ndjson, 7_919, true).await;
+    assert_eq!(ack["accepted"], events - 3);
+    let lines: Vec<i64> = ack["rejected"]
+        .as_array()
+        .expect("rejected")
+        .iter()
+        .map(|r| r["index"].as_i64().expect("index"))
+        .collect();
+    assert_eq!(lines, bad.to_vec(), "1-based lines, as sent");
+
+    // The same as a JSON array, sniffed from its first byte.
+    let ack = post_in_pieces(&server, array, 4_093, false).await;
+    assert_eq!(ack["accepted"], events - 3);
+    let indexes: Vec<i64> = ack["rejected"]
+        .as_array()
+        .expect("rejected")
+        .iter()
+        .map(|r| r["index"].as_i64().expect("index"))
+        .collect();
+    assert_eq!(
+        indexes,
+        bad.iter().map(|i| i - 1).collect::<Vec<_>>(),
+        "0-based indexes"
+    );
+    assert_eq!(
+        server
+            .rows(
+                None,
+                "SELECT shard_id, count(*) FROM events GROUP BY 1 ORDER BY 1"
+            )
+            .await,
+        vec![json!([1, events - 3]), json!([2, events - 3])]
+    );
+
+    // A body that stops being an array is refused whole, nothing written.
+    let mut broken = serde_json::to_vec(&json!([event("acme", 3, 1)])).expect("json");
+    broken.pop(); // the closing bracket
+    broken.extend_from_slice(&vec![b' '; 600_000]);
+    broken.extend_from_slice(b"{}");
+    let response = server
+        .post("/v1/events", None)
+        .body(broken)
+        .send()
+        .await
+        .expect("request");
+    assert_error(response, 400, "invalid_events").await;
+    assert_eq!(
+        server
+            .rows(None, "SELECT count(*) FROM events WHERE shard_id = 3")
+            .await,
+        vec![json!([0])]
     );
 }
