@@ -420,7 +420,10 @@ mod tests {
             whole(BodyForm::Ndjson, ndjson.as_bytes()).expect("parses"),
             (
                 3,
-                vec![(4, "malformed_json".into()), (5, "seq_not_increasing".into())]
+                vec![
+                    (4, "malformed_json".into()),
+                    (5, "seq_not_increasing".into())
+                ]
             )
         );
         let (valid, rejected) = whole(BodyForm::JsonArray, array.as_bytes()).expect("parses");

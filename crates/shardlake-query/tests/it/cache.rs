@@ -95,7 +95,10 @@ async fn identical_concurrent_queries_execute_once() {
     // The others either waited for that run or (arriving after it ended)
     // found its answer; each says which in its stats.
     assert_eq!(m.shared + m.hits, 7, "{m:?}");
-    assert_eq!(shared as u64, m.shared, "the waiters' stats say they shared a run");
+    assert_eq!(
+        shared as u64, m.shared,
+        "the waiters' stats say they shared a run"
+    );
     let again = engine.sql(SQL).await.expect("hit");
     assert!(again.stats.cache_hit && !again.stats.shared_run);
     assert_eq!(engine.metrics().await.cache.hits, m.hits + 1);
