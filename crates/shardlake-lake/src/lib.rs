@@ -40,8 +40,8 @@ use std::path::Path;
 pub use commit::{CommitState, TableCommitter};
 pub use data_file::WriterConfig;
 pub use emitter::{
-    AckFuture, EmitAck, EmitInput, EmitterConfig, EmitterMetricsSnapshot, Health, HealthStatus,
-    PipelineEmitter, RejectedEvent, RetryPolicy,
+    AckFuture, EmitAck, EmitInput, EmitterConfig, EmitterMetricsSnapshot, Emitting, Health,
+    HealthStatus, PipelineEmitter, RejectedEvent, RetryPolicy, Sending,
 };
 pub use error::{ConcurrencyError, Error, ErrorKind, Result};
 pub use format::{DataFileSummary, EventsTable, TableFormat};

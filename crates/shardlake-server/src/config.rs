@@ -365,6 +365,13 @@ pub struct TokenConfig {
     pub permissions: Vec<Permission>,
 }
 
+/// `SHARDLAKE_TEST_*` (after the prefix): knobs of the test kit and the
+/// benches, which share the environment of any server they spawn.
+fn is_test_knob(key: &str) -> bool {
+    key.get(..5)
+        .is_some_and(|head| head.eq_ignore_ascii_case("test_"))
+}
+
 impl ServerConfig {
     /// Loads the configuration: defaults, then `file` (if given), then
     /// `SHARDLAKE_*` environment variables.
@@ -378,7 +385,10 @@ impl ServerConfig {
                 Env::prefixed("SHARDLAKE_")
                     .split("__")
                     // Variables the CLI reads itself, not settings.
-                    .ignore(&["LOG", "LOG_FORMAT", "CRASH_AT", "CONFIG"]),
+                    .ignore(&["LOG", "LOG_FORMAT", "CRASH_AT", "CONFIG"])
+                    // Test and bench knobs (`SHARDLAKE_TEST_*`) are never
+                    // settings: a spawned server must not refuse them.
+                    .filter(|key| !is_test_knob(key.as_str())),
             )
             .extract()
             .map_err(Box::new)
@@ -484,6 +494,23 @@ permissions = ["query", "ingest"]
         std::fs::write(&file, "[limits]\nquery_timeot_ms = 1\n").expect("write");
         let err = ServerConfig::load(Some(&file)).expect_err("typo");
         assert!(err.to_string().contains("query_timeot_ms"), "{err}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err, reason = "figment's Jail closure returns its own error type")]
+    fn test_knobs_in_the_environment_are_not_settings_but_typos_still_are() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SHARDLAKE_TEST_PYTHON", "/opt/venv/bin/python");
+            jail.set_env("SHARDLAKE_TEST_MOTO_SERVER", "/opt/venv/bin/moto_server");
+            jail.set_env("SHARDLAKE_LIMITS__QUERY_TIMEOUT_MS", "77");
+            let c = ServerConfig::load(None).map_err(|e| *e)?;
+            assert_eq!(c.limits.query_timeout_ms, 77);
+
+            jail.set_env("SHARDLAKE_TESTING", "1");
+            let err = ServerConfig::load(None).expect_err("not a test knob");
+            assert!(err.to_string().contains("testing"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -56,7 +56,7 @@ impl MotoServer {
                   before the next attempt; the lint does not follow the loop"
     )]
     fn start() -> Self {
-        let exe: PathBuf = crate::venv_tool("moto_server", "SHARDLAKE_MOTO_SERVER");
+        let exe: PathBuf = crate::venv_tool("moto_server", "SHARDLAKE_TEST_MOTO_SERVER");
         let mut last_log = String::new();
         for _ in 0..3 {
             let port = free_port();

@@ -139,6 +139,60 @@ impl From<EventBatch> for EmitInput<'_> {
     }
 }
 
+/// A request being sent ([`PipelineEmitter::send`]): await it to queue the
+/// events and get the [`AckFuture`] of their commit.
+#[must_use = "a request does nothing until awaited"]
+pub struct Sending<'a> {
+    emitter: &'a PipelineEmitter,
+    input: EmitInput<'a>,
+    expected: BTreeMap<i32, i64>,
+}
+
+impl Sending<'_> {
+    /// Optimistic concurrency: the request is written only if each shard in
+    /// `expected` still has that committed watermark when its commit is
+    /// planned (0: never committed). Otherwise the whole request is refused
+    /// with [`ErrorKind::ConcurrencyConflict`] and
+    /// [`Error::concurrency_detail`] gives the shard, the expected and the
+    /// actual watermark (re-read from the table, not cached). Of two emitters
+    /// racing with the same expectation exactly one wins. Migration uses it
+    /// to fence an old shard owner after cutover.
+    pub fn expecting(mut self, expected: BTreeMap<i32, i64>) -> Self {
+        self.expected = expected;
+        self
+    }
+}
+
+impl<'a> IntoFuture for Sending<'a> {
+    type Output = Result<AckFuture>;
+    type IntoFuture = futures::future::BoxFuture<'a, Result<AckFuture>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.emitter.queue(self.input, self.expected))
+    }
+}
+
+/// A request being emitted ([`PipelineEmitter::emit`]): await it for the
+/// [`EmitAck`] once its commit is durable.
+#[must_use = "a request does nothing until awaited"]
+pub struct Emitting<'a>(Sending<'a>);
+
+impl Emitting<'_> {
+    /// See [`Sending::expecting`].
+    pub fn expecting(self, expected: BTreeMap<i32, i64>) -> Self {
+        Self(self.0.expecting(expected))
+    }
+}
+
+impl<'a> IntoFuture for Emitting<'a> {
+    type Output = Result<EmitAck>;
+    type IntoFuture = futures::future::BoxFuture<'a, Result<EmitAck>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move { self.0.await?.await })
+    }
+}
+
 /// What happened to the events of one request, once their commit is durable.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct EmitAck {
@@ -293,42 +347,26 @@ impl PipelineEmitter {
 
     /// Validates `input` and queues its valid events, waiting for queue space
     /// if needed; resolves once they are committed (or found duplicate).
-    pub async fn emit(&self, input: impl Into<EmitInput<'_>>) -> Result<EmitAck> {
-        self.send(input).await?.await
+    /// `.expecting(watermarks)` makes the request conditional (see
+    /// [`Emitting::expecting`]).
+    pub fn emit<'a>(&'a self, input: impl Into<EmitInput<'a>>) -> Emitting<'a> {
+        Emitting(self.send(input))
     }
 
     /// Validates `input` and queues its valid events, waiting for queue space
     /// if needed, and returns without waiting for the commit. Requests are
     /// committed in the order they are sent; await the returned future for
     /// the ack. This is how a producer keeps several requests in flight.
-    pub async fn send(&self, input: impl Into<EmitInput<'_>>) -> Result<AckFuture> {
-        self.send_expecting(input, BTreeMap::new()).await
+    pub fn send<'a>(&'a self, input: impl Into<EmitInput<'a>>) -> Sending<'a> {
+        Sending {
+            emitter: self,
+            input: input.into(),
+            expected: BTreeMap::new(),
+        }
     }
 
-    /// Optimistic concurrency (seed 004): like [`Self::emit`], but the
-    /// request is written only if each shard in `expected` still has that
-    /// committed watermark when its commit is planned (0: never committed).
-    /// Otherwise the whole request is refused with
-    /// [`ErrorKind::ConcurrencyConflict`] and [`Error::concurrency_detail`]
-    /// gives the shard, the expected and the actual watermark (re-read from
-    /// the table, not cached). Of two emitters racing with the same
-    /// expectation exactly one wins. Migration uses it to fence an old
-    /// shard owner after cutover.
-    pub async fn emit_expecting(
-        &self,
-        input: impl Into<EmitInput<'_>>,
-        expected: BTreeMap<i32, i64>,
-    ) -> Result<EmitAck> {
-        self.send_expecting(input, expected).await?.await
-    }
-
-    /// [`Self::send`] with watermark expectations (see [`Self::emit_expecting`]).
-    pub async fn send_expecting(
-        &self,
-        input: impl Into<EmitInput<'_>>,
-        expected: BTreeMap<i32, i64>,
-    ) -> Result<AckFuture> {
-        let (batch, rejected) = self.validate(input.into())?;
+    async fn queue(&self, input: EmitInput<'_>, expected: BTreeMap<i32, i64>) -> Result<AckFuture> {
+        let (batch, rejected) = self.validate(input)?;
         let permit = match self.permits_for(&batch) {
             0 => None,
             n => Some(

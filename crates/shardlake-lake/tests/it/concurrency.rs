@@ -37,18 +37,21 @@ async fn a_stale_expectation_is_refused_with_the_committed_watermark() {
         .expect("emitter");
     let first = shard_events(5, 1..=3, "a");
     let ack = emitter
-        .emit_expecting(&first, expect(5, 0))
+        .emit(&first)
+        .expecting(expect(5, 0))
         .await
         .expect("fresh shard");
     assert_eq!(ack.accepted, 3);
     let ack = emitter
-        .emit_expecting(&shard_events(5, 4..=4, "a"), expect(5, 3))
+        .emit(&shard_events(5, 4..=4, "a"))
+        .expecting(expect(5, 3))
         .await
         .expect("right expectation");
     assert_eq!(ack.watermarks.get(&5), Some(&4));
 
     let err = emitter
-        .emit_expecting(&shard_events(5, 5..=6, "a"), expect(5, 3))
+        .emit(&shard_events(5, 5..=6, "a"))
+        .expecting(expect(5, 3))
         .await
         .expect_err("stale expectation");
     assert_eq!(err.kind(), ErrorKind::ConcurrencyConflict);
@@ -79,13 +82,15 @@ async fn the_expectation_is_checked_against_the_table_not_a_cached_state() {
         .expect("b commits shard 7");
     // A is told (say, by B's ack) that shard 7 is at 3: accepted.
     let ack = a
-        .emit_expecting(&shard_events(7, 4..=5, "a"), expect(7, 3))
+        .emit(&shard_events(7, 4..=5, "a"))
+        .expecting(expect(7, 3))
         .await
         .expect("fresh read agrees");
     assert_eq!(ack.accepted, 2);
     // And a wrong expectation reports the real watermark, 5.
     let err = a
-        .emit_expecting(&shard_events(7, 6..=6, "a"), expect(7, 0))
+        .emit(&shard_events(7, 6..=6, "a"))
+        .expecting(expect(7, 0))
         .await
         .expect_err("refused");
     assert_eq!(err.concurrency_detail().map(|d| d.actual), Some(5));
@@ -103,8 +108,8 @@ async fn of_two_racing_emitters_with_the_same_expectation_exactly_one_wins() {
         // Both think they own shard 9 at watermark 0 (an old and a new owner).
         let (ea, eb) = (shard_events(9, 1..=4, "old"), shard_events(9, 1..=4, "new"));
         let (ra, rb) = tokio::join!(
-            a.emit_expecting(&ea, expect(9, 0)),
-            b.emit_expecting(&eb, expect(9, 0))
+            a.emit(&ea).expecting(expect(9, 0)),
+            b.emit(&eb).expecting(expect(9, 0))
         );
         let won = [ra.is_ok(), rb.is_ok()];
         assert_eq!(

@@ -158,7 +158,7 @@ async fn try_emit_refuses_when_the_queue_is_full_and_emit_waits() {
     assert_eq!(err.kind(), ErrorKind::QueueFull);
     // `emit` waits instead of refusing; it can only proceed after a flush.
     let second_events = events(2..3, 5, 1);
-    let second = emitter.emit(&second_events);
+    let second = emitter.emit(&second_events).into_future();
     tokio::pin!(second);
     assert!(
         tokio::time::timeout(Duration::from_millis(200), &mut second)

@@ -227,9 +227,9 @@ async fn run_suite(fixture: Fixture) {
             };
             async move { Ok::<_, SltError>(db) }
         });
-        // SHARDLAKE_SLT_COMPLETE=1 rewrites the expected results with what
+        // SHARDLAKE_TEST_SLT_COMPLETE=1 rewrites the expected results with what
         // the engine returns (review the diff before committing it).
-        if std::env::var_os("SHARDLAKE_SLT_COMPLETE").is_some() {
+        if std::env::var_os("SHARDLAKE_TEST_SLT_COMPLETE").is_some() {
             runner
                 .update_test_file(
                     file,

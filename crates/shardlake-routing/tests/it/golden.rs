@@ -5,7 +5,7 @@
 //! every running shard would disagree with the new code. Changing the
 //! vectors requires a migration (see docs/routing.md), never just
 //! regenerating the file. (To write the file for a brand-new strategy:
-//! `SHARDLAKE_GOLDEN_WRITE=1 cargo test -p shardlake-routing golden`.)
+//! `SHARDLAKE_TEST_GOLDEN_WRITE=1 cargo test -p shardlake-routing golden`.)
 
 use serde_json::{Value, json};
 use shardlake_routing::hash::{fnv1a_32, jump_key, ring_position};
@@ -74,7 +74,7 @@ fn current() -> Value {
 #[test]
 fn golden_vectors_pin_every_strategy() {
     let now = current();
-    if std::env::var_os("SHARDLAKE_GOLDEN_WRITE").is_some() {
+    if std::env::var_os("SHARDLAKE_TEST_GOLDEN_WRITE").is_some() {
         std::fs::write(
             GOLDEN,
             serde_json::to_string_pretty(&now).expect("json") + "\n",

@@ -17,12 +17,11 @@ use axum::extract::State;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use futures::StreamExt;
-use serde::Serialize;
 use shardlake_core::{
     BodyForm, BodyParser, EventBatch, EventBatchBuilder, EventError, EventLimits, RejectedLine,
     schema,
 };
-use shardlake_lake::{EmitInput, RejectedEvent};
+use shardlake_lake::{EmitAck, EmitInput};
 use shardlake_query::Scope;
 use tracing::Span;
 
@@ -32,33 +31,14 @@ use crate::error::ApiError;
 use crate::routes::read_body;
 use crate::state::AppState;
 
-/// The answer to an ingestion request.
-#[derive(Debug, Serialize)]
-pub struct IngestResponse {
-    /// Events of this request made durable.
-    pub accepted: usize,
-    /// Events dropped because they were already committed.
-    pub duplicates: usize,
-    /// Of those, the ones whose content differs from the event they repeat
-    /// (see docs/exactly-once.md, "Conflicting duplicates").
-    pub conflicting_duplicates: usize,
-    /// Invalid events: index (0-based in an array, 1-based line in NDJSON),
-    /// stable code and reason.
-    pub rejected: Vec<RejectedEvent>,
-    /// Committed watermark of every shard in the request, after the commit.
-    pub watermarks: BTreeMap<i32, i64>,
-    /// The snapshot that made the events durable, if anything new was written.
-    #[serde(with = "shardlake_core::json_id::option")]
-    pub snapshot_id: Option<i64>,
-}
-
 /// Ingests one request's events.
 pub async fn ingest(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<IngestResponse>, ApiError> {
+) -> Result<Json<EmitAck>, ApiError> {
+    // The answer is the emitter's ack as it is: one shape for every door.
     caller.require(Permission::Ingest)?;
     let limits = state.emitter().config().limits;
     let (batch, rejected) =
@@ -86,17 +66,9 @@ pub async fn ingest(
             )));
         }
     }
-    if batch.is_empty() {
-        let rejected: Vec<RejectedEvent> = rejected.iter().map(RejectedEvent::from).collect();
-        return Err(ApiError::bad_request(
-            "invalid_events",
-            format!("all {} events are invalid", rejected.len()),
-        )
-        .with_details(
-            "rejected",
-            serde_json::to_value(&rejected).unwrap_or_default(),
-        ));
-    }
+    // Even a request with nothing valid goes through the emitter: it counts
+    // and dead-letters every refused event, whichever door it came in by.
+    let all_invalid = batch.is_empty();
 
     let expected = expected_watermarks(&headers)?;
     // Wait for room in the emitter's queue, but not forever.
@@ -104,7 +76,8 @@ pub async fn ingest(
         state.config().limits.queue_wait(),
         state
             .emitter()
-            .send_expecting(EmitInput::Validated(batch, rejected), expected),
+            .send(EmitInput::Validated(batch, rejected))
+            .expecting(expected),
     )
     .await
     .map_err(|_| {
@@ -115,15 +88,18 @@ pub async fn ingest(
         )
     })??;
     let ack = queued.await?;
+    if all_invalid {
+        return Err(ApiError::bad_request(
+            "invalid_events",
+            format!("all {} events are invalid", ack.rejected.len()),
+        )
+        .with_details(
+            "rejected",
+            serde_json::to_value(&ack.rejected).unwrap_or_default(),
+        ));
+    }
     Span::current().record("accepted", ack.accepted);
-    Ok(Json(IngestResponse {
-        accepted: ack.accepted,
-        conflicting_duplicates: ack.conflicting_duplicates,
-        duplicates: ack.duplicates,
-        rejected: ack.rejected,
-        watermarks: ack.watermarks,
-        snapshot_id: ack.snapshot_id,
-    }))
+    Ok(Json(ack))
 }
 
 /// Header stating, per shard, the committed watermark the request expects

@@ -61,7 +61,7 @@ pub async fn tables(
         "tables": [
             {
                 "name": "events",
-                "kind": "iceberg",
+                "kind": state.lake().format().as_str(),
                 "description": "every committed event, partitioned by namespace",
                 "columns": columns_json(&events_schema),
                 "snapshot_id": snapshot.snapshot_id.map(|id| id.to_string()),

@@ -83,7 +83,9 @@ async fn a_bad_event_is_rejected_alone_and_all_bad_is_400() {
     assert_eq!(ack["accepted"], 1);
     assert_eq!(ack["rejected"][0]["index"], 2);
 
-    // Nothing valid at all: 400, with every reason.
+    // Nothing valid at all: 400, with every reason, and (like every refused
+    // event) dead-lettered with what was sent.
+    let dead_before = dead_letters(&server).len();
     let response = server
         .post("/v1/events", None)
         .json(&json!([{"namespace": "acme"}, {"seq": -1}]))
@@ -92,6 +94,10 @@ async fn a_bad_event_is_rejected_alone_and_all_bad_is_400() {
         .expect("request");
     let body = assert_error(response, 400, "invalid_events").await;
     assert_eq!(body["rejected"].as_array().map(Vec::len), Some(2));
+    let dead = dead_letters(&server);
+    assert_eq!(dead.len(), dead_before + 2, "{dead:?}");
+    assert_eq!(dead[dead_before]["raw"], r#"{"namespace":"acme"}"#);
+    assert_eq!(dead[dead_before + 1]["code"], body["rejected"][1]["code"]);
     for garbage in ["", "[1, 2", "   "] {
         let response = server
             .post("/v1/events", None)
@@ -411,4 +417,23 @@ async fn a_large_body_is_parsed_as_it_arrives_with_refusals_numbered_as_sent() {
             .await,
         vec![json!([0])]
     );
+}
+
+/// Every dead-letter record the server wrote, in order.
+fn dead_letters(server: &TestServer) -> Vec<Value> {
+    let Ok(dir) = std::fs::read_dir(server.warehouse.join("dead-letter")) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = dir.map(|e| e.expect("entry").path()).collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .expect("read")
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("json line"))
+                .collect::<Vec<Value>>()
+        })
+        .collect()
 }

@@ -20,7 +20,7 @@ fn expected_by_namespace() -> Vec<Value> {
 
 #[tokio::test]
 async fn json_answers_carry_columns_rows_and_honest_stats_and_use_the_cache() {
-    json_answers(TestServer::start(|_| {}).await).await;
+    json_answers(TestServer::start(|_| {}).await, "iceberg").await;
 }
 
 /// The same over a plain-Parquet lake (`format = "parquet"`).
@@ -29,11 +29,20 @@ async fn parquet_json_answers_carry_columns_rows_and_honest_stats_and_use_the_ca
     let server = TestServer::start(|c| c.format = Some(shardlake_lake::TableFormat::Parquet)).await;
     assert!(server.warehouse.join("control.db").exists());
     assert!(!server.warehouse.join("catalog.db").exists());
-    json_answers(server).await;
+    json_answers(server, "parquet").await;
 }
 
-async fn json_answers(server: TestServer) {
+async fn json_answers(server: TestServer, format: &str) {
     server.ingest_fixture(None).await;
+    let tables: Value = server
+        .get("/v1/tables", None)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(tables["tables"][0]["kind"], format, "{tables}");
 
     let first = server.query(None, BY_NAMESPACE).await;
     assert_eq!(
