@@ -1,7 +1,7 @@
 //! Routing and lane dispatch costs (criterion):
 //! `cargo bench -p shardlake-bench --bench routing`.
 //!
-//! Targets (issue 5): hash and jump routing of a 16-byte key under 50 ns;
+//! Targets: hash and jump routing of a 16-byte key under 50 ns;
 //! consistent-hash with 150 virtual nodes x 64 shards under 200 ns; lane
 //! dispatch overhead under 2 µs per item.
 

@@ -1,5 +1,5 @@
 //! `shardlake-bench replay`: the lake as a replay source, measured on the
-//! shape issue 6 names: 10M events over 10,000 partition keys.
+//! shape of the replay benchmark: 10M events over 10,000 partition keys.
 //!
 //! - one key's replay: what fraction of the lake it reads, before and after
 //!   compaction (ingest batches hold every key, so before compaction each

@@ -5,10 +5,11 @@
 //! error chain naively repeats the same message once per layer (a parse
 //! error came out four times). Here every layer is rendered by its message
 //! alone, query errors lead with their stable code (`invalid_query`, the
-//! code HTTP answers with), internal kind names (`DataInvalid`) never
-//! show, and a layer that says nothing new is dropped.
+//! code HTTP answers with), other kinds' codes never show, and a layer that says nothing new is dropped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use shardlake_core::ErrorKind;
 
 /// Exit status of a command that failed for a reason other than the ones
 /// below.
@@ -66,14 +67,13 @@ fn note<T>(result: std::io::Result<T>) -> std::io::Result<T> {
 pub fn describe(error: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in error.chain() {
-        let text = if let Some(e) = cause.downcast_ref::<shardlake_query::Error>() {
-            // A query error's message is its root cause's already; what
-            // lies below is DataFusion's rendering of the same thing.
-            parts.push(format!("{}: {}", e.kind().code(), e.message()));
-            break;
-        } else if let Some(e) = cause.downcast_ref::<shardlake_lake::Error>() {
-            e.message().to_owned()
-        } else if let Some(e) = cause.downcast_ref::<shardlake_core::Error>() {
+        let text = if let Some(e) = cause.downcast_ref::<shardlake_core::Error>() {
+            if leads_with_code(e.kind()) {
+                // A query's error message is its root cause's already; what
+                // lies below is DataFusion's rendering of the same thing.
+                parts.push(format!("{}: {}", e.code(), e.message()));
+                break;
+            }
             e.message().to_owned()
         } else {
             cause.to_string()
@@ -92,12 +92,26 @@ pub fn describe(error: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// Whether errors of `kind` are the caller's query's, said with their
+/// stable code (the one HTTP answers with) and nothing below them.
+fn leads_with_code(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::InvalidQuery
+            | ErrorKind::NotAllowed
+            | ErrorKind::ResultTooLarge
+            | ErrorKind::QueryTimeout
+            | ErrorKind::ResourcesExhausted
+            | ErrorKind::SnapshotExpired
+    )
+}
+
 /// The exit status for `error`.
 pub fn exit_code(error: &anyhow::Error) -> i32 {
     let storage = error.chain().any(|cause| {
         cause
-            .downcast_ref::<shardlake_lake::Error>()
-            .is_some_and(|e| e.kind() == shardlake_lake::ErrorKind::Storage)
+            .downcast_ref::<shardlake_core::Error>()
+            .is_some_and(|e| e.kind() == ErrorKind::Storage)
     });
     if storage { STORAGE } else { FAILED }
 }
@@ -109,8 +123,8 @@ mod tests {
     #[test]
     fn each_layer_is_said_once_without_internal_kind_names() {
         let root = std::io::Error::other("disk on fire");
-        let lake = shardlake_lake::Error::new(shardlake_lake::ErrorKind::Storage, "commit failed")
-            .with_source(root);
+        let lake =
+            shardlake_lake::Error::new(ErrorKind::Storage, "commit failed").with_source(root);
         let error = anyhow::Error::new(lake).context("ingesting events.ndjson");
         let line = describe(&error);
         assert_eq!(
@@ -123,7 +137,7 @@ mod tests {
     #[test]
     fn query_errors_lead_with_their_code() {
         let error = anyhow::Error::new(shardlake_query::Error::new(
-            shardlake_query::ErrorKind::InvalidQuery,
+            ErrorKind::InvalidQuery,
             "sql parser error: Expected: an SQL statement, found: SELEC",
         ));
         assert_eq!(

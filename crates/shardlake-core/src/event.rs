@@ -481,7 +481,7 @@ impl<'a> Fields<'a> {
 
 /// An event owned by Rust code: what a shard builds and what replay returns.
 ///
-/// Its JSON form is the wire form of DESIGN.md: `ts` as RFC 3339, `payload` as
+/// Its JSON form is the wire form (README, "The event"): `ts` as RFC 3339, `payload` as
 /// a JSON object, `position` only when the event came from the lake.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {

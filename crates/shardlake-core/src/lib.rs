@@ -27,7 +27,7 @@ pub use batch::{
     push_ndjson, with_positions,
 };
 pub use body::{BodyForm, BodyParser, push_json_array};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{ConcurrencyError, Error, ErrorKind, Result};
 pub use event::{
     Event, EventError, EventErrorCode, EventLimits, JsonStr, MAX_NAMESPACE_BYTES, RawEvent,
     ValidEvent, default_idempotency_key, format_ts_micros, parse_ts_micros, rfc3339_micros,

@@ -1,4 +1,4 @@
-//! The Arrow schema of the one event shape (DESIGN.md, "The event").
+//! The Arrow schema of the one event shape (README, "The event").
 //!
 //! Two schemas exist: [`event_schema`] is the table's (all twelve columns) and
 //! [`pending_event_schema`] is what shards hand in (everything but `position`,

@@ -146,7 +146,7 @@ impl CommitPlan {
         });
         let stamped: Int64Array = order.iter().map(|&r| positions[r as usize]).collect();
         let sorted = take_record_batch(&self.pending, &UInt32Array::from(order))?;
-        Ok(with_positions(&sorted, Arc::new(stamped))?)
+        with_positions(&sorted, Arc::new(stamped))
     }
 
     /// Every namespace's rows, concatenated in namespace order (for tests

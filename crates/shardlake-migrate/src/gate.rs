@@ -21,7 +21,7 @@ use shardlake_lake::control::ControlStore;
 use shardlake_routing::{ShardId, ShardRouter, SharedRouter, Topology};
 use tokio::sync::RwLock as AsyncRwLock;
 
-use crate::error::{MigrateError, Result};
+use crate::error::{ErrorKind, Result, invalid_write, shard_failed};
 use crate::stub::ShardStub;
 
 /// The shards a process can reach, by id.
@@ -57,10 +57,7 @@ impl ShardSet {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&id)
             .cloned()
-            .ok_or_else(|| MigrateError::Shard {
-                shard: id,
-                message: "no such shard is registered (give its endpoint)".into(),
-            })
+            .ok_or_else(|| shard_failed(id, "no such shard is registered (give its endpoint)"))
     }
 
     /// Registered shard ids.
@@ -156,15 +153,15 @@ impl WriteGate {
         let mut probe = event.clone();
         (probe.shard_id, probe.seq) = (0, 1);
         if let Err(e) = probe.validate(&EventLimits::default()) {
-            return Err(MigrateError::InvalidWrite(e.to_string()));
+            return Err(invalid_write(e.to_string()));
         }
         loop {
             let fences = self.fences.read().await;
             let mut stale = None;
             for fence in fences.iter() {
                 if fence.covers(&event.partition_key)? {
-                    let json = serde_json::to_string(&event)
-                        .map_err(|e| MigrateError::InvalidWrite(e.to_string()))?;
+                    let json =
+                        serde_json::to_string(&event).map_err(|e| invalid_write(e.to_string()))?;
                     match self
                         .control
                         .buffer_write(&fence.migration, &event.partition_key, &json)
@@ -201,7 +198,7 @@ impl WriteGate {
                 // The owner gave the key away (or is giving it away): if
                 // the recorded topology moved on, this gate's routing is
                 // stale; follow it and route again.
-                Err(MigrateError::Fenced { .. }) if self.refresh().await? => {
+                Err(e) if e.kind() == ErrorKind::KeyFenced && self.refresh().await? => {
                     drop(fences);
                     continue;
                 }

@@ -26,33 +26,36 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use shardlake_core::Event;
 
-use crate::error::MigrateError;
+use crate::error::{Error, ErrorKind};
 use crate::stub::ShardStub;
 
 type Shard = State<Arc<dyn ShardStub>>;
 
 /// An error answer.
-struct Failure(MigrateError);
+struct Failure(Error);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        let status = match &self.0 {
-            MigrateError::Fenced { .. } => StatusCode::CONFLICT,
-            MigrateError::Shard { .. } | MigrateError::Store(_) | MigrateError::Query(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+        let kind = self.0.kind();
+        let status = match kind {
+            ErrorKind::KeyFenced => StatusCode::CONFLICT,
+            kind if kind.is_retryable() || kind.is_internal() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
-        let mut body = serde_json::json!({"error": self.0.code(), "message": self.0.to_string()});
-        if let MigrateError::Fenced { key, .. } = &self.0 {
+        let mut body = serde_json::json!({"error": kind.code(), "message": self.0.message()});
+        if let Some(key) = self
+            .0
+            .context_value("key")
+            .filter(|_| kind == ErrorKind::KeyFenced)
+        {
             body["key"] = serde_json::json!(key);
         }
         (status, Json(body)).into_response()
     }
 }
 
-impl From<MigrateError> for Failure {
-    fn from(e: MigrateError) -> Self {
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
         Self(e)
     }
 }

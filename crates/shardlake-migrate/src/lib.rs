@@ -1,4 +1,4 @@
-//! Shard migration (seed 001's ShardMigration, done properly).
+//! Shard migration: moving keys between shards with no event lost or doubled.
 //!
 //! - [`plan`]: per-key statistics from the lake, and plans for adding,
 //!   removing and rebalancing shards (keys to move, events and bytes,
@@ -23,7 +23,7 @@ pub mod plan;
 pub mod record;
 pub mod stub;
 
-pub use error::{MigrateError, Result};
+pub use error::{Error, ErrorKind, Result, key_fenced, migration_not_found, shard_failed};
 pub use execute::{MigrationConfig, Migrator, PhaseHook};
 pub use gate::{ShardSet, Submitted, WriteGate};
 pub use http::shard_service;

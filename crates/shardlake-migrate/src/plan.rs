@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use shardlake_query::CrossShardQuery;
 use shardlake_routing::{DistributionReport, ShardId, ShardRouter, Topology};
 
-use crate::error::{MigrateError, Result};
+use crate::error::{Result, invalid_plan};
 
 /// Events and bytes of one partition key in the lake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -117,7 +117,7 @@ pub fn plan_between(
     replay_events_per_second: f64,
 ) -> Result<MigrationPlan> {
     if to.version <= from.version {
-        return Err(MigrateError::InvalidPlan(format!(
+        return Err(invalid_plan(format!(
             "the next topology's version {} must be higher than {}",
             to.version, from.version
         )));
@@ -169,9 +169,7 @@ pub fn plan_add_shard(
     replay_events_per_second: f64,
 ) -> Result<MigrationPlan> {
     if from.shards.contains(&shard) {
-        return Err(MigrateError::InvalidPlan(format!(
-            "shard {shard} already exists"
-        )));
+        return Err(invalid_plan(format!("shard {shard} already exists")));
     }
     let mut shards = from.shards.clone();
     shards.push(shard);
@@ -192,14 +190,10 @@ pub fn plan_remove_shard(
     replay_events_per_second: f64,
 ) -> Result<MigrationPlan> {
     if !from.shards.contains(&shard) {
-        return Err(MigrateError::InvalidPlan(format!(
-            "shard {shard} does not exist"
-        )));
+        return Err(invalid_plan(format!("shard {shard} does not exist")));
     }
     if from.shards.len() == 1 {
-        return Err(MigrateError::InvalidPlan(
-            "cannot remove the last shard".into(),
-        ));
+        return Err(invalid_plan("cannot remove the last shard"));
     }
     let shards = from
         .shards
@@ -274,7 +268,7 @@ pub fn validate_plan(plan: &MigrationPlan, keys: &[KeyStats]) -> Result<()> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(MigrateError::InvalidPlan(problems.join("; ")))
+        Err(invalid_plan(problems.join("; ")))
     }
 }
 

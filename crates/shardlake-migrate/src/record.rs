@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use shardlake_lake::control::{ControlStore, MigrationRow};
 use shardlake_routing::{ShardId, Topology};
 
-use crate::error::{MigrateError, Result};
+use crate::error::{Result, internal};
 use crate::plan::MigrationPlan;
 
 /// The phases of a migration, in order.
@@ -94,7 +94,7 @@ impl MigrationStatus {
 /// A failure, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureSummary {
-    /// Stable code ([`MigrateError::code`]).
+    /// Stable code ([`shardlake_core::ErrorKind::code`]).
     pub code: String,
     /// What happened.
     pub message: String,
@@ -293,7 +293,7 @@ pub fn migration_id(plan: &MigrationPlan) -> String {
 /// The stored form of `report`.
 pub(crate) fn row(report: &MigrationReport) -> Result<MigrationRow> {
     let record = serde_json::to_string(report)
-        .map_err(|e| MigrateError::Internal(format!("unserializable record: {e}")))?;
+        .map_err(|e| internal(format!("unserializable record: {e}")))?;
     Ok(MigrationRow {
         id: report.id.clone(),
         status: report.status.as_str().to_owned(),
@@ -336,7 +336,7 @@ pub(crate) async fn save(control: &ControlStore, report: &MigrationReport) -> Re
 
 fn parse(row: &MigrationRow) -> Result<MigrationReport> {
     serde_json::from_str(&row.record)
-        .map_err(|e| MigrateError::Internal(format!("migration {} has a bad record: {e}", row.id)))
+        .map_err(|e| internal(format!("migration {} has a bad record: {e}", row.id)))
 }
 
 /// One migration's record.
@@ -355,9 +355,8 @@ pub async fn current_topology(control: &ControlStore) -> Result<Option<Topology>
         .current_topology()
         .await?
         .map(|(version, json)| {
-            serde_json::from_str(&json).map_err(|e| {
-                MigrateError::Internal(format!("topology version {version} is unreadable: {e}"))
-            })
+            serde_json::from_str(&json)
+                .map_err(|e| internal(format!("topology version {version} is unreadable: {e}")))
         })
         .transpose()
 }
@@ -381,8 +380,8 @@ pub async fn cut_over_per_store(
 /// Publishes `topology` if its version is higher than the current one.
 pub async fn publish_topology(control: &ControlStore, topology: &Topology) -> Result<bool> {
     let json = serde_json::to_string(topology)
-        .map_err(|e| MigrateError::Internal(format!("unserializable topology: {e}")))?;
-    Ok(control
+        .map_err(|e| internal(format!("unserializable topology: {e}")))?;
+    control
         .publish_topology(topology.version as i64, &json)
-        .await?)
+        .await
 }

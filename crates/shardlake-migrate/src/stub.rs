@@ -15,7 +15,7 @@ use shardlake_lake::PipelineEmitter;
 use shardlake_routing::ShardId;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::error::{MigrateError, Result};
+use crate::error::{Error, Result, key_fenced, shard_failed};
 
 /// The outcome of applying a batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -65,7 +65,7 @@ pub trait ShardStub: Send + Sync {
     /// Handles new writes for keys the shard owns: the shard stamps its own
     /// id and next `seq`, emits them to the lake and returns once they are
     /// durable. Writes for a fenced key are refused whole with
-    /// [`MigrateError::Fenced`]. The shard's materialized state follows the
+    /// an error of kind [`shardlake_core::ErrorKind::KeyFenced`]. The shard's materialized state follows the
     /// lake ([`ShardStub::apply`]): the lake is the write-ahead log.
     async fn write(&self, events: &[Event]) -> Result<()>;
 }
@@ -186,10 +186,7 @@ impl ShardStub for InMemoryShard {
             let mut fail = lock(&self.fail_after);
             match fail.as_mut() {
                 Some(0) => {
-                    return Err(MigrateError::Shard {
-                        shard: self.id,
-                        message: "injected failure".into(),
-                    });
+                    return Err(shard_failed(self.id, "injected failure"));
                 }
                 Some(n) => *n -= 1,
                 None => {}
@@ -198,9 +195,8 @@ impl ShardStub for InMemoryShard {
         let mut state = lock(&self.state);
         let mut ack = ApplyAck::default();
         for e in events {
-            let position = e.position.ok_or_else(|| MigrateError::Shard {
-                shard: self.id,
-                message: "an event without a position (not from the lake)".into(),
+            let position = e.position.ok_or_else(|| {
+                shard_failed(self.id, "an event without a position (not from the lake)")
             })?;
             let key = state.entry(e.partition_key.clone()).or_default();
             if position <= key.last_position {
@@ -273,10 +269,7 @@ impl ShardStub for InMemoryShard {
         let refuse_fenced = || {
             let fenced = lock(&self.fenced);
             match events.iter().find(|e| fenced.contains(&e.partition_key)) {
-                Some(e) => Err(MigrateError::Fenced {
-                    shard: self.id,
-                    key: e.partition_key.clone(),
-                }),
+                Some(e) => Err(key_fenced(self.id, e.partition_key.clone())),
                 None => Ok(()),
             }
         };
@@ -311,11 +304,8 @@ impl ShardStub for InMemoryShard {
 }
 
 impl InMemoryShard {
-    fn shard_error(&self, message: impl std::fmt::Display) -> MigrateError {
-        MigrateError::Shard {
-            shard: self.id,
-            message: message.to_string(),
-        }
+    fn shard_error(&self, message: impl std::fmt::Display) -> Error {
+        shard_failed(self.id, message.to_string())
     }
 }
 
@@ -344,11 +334,8 @@ impl HttpShard {
         }
     }
 
-    fn fail(&self, message: String) -> MigrateError {
-        MigrateError::Shard {
-            shard: self.id,
-            message,
-        }
+    fn fail(&self, message: String) -> Error {
+        shard_failed(self.id, message)
     }
 
     /// Sends a request, retrying transient failures. Only idempotent
@@ -391,10 +378,7 @@ impl HttpShard {
                     }
                     let answer: Answer = r.json().await.unwrap_or_default();
                     if let ("key_fenced", Some(key)) = (answer.error.as_str(), answer.key) {
-                        return Err(MigrateError::Fenced {
-                            shard: self.id,
-                            key,
-                        });
+                        return Err(key_fenced(self.id, key));
                     }
                     return Err(self.fail(format!("HTTP {status}: {}", answer.message)));
                 }

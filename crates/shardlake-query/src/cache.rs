@@ -233,7 +233,8 @@ impl ResultCache {
                     }
                     Ok((Arc::clone(v), lookup))
                 }
-                Fill::Failed(e) => Err(Error::new(e.kind(), e.message().to_owned())),
+                // Every waiter gets the same error, source and all.
+                Fill::Failed(e) => Err(e.clone()),
             },
         }
     }

@@ -338,7 +338,7 @@ impl LakeSnapshots {
 
     /// The snapshot that was current at `at_ms` (Unix milliseconds).
     pub async fn snapshot_as_of(&self, at_ms: i64) -> Result<i64> {
-        Ok(self.table.snapshot_as_of(at_ms).await?)
+        self.table.snapshot_as_of(at_ms).await
     }
 
     /// The Iceberg table's current version: the cached one unless a commit
@@ -548,5 +548,5 @@ impl LakeSnapshots {
 }
 
 fn unknown_snapshot(id: i64) -> Error {
-    shardlake_lake::history::snapshot_not_retained(id).into()
+    shardlake_lake::history::snapshot_not_retained(id)
 }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::ExecutionPlan;
 use serde::{Deserialize, Serialize};
 
@@ -168,7 +169,7 @@ fn rows_scanned(plan: &Arc<dyn ExecutionPlan>) -> u64 {
     let mut total = 0u64;
     let mut stack = vec![Arc::clone(plan)];
     while let Some(node) = stack.pop() {
-        if node.name() == "DataSourceExec"
+        if node.as_any().is::<DataSourceExec>()
             && let Some(metrics) = node.metrics()
             && metrics
                 .sum_by_name("bytes_scanned")

@@ -1,4 +1,4 @@
-//! Partitioned subscriptions (seed 003): a consumer named `name` handling
+//! Partitioned subscriptions: a consumer named `name` handling
 //! partition `i` of `n` of the key space receives its events in position
 //! order (so per key in causal order), in batches, and acknowledges each
 //! batch with a durable checkpoint in the catalog database. A restart

@@ -1,4 +1,4 @@
-//! Seed 001's typed calls (`queryThings`, `queryEvents`, `aggregate`), built
+//! The typed calls (`queryThings`, `queryEvents`, `aggregate`), built
 //! as DataFusion expressions: user values only ever become literals, never
 //! SQL text.
 //!
@@ -99,7 +99,7 @@ impl OrderBy {
     }
 }
 
-/// Current entities, seed 001's `queryThings`.
+/// Current entities, `queryThings`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThingsQuery {
@@ -123,7 +123,7 @@ pub struct ThingsQuery {
     pub offset: Option<usize>,
 }
 
-/// Events, seed 001's `queryEvents`.
+/// Events, `queryEvents`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
@@ -252,7 +252,7 @@ pub enum AggregateSource {
     Things,
 }
 
-/// Grouped aggregates, seed 001's `aggregate`.
+/// Grouped aggregates, `aggregate`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateQuery {

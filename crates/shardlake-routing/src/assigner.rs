@@ -1,4 +1,4 @@
-//! `ShardAssigner` (seed 001): which shard owns an entity, from the entity
+//! `ShardAssigner`: which shard owns an entity, from the entity
 //! itself (a JSON object or an event), with optional tracking of what each
 //! shard holds and how hot it is, and rebalance hints.
 //!
@@ -13,12 +13,12 @@ use serde::Serialize;
 use serde_json::Value;
 use shardlake_core::Event;
 
-use crate::error::RoutingError;
+use crate::error::{Error, invalid_key, missing_key};
 use crate::key::RoutingKey;
 use crate::router::ShardRouter;
 use crate::topology::{RangeDef, ShardId, Strategy, Topology};
 
-/// A custom key function (seed 001's `partitionKeyFn`).
+/// A custom key function.
 pub type KeyFn = Arc<dyn Fn(&Value) -> Option<String> + Send + Sync>;
 
 /// Where an entity's partition key comes from.
@@ -42,7 +42,7 @@ impl std::fmt::Debug for KeySource {
     }
 }
 
-/// The assignment strategies of seed 001.
+/// The assignment strategies.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AssignStrategy {
     /// FNV-1a of the key modulo the shard count.
@@ -157,7 +157,7 @@ pub struct ShardAssigner {
 
 impl ShardAssigner {
     /// An assigner for `config`.
-    pub fn new(config: AssignerConfig) -> Result<Self, RoutingError> {
+    pub fn new(config: AssignerConfig) -> Result<Self, Error> {
         let strategy = match &config.strategy {
             AssignStrategy::Hash | AssignStrategy::Tenant { .. } => Strategy::Hash,
             AssignStrategy::Consistent { virtual_nodes } => Strategy::ConsistentHash {
@@ -187,7 +187,7 @@ impl ShardAssigner {
     }
 
     /// The partition key of a JSON entity.
-    pub fn extract_key(&self, entity: &Value) -> Result<(String, KeyOrigin), RoutingError> {
+    pub fn extract_key(&self, entity: &Value) -> Result<(String, KeyOrigin), Error> {
         let primary = match (&self.config.strategy, &self.config.key) {
             (AssignStrategy::Tenant { field }, _) => field_str(entity, field),
             (_, KeySource::Field(f)) => field_str(entity, f),
@@ -202,7 +202,7 @@ impl ShardAssigner {
             return Ok((key, KeyOrigin::Primary));
         }
         if self.config.strict {
-            return Err(RoutingError::MissingKey(format!(
+            return Err(missing_key(format_args!(
                 "no {:?} in the entity (strict mode)",
                 self.config.key
             )));
@@ -219,7 +219,7 @@ impl ShardAssigner {
     }
 
     /// The shard of a JSON entity.
-    pub fn assign(&self, entity: &Value) -> Result<Assignment, RoutingError> {
+    pub fn assign(&self, entity: &Value) -> Result<Assignment, Error> {
         let (key, source) = self.extract_key(entity)?;
         let shard = match source {
             KeyOrigin::Default => 0,
@@ -230,9 +230,9 @@ impl ShardAssigner {
 
     /// The shard of an event (its JSON form: `namespace`, `partition_key`,
     /// `entity_id`, `payload.<field>`...).
-    pub fn assign_event(&self, event: &Event) -> Result<Assignment, RoutingError> {
+    pub fn assign_event(&self, event: &Event) -> Result<Assignment, Error> {
         let mut value = serde_json::to_value(event)
-            .map_err(|e| RoutingError::InvalidKey(format!("event is not JSON: {e}")))?;
+            .map_err(|e| invalid_key(format_args!("event is not JSON: {e}")))?;
         // The payload travels as JSON text; expose it as an object for dotted paths.
         if let Some(Value::String(text)) = value.get("payload")
             && let Ok(parsed) = serde_json::from_str::<Value>(text)
@@ -244,7 +244,7 @@ impl ShardAssigner {
 
     /// Records that the entity `key` (assigned to `shard`) holds `bytes`.
     /// Recording the same key again replaces its size.
-    pub fn record_entity(&self, key: &str, bytes: u64) -> Result<ShardId, RoutingError> {
+    pub fn record_entity(&self, key: &str, bytes: u64) -> Result<ShardId, Error> {
         let shard = self.router.shard_of(key)?;
         if let Some(t) = &self.tracker {
             lock(t).entity(key, shard, bytes);
@@ -253,12 +253,12 @@ impl ShardAssigner {
     }
 
     /// Records an access to `key` now.
-    pub fn record_access(&self, key: &str) -> Result<ShardId, RoutingError> {
+    pub fn record_access(&self, key: &str) -> Result<ShardId, Error> {
         self.record_access_at(key, Instant::now())
     }
 
     /// Records an access to `key` at `at` (for replaying logs and tests).
-    pub fn record_access_at(&self, key: &str, at: Instant) -> Result<ShardId, RoutingError> {
+    pub fn record_access_at(&self, key: &str, at: Instant) -> Result<ShardId, Error> {
         let shard = self.router.shard_of(key)?;
         if let Some(t) = &self.tracker {
             lock(t).access(shard, at);

@@ -1,37 +1,62 @@
-//! Errors of the routing crate.
+//! Routing speaks the workspace's one error type (`shardlake_core::Error`,
+//! docs/adr/0004-one-error-model.md): every refusal here is
+//! [`ErrorKind::InvalidTopology`] (code `routing_error`), with a typed
+//! [`StaleTopology`] source when a topology swap lost the race.
 
 use std::fmt;
 
-/// What went wrong while routing or assigning.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RoutingError {
-    /// The topology cannot route (no shards, overlapping ranges...).
-    InvalidTopology(String),
-    /// A newer topology is already in use.
-    StaleTopology {
-        /// Version in use.
-        current: u64,
-        /// Version offered.
-        offered: u64,
-    },
-    /// The key cannot be routed by this strategy (e.g. not a number).
-    InvalidKey(String),
-    /// Strict key extraction found no key.
-    MissingKey(String),
+pub use shardlake_core::{Error, ErrorKind, Result};
+
+/// A topology cannot route (no shards, overlapping ranges...).
+pub(crate) fn invalid_topology(message: impl fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::InvalidTopology,
+        format!("invalid topology: {message}"),
+    )
 }
 
-impl fmt::Display for RoutingError {
+/// A key this strategy cannot route (e.g. not a number for a range).
+pub(crate) fn invalid_key(message: impl fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::InvalidTopology,
+        format!("invalid key: {message}"),
+    )
+    .with_context("refused", "key")
+}
+
+/// Strict key extraction found no key.
+pub(crate) fn missing_key(message: impl fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::InvalidTopology,
+        format!("missing partition key: {message}"),
+    )
+    .with_context("refused", "missing_key")
+}
+
+/// A topology offered to a [`crate::SharedRouter`] that is not newer than
+/// the one in use: the source of the refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleTopology {
+    /// Version in use.
+    pub current: u64,
+    /// Version offered.
+    pub offered: u64,
+}
+
+impl fmt::Display for StaleTopology {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::InvalidTopology(m) => write!(f, "invalid topology: {m}"),
-            Self::StaleTopology { current, offered } => write!(
-                f,
-                "topology version {offered} is not newer than the current version {current}"
-            ),
-            Self::InvalidKey(m) => write!(f, "invalid key: {m}"),
-            Self::MissingKey(m) => write!(f, "missing partition key: {m}"),
-        }
+        write!(
+            f,
+            "topology version {} is not newer than the current version {}",
+            self.offered, self.current
+        )
     }
 }
 
-impl std::error::Error for RoutingError {}
+impl std::error::Error for StaleTopology {}
+
+impl From<StaleTopology> for Error {
+    fn from(stale: StaleTopology) -> Self {
+        Error::new(ErrorKind::InvalidTopology, stale.to_string()).with_source(stale)
+    }
+}

@@ -1,4 +1,4 @@
-//! `KeyedLanes` (seed 000): N lanes; items with the same key run strictly in
+//! `KeyedLanes`: N lanes; items with the same key run strictly in
 //! order, one at a time; different keys run in parallel on other lanes.
 //!
 //! An item's key is its shard key if it has one, else its identifier, else
@@ -16,12 +16,12 @@ use crate::hash::fnv1a_32;
 
 /// What a lane needs to know about an item.
 pub trait LaneItem: Send + 'static {
-    /// The key whose items must stay in order (seed 000's `getShardKey`).
+    /// The key whose items must stay in order.
     fn shard_key(&self) -> Option<&str> {
         None
     }
 
-    /// The fallback key (seed 000's `event.identifier`).
+    /// The fallback key.
     fn identifier(&self) -> Option<&str> {
         None
     }

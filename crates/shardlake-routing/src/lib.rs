@@ -7,8 +7,17 @@
 //! - [`ShardAssigner`] finds an entity's key (field, composite, function,
 //!   fallback, strict) and routes it through the same router, with optional
 //!   tracking, hot-shard detection and rebalance hints.
-//! - [`partition`]: seed 002's partition-key shapes and start-up validation.
-//! - [`KeyedLanes`]: per-key ordered, cross-key parallel execution (seed 000).
+//! - [`partition`]: partition-key shapes and start-up validation.
+//! - [`KeyedLanes`]: per-key ordered, cross-key parallel execution.
+//!
+//! Who uses what: the router and topologies are the product's (migration
+//! plans, the write gate, `shardlake route`, subscriptions' partitions);
+//! `KeyedLanes` runs partitioned subscriptions. [`ShardAssigner`] and
+//! [`partition`] are a library for the *producers*: a shard that must
+//! derive `partition_key` and `shard_id` for the events it emits links this
+//! crate alone (it depends only on core) and routes exactly as the lake's
+//! tools do. Nothing in shardlake's own write path calls them, on purpose:
+//! events arrive with their `shard_id` and `partition_key` already set.
 //!
 //! ```
 //! use shardlake_routing::{ShardRouter, Strategy, Topology};
@@ -32,7 +41,7 @@ pub use assigner::{
     AssignStrategy, AssignerConfig, Assignment, KeyOrigin, KeySource, RebalanceHint, ShardAssigner,
     ShardUtilization, TrackingLimits,
 };
-pub use error::RoutingError;
+pub use error::{Error, ErrorKind, Result, StaleTopology};
 pub use key::{COMPOSITE_SEPARATOR, RoutingKey};
 pub use lanes::{KeyedLanes, LaneItem, LanesClosed};
 pub use report::DistributionReport;

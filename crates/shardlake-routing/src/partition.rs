@@ -1,4 +1,4 @@
-//! Partition-key helpers (seed 002): one shape per consistency boundary, a
+//! Partition-key helpers: one shape per consistency boundary, a
 //! recommended parallelism for each, and a start-up check of configs.
 //!
 //! | boundary | key | example |

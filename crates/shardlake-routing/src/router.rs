@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::error::RoutingError;
+use crate::error::{Error, StaleTopology, invalid_key};
 use crate::hash::{fnv1a_32, jump_bucket, jump_key, ring_position};
 use crate::key::RoutingKey;
 use crate::report::DistributionReport;
@@ -62,7 +62,7 @@ pub struct RouterMetricsSnapshot {
 
 impl ShardRouter {
     /// A router for `topology` (validated).
-    pub fn new(topology: Topology) -> Result<Self, RoutingError> {
+    pub fn new(topology: Topology) -> Result<Self, Error> {
         topology.validate()?;
         let (ring, ring_collisions) = match &topology.strategy {
             Strategy::ConsistentHash { virtual_nodes } => {
@@ -84,7 +84,7 @@ impl ShardRouter {
     }
 
     /// Uses `f` instead of the topology's [`Comparator`] for range routing
-    /// (the Rust equivalent of seed 001's `comparator` function).
+    /// (a `comparator` function, as a Rust trait).
     pub fn with_range_key(mut self, f: RangeKeyFn) -> Self {
         self.range_key = Some(f);
         self
@@ -101,7 +101,7 @@ impl ShardRouter {
     }
 
     /// The shard of `key`.
-    pub fn route(&self, key: &str) -> Result<ShardId, RoutingError> {
+    pub fn route(&self, key: &str) -> Result<ShardId, Error> {
         self.metrics.operations.fetch_add(1, Ordering::Relaxed);
         match self.locate(key) {
             Ok(index) => {
@@ -118,17 +118,17 @@ impl ShardRouter {
     }
 
     /// The shard of a composite key (its parts joined deterministically).
-    pub fn route_key(&self, key: &RoutingKey) -> Result<ShardId, RoutingError> {
+    pub fn route_key(&self, key: &RoutingKey) -> Result<ShardId, Error> {
         self.route(key.as_str())
     }
 
     /// The shard of `key` without touching the metrics (for reports and plans).
-    pub fn shard_of(&self, key: &str) -> Result<ShardId, RoutingError> {
+    pub fn shard_of(&self, key: &str) -> Result<ShardId, Error> {
         self.locate(key).map(|i| self.topology.shards[i])
     }
 
     /// Index into `topology.shards` of `key`'s shard.
-    fn locate(&self, key: &str) -> Result<usize, RoutingError> {
+    fn locate(&self, key: &str) -> Result<usize, Error> {
         let n = self.topology.shards.len();
         match &self.topology.strategy {
             Strategy::Hash => Ok((fnv1a_32(key.as_bytes()) % n as u32) as usize),
@@ -220,7 +220,7 @@ fn compare_value(
     key: &str,
     comparator: &Comparator,
     ranges: &[RangeDef],
-) -> Result<Option<RangeValue>, RoutingError> {
+) -> Result<Option<RangeValue>, Error> {
     let numeric = ranges
         .iter()
         .flat_map(|r| [&r.start, &r.end])
@@ -242,9 +242,7 @@ fn compare_value(
         part.trim()
             .parse::<f64>()
             .map(|n| Some(RangeValue::Num(n)))
-            .map_err(|_| {
-                RoutingError::InvalidKey(format!("`{part}` (from key `{key}`) is not a number"))
-            })
+            .map_err(|_| invalid_key(format_args!("`{part}` (from key `{key}`) is not a number")))
     } else {
         Ok(Some(RangeValue::Str(part)))
     }
@@ -270,13 +268,13 @@ impl SharedRouter {
     }
 
     /// The shard of `key` under the current version.
-    pub fn route(&self, key: &str) -> Result<ShardId, RoutingError> {
+    pub fn route(&self, key: &str) -> Result<ShardId, Error> {
         self.current.load().route(key)
     }
 
     /// Switches to `next`, which must have a higher version than the
     /// current one (a stale topology never replaces a newer one).
-    pub fn swap(&self, next: ShardRouter) -> Result<Arc<ShardRouter>, RoutingError> {
+    pub fn swap(&self, next: ShardRouter) -> Result<Arc<ShardRouter>, Error> {
         let next = Arc::new(next);
         let mut refused = None;
         let previous = self.current.rcu(|current| {
@@ -289,10 +287,11 @@ impl SharedRouter {
             }
         });
         match refused {
-            Some(current) => Err(RoutingError::StaleTopology {
+            Some(current) => Err(StaleTopology {
                 current,
                 offered: next.topology.version,
-            }),
+            }
+            .into()),
             None => Ok(previous),
         }
     }

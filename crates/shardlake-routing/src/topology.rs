@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::RoutingError;
+use crate::error::{Error, invalid_topology};
 
 /// A shard's id. Ids are stable: a shard keeps its id when others come and
 /// go, which is what lets consistent hashing move only the keys it must.
@@ -154,8 +154,8 @@ impl Topology {
 
     /// Checks the topology can route: shards present and unique, ranges
     /// non-overlapping and pointing at known shards.
-    pub fn validate(&self) -> Result<(), RoutingError> {
-        let invalid = |m: String| Err(RoutingError::InvalidTopology(m));
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |m: String| Err(invalid_topology(m));
         if self.shards.is_empty() {
             return invalid("no shards".into());
         }
@@ -204,16 +204,16 @@ impl Topology {
     }
 
     /// The topology as TOML.
-    pub fn to_toml(&self) -> Result<String, RoutingError> {
-        toml::to_string(self).map_err(|e| RoutingError::InvalidTopology(e.to_string()))
+    pub fn to_toml(&self) -> Result<String, Error> {
+        toml::to_string(self).map_err(invalid_topology)
     }
 
     /// Parses JSON or TOML (by the first non-blank character) and validates.
-    pub fn parse(text: &str) -> Result<Self, RoutingError> {
+    pub fn parse(text: &str) -> Result<Self, Error> {
         let parsed: Self = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| RoutingError::InvalidTopology(e.to_string()))?
+            serde_json::from_str(text).map_err(invalid_topology)?
         } else {
-            toml::from_str(text).map_err(|e| RoutingError::InvalidTopology(e.to_string()))?
+            toml::from_str(text).map_err(invalid_topology)?
         };
         parsed.validate()?;
         Ok(parsed)

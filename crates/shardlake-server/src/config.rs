@@ -497,7 +497,10 @@ permissions = ["query", "ingest"]
     }
 
     #[test]
-    #[allow(clippy::result_large_err, reason = "figment's Jail closure returns its own error type")]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail closure returns its own error type"
+    )]
     fn test_knobs_in_the_environment_are_not_settings_but_typos_still_are() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("SHARDLAKE_TEST_PYTHON", "/opt/venv/bin/python");

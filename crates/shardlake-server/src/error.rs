@@ -142,46 +142,50 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<shardlake_query::Error> for ApiError {
-    fn from(e: shardlake_query::Error) -> Self {
-        use shardlake_query::ErrorKind as K;
-        let code = e.kind().code();
+/// The one table from error kinds to HTTP answers (the kinds and their
+/// codes are in `shardlake_core::ErrorKind`; docs/adr/0004-one-error-model.md
+/// has the table). Messages of our own failures (`Unexpected`) and of storage
+/// are logged, never sent.
+impl From<shardlake_core::Error> for ApiError {
+    fn from(e: shardlake_core::Error) -> Self {
+        use shardlake_core::ErrorKind as K;
+        let code = e.code();
         match e.kind() {
-            K::InvalidQuery | K::NotAllowed | K::ResultTooLarge => {
-                Self::bad_request(code, e.message())
+            K::DataInvalid
+            | K::InvalidQuery
+            | K::NotAllowed
+            | K::ResultTooLarge
+            | K::InvalidPlan
+            | K::InvalidTopology
+            | K::InvalidWrite => Self::bad_request(code, e.message()),
+            K::NotFound | K::MigrationNotFound => {
+                Self::new(StatusCode::NOT_FOUND, code, e.message())
             }
-            K::Timeout => Self::new(StatusCode::GATEWAY_TIMEOUT, code, e.message()),
             K::SnapshotExpired => Self::new(StatusCode::GONE, code, e.message()),
-            // The pool is shared by all running queries: less concurrent
-            // work (or a smaller query) gets through.
-            K::ResourcesExhausted => Self::overloaded(code, e.message(), 1),
-            K::Storage => Self::unavailable(code, &e),
-            _ => Self::internal(&e),
-        }
-    }
-}
-
-impl From<shardlake_lake::Error> for ApiError {
-    fn from(e: shardlake_lake::Error) -> Self {
-        use shardlake_lake::ErrorKind as K;
-        match e.kind() {
-            K::DataInvalid => Self::bad_request("invalid_events", e.message()),
-            K::ConcurrencyConflict => {
-                let detail = e.concurrency_detail();
-                Self::new(StatusCode::CONFLICT, "concurrency_conflict", e.message())
-                    .with_details("conflict", serde_json::to_value(detail).unwrap_or_default())
+            K::ConcurrencyConflict => Self::new(StatusCode::CONFLICT, code, e.message())
+                .with_details(
+                    "conflict",
+                    serde_json::to_value(e.concurrency_detail()).unwrap_or_default(),
+                ),
+            K::KeyFenced | K::KeysBusy | K::MigrationBusy | K::VerificationFailed => {
+                Self::new(StatusCode::CONFLICT, code, e.message())
             }
-            K::QueueFull => Self::overloaded("ingest_queue_full", e.message(), 1),
+            // The queue and the pool are shared by all requests: less
+            // concurrent work (or a smaller query) gets through.
+            K::QueueFull | K::ResourcesExhausted => Self::overloaded(code, e.message(), 1),
             K::Closed => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
+                code,
                 "the server is shutting down; nothing of this request was committed",
             ),
-            K::Storage | K::CommitConflict | K::SchemaMismatch => {
-                Self::unavailable("storage_unavailable", &e)
+            K::ShardUnavailable => Self {
+                retry_after_secs: Some(1),
+                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.message())
+            },
+            K::Storage | K::CommitConflict | K::SchemaMismatch => Self::unavailable(code, &e),
+            K::QueryTimeout | K::MigrationTimeout => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, code, e.message())
             }
-            K::Timeout => Self::new(StatusCode::GATEWAY_TIMEOUT, "commit_timeout", e.message()),
-            K::SnapshotExpired => Self::new(StatusCode::GONE, "snapshot_expired", e.message()),
             _ => Self::internal(&e),
         }
     }

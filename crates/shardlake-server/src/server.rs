@@ -17,10 +17,8 @@ use crate::state::AppState;
 pub enum ServerError {
     /// The configuration is unusable (the message says why).
     Config(String),
-    /// Opening or closing the lake failed.
-    Lake(shardlake_lake::Error),
-    /// Opening the query engine failed.
-    Query(shardlake_query::Error),
+    /// Opening or closing the lake or the engine failed.
+    Lake(shardlake_core::Error),
     /// The listen address cannot be bound (in use, not local, no permission).
     Bind(SocketAddr, std::io::Error),
     /// Serving the socket failed.
@@ -32,7 +30,6 @@ impl std::fmt::Display for ServerError {
         match self {
             Self::Config(m) => write!(f, "configuration: {m}"),
             Self::Lake(e) => write!(f, "{}", e.message()),
-            Self::Query(e) => write!(f, "query engine: {}", e.message()),
             Self::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             Self::Io(e) => write!(f, "socket: {e}"),
         }
@@ -44,21 +41,14 @@ impl std::error::Error for ServerError {
         match self {
             Self::Config(_) => None,
             Self::Lake(e) => Some(e),
-            Self::Query(e) => Some(e),
             Self::Bind(_, e) | Self::Io(e) => Some(e),
         }
     }
 }
 
-impl From<shardlake_lake::Error> for ServerError {
-    fn from(e: shardlake_lake::Error) -> Self {
+impl From<shardlake_core::Error> for ServerError {
+    fn from(e: shardlake_core::Error) -> Self {
         Self::Lake(e)
-    }
-}
-
-impl From<shardlake_query::Error> for ServerError {
-    fn from(e: shardlake_query::Error) -> Self {
-        Self::Query(e)
     }
 }
 

@@ -61,7 +61,7 @@ impl Worker {
                 batch_bytes = 0;
                 deadline = None;
                 for w in waiters.drain(..) {
-                    let _ = w.send(result.as_ref().map(|_| ()).map_err(copy_error));
+                    let _ = w.send(result.as_ref().map(|_| ()).map_err(Error::clone));
                 }
                 continue;
             }
@@ -168,7 +168,7 @@ impl Worker {
                 EmitterMetrics::add(&m.events_failed, events);
                 warn!(error = %e, events, "giving up on a batch; its callers get the error");
                 for pending in batch {
-                    let _ = pending.ack.send(Err(copy_error(&e)));
+                    let _ = pending.ack.send(Err(e.clone()));
                 }
                 Err(e)
             }
@@ -356,10 +356,6 @@ fn check_expectations(batch: &[Pending], base: &CommitState) -> Vec<Option<Concu
             None
         })
         .collect()
-}
-
-fn copy_error(e: &Error) -> Error {
-    Error::new(e.kind(), e.to_string())
 }
 
 #[cfg(test)]

@@ -854,10 +854,10 @@ impl ShardStub for LosesOneAck {
     async fn write(&self, events: &[Event]) -> shardlake_migrate::Result<()> {
         self.inner.write(events).await?;
         if self.lose.swap(false, Ordering::Relaxed) {
-            return Err(shardlake_migrate::MigrateError::Shard {
-                shard: self.id(),
-                message: "connection reset (after the commit)".into(),
-            });
+            return Err(shardlake_migrate::shard_failed(
+                self.id(),
+                "connection reset (after the commit)",
+            ));
         }
         Ok(())
     }

@@ -4,9 +4,7 @@
 use std::sync::Arc;
 
 use shardlake_core::Event;
-use shardlake_migrate::{
-    HttpShard, InMemoryShard, MigrateError, ShardStub, digest_of, shard_service,
-};
+use shardlake_migrate::{ErrorKind, HttpShard, InMemoryShard, ShardStub, digest_of, shard_service};
 use shardlake_query::{CrossShardQuery, QueryConfig, ReplayQuery};
 
 use crate::plans::lake_with_keys;
@@ -105,7 +103,10 @@ async fn the_http_shard_speaks_the_same_contract_over_a_real_socket() {
     shard.set_accepting(&names, false).await.expect("fence");
     let write = replayed(&lake, &["Order:o-7"]).await;
     match shard.write(&write[..1]).await {
-        Err(MigrateError::Fenced { shard: 5, key }) => assert_eq!(key, "Order:o-7"),
+        Err(e) if e.kind() == ErrorKind::KeyFenced => {
+            assert_eq!(e.context_value("key"), Some("Order:o-7"));
+            assert_eq!(e.context_value("shard"), Some("5"));
+        }
         other => panic!("expected a fenced refusal, got {other:?}"),
     }
     // A shard that is not there: retries, then a clear error.

@@ -8,7 +8,7 @@ pub use events::EventsTable;
 
 /// The `things` view: the latest state of every entity (by commit position),
 /// entities whose latest event is `thing.deleted` excluded. Columns follow
-/// seed 001's Thing: `id`, `type`, `version`, `created_at`, `updated_at`,
+/// the Thing of the typed API: `id`, `type`, `version`, `created_at`, `updated_at`,
 /// `namespace`, `payload`, plus `events` and `position` (of the latest event).
 ///
 /// An aggregate rather than a window: `first_value`/`last_value` keep their

@@ -43,7 +43,7 @@ async fn a_timeout_stops_the_query_not_just_the_wait() {
         .expect("the timeout did not stop the query")
         .expect("task")
         .expect_err("times out");
-    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
     // ...and once it is really stopped, its operators are dropped and the
     // pool is empty again. An abandoned query would keep growing it.
     // (Polled up to 30 s: dropping the operators is not instant on a
@@ -71,7 +71,7 @@ async fn a_timeout_stops_the_query_not_just_the_wait() {
     let item = futures::StreamExt::next(&mut stream)
         .await
         .expect("an item");
-    assert_eq!(item.expect_err("timeout").kind(), ErrorKind::Timeout);
+    assert_eq!(item.expect_err("timeout").kind(), ErrorKind::QueryTimeout);
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Partitioned subscriptions with durable checkpoints (seed 003).
+//! Partitioned subscriptions with durable checkpoints.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};

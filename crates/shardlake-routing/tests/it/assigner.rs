@@ -7,8 +7,8 @@ use serde_json::json;
 use shardlake_core::Event;
 use shardlake_routing::assigner::{HintKind, Priority};
 use shardlake_routing::{
-    AssignStrategy, AssignerConfig, KeyOrigin, KeySource, RoutingError, RoutingKey, ShardAssigner,
-    ShardRouter, Strategy, Topology, TrackingLimits,
+    AssignStrategy, AssignerConfig, KeyOrigin, KeySource, RoutingKey, ShardAssigner, ShardRouter,
+    Strategy, Topology, TrackingLimits,
 };
 
 #[test]
@@ -85,10 +85,12 @@ fn keys_come_from_fields_composites_functions_and_fallbacks() {
 
     config.strict = true;
     let strict = ShardAssigner::new(config).expect("assigner");
-    assert!(matches!(
-        strict.assign(&json!({"id": "x-1"})),
-        Err(RoutingError::MissingKey(_))
-    ));
+    let refused = strict.assign(&json!({"id": "x-1"})).expect_err("no key");
+    assert_eq!(
+        refused.context_value("refused"),
+        Some("missing_key"),
+        "{refused}"
+    );
     assert!(
         strict.assign(&json!({"customer_id": 17})).is_ok(),
         "numbers are keys too"

@@ -1,4 +1,4 @@
-//! Keyed lanes in the style of seed 000: 20 keys x 10 items on 10 lanes.
+//! Keyed lanes: 20 keys x 10 items on 10 lanes.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -86,8 +86,9 @@ pub async fn ingest(
             "the ingestion queue stayed full; nothing of this request was queued, retry later",
             1,
         )
-    })??;
-    let ack = queued.await?;
+    })?
+    .map_err(ingest_error)?;
+    let ack = queued.await.map_err(ingest_error)?;
     if all_invalid {
         return Err(ApiError::bad_request(
             "invalid_events",
@@ -100,6 +101,16 @@ pub async fn ingest(
     }
     Span::current().record("accepted", ack.accepted);
     Ok(Json(ack))
+}
+
+/// An emitter's error as this route answers it: invalid input is
+/// `invalid_events` here, as the API documents; the rest as everywhere.
+fn ingest_error(e: shardlake_core::Error) -> ApiError {
+    if e.kind() == shardlake_core::ErrorKind::DataInvalid {
+        ApiError::bad_request("invalid_events", e.message())
+    } else {
+        ApiError::from(e)
+    }
 }
 
 /// Header stating, per shard, the committed watermark the request expects

@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shardlake_migrate::{
-    HttpShard, MigrateError, MigrationConfig, MigrationPlan, MigrationReport, Migrator, ShardSet,
-    WriteGate, current_topology, generate_rebalance_plan, key_stats, migration_report,
+    HttpShard, MigrationConfig, MigrationPlan, MigrationReport, Migrator, ShardSet, WriteGate,
+    current_topology, generate_rebalance_plan, key_stats, migration_not_found, migration_report,
     migration_reports, plan_add_shard, plan_remove_shard, publish_topology,
 };
 use shardlake_routing::{ShardRouter, SharedRouter, Topology};
@@ -38,24 +38,6 @@ pub struct ChangeRequest {
     current: Option<Topology>,
 }
 
-fn api_error(e: MigrateError) -> ApiError {
-    let code = e.code();
-    match e {
-        MigrateError::InvalidPlan(_) | MigrateError::Routing(_) | MigrateError::InvalidWrite(_) => {
-            ApiError::bad_request(code, e.to_string())
-        }
-        MigrateError::KeysBusy { .. } | MigrateError::Fenced { .. } | MigrateError::Busy(_) => {
-            ApiError::new(StatusCode::CONFLICT, code, e.to_string())
-        }
-        MigrateError::Unknown(_) => ApiError::new(StatusCode::NOT_FOUND, code, e.to_string()),
-        MigrateError::Query(q) => ApiError::from(q),
-        MigrateError::Store(_) | MigrateError::Shard { .. } => ApiError::unavailable(code, &e),
-        MigrateError::Timeout { .. }
-        | MigrateError::VerificationFailed(_)
-        | MigrateError::Internal(_) => ApiError::internal(e),
-    }
-}
-
 /// The recorded topology, else the request's `current` (recorded if
 /// `record`).
 async fn topology_in_use(
@@ -64,7 +46,7 @@ async fn topology_in_use(
     record: bool,
 ) -> Result<Topology, ApiError> {
     let control = state.lake().control().await.map_err(ApiError::from)?;
-    if let Some(t) = current_topology(&control).await.map_err(api_error)? {
+    if let Some(t) = current_topology(&control).await.map_err(ApiError::from)? {
         return Ok(t);
     }
     let Some(t) = current else {
@@ -74,7 +56,9 @@ async fn topology_in_use(
         ));
     };
     if record {
-        publish_topology(&control, &t).await.map_err(api_error)?;
+        publish_topology(&control, &t)
+            .await
+            .map_err(ApiError::from)?;
     }
     Ok(t)
 }
@@ -86,7 +70,7 @@ async fn plan(
 ) -> Result<MigrationPlan, ApiError> {
     let from = topology_in_use(state, request.current, record).await?;
     let rate = state.config().migration.replay_events_per_second;
-    let keys = key_stats(state.engine()).await.map_err(api_error)?;
+    let keys = key_stats(state.engine()).await.map_err(ApiError::from)?;
     let plan = match (request.add_shard, request.remove_shard, request.topology) {
         (Some(id), None, None) => plan_add_shard(&from, id, &keys, rate),
         (None, Some(id), None) => plan_remove_shard(&from, id, &keys, rate),
@@ -101,7 +85,7 @@ async fn plan(
             ));
         }
     };
-    plan.map_err(api_error)
+    plan.map_err(ApiError::from)
 }
 
 /// A migrator over the configured shard endpoints; every shard the plan
@@ -129,9 +113,9 @@ async fn migrator(state: &AppState, plan: &MigrationPlan) -> Result<Migrator, Ap
     let control = state.lake().control().await.map_err(ApiError::from)?;
     let current = current_topology(&control)
         .await
-        .map_err(api_error)?
+        .map_err(ApiError::from)?
         .unwrap_or_else(|| plan.from.clone());
-    let router = ShardRouter::new(current).map_err(|e| api_error(e.into()))?;
+    let router = ShardRouter::new(current).map_err(ApiError::from)?;
     let gate = Arc::new(WriteGate::new(
         Arc::new(SharedRouter::new(router)),
         shards,
@@ -147,7 +131,7 @@ async fn migrator(state: &AppState, plan: &MigrationPlan) -> Result<Migrator, Ap
     };
     Migrator::open(state.lake(), state.engine().clone(), gate, config)
         .await
-        .map_err(api_error)
+        .map_err(ApiError::from)
 }
 
 /// A record without its (possibly long) list of key moves.
@@ -185,10 +169,10 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Permission::Admin)?;
     let control = state.lake().control().await.map_err(ApiError::from)?;
-    let topology = current_topology(&control).await.map_err(api_error)?;
+    let topology = current_topology(&control).await.map_err(ApiError::from)?;
     let migrations: Vec<Value> = migration_reports(&control)
         .await
-        .map_err(api_error)?
+        .map_err(ApiError::from)?
         .iter()
         .map(summary)
         .collect();
@@ -207,9 +191,9 @@ pub async fn get(
     let control = state.lake().control().await.map_err(ApiError::from)?;
     migration_report(&control, &id)
         .await
-        .map_err(api_error)?
+        .map_err(ApiError::from)?
         .map(Json)
-        .ok_or_else(|| api_error(MigrateError::Unknown(format!("no migration `{id}`"))))
+        .ok_or_else(|| ApiError::from(migration_not_found(&id)))
 }
 
 /// `POST /v1/migrations/plan`: what a change would move (changes nothing).
@@ -234,7 +218,7 @@ pub async fn start(
     let control = state.lake().control().await.map_err(ApiError::from)?;
     if let Some(open) = migration_reports(&control)
         .await
-        .map_err(api_error)?
+        .map_err(ApiError::from)?
         .into_iter()
         .find(|r| r.status.is_open())
     {
@@ -249,7 +233,7 @@ pub async fn start(
     }
     let plan = plan(&state, request, true).await?;
     let migrator = migrator(&state, &plan).await?;
-    let prepared = migrator.prepare(plan).await.map_err(api_error)?;
+    let prepared = migrator.prepare(plan).await.map_err(ApiError::from)?;
     let (id, status) = (prepared.id.clone(), prepared.status);
     tokio::spawn(async move {
         let _slot = slot;
@@ -278,8 +262,8 @@ pub async fn act(
     let control = state.lake().control().await.map_err(ApiError::from)?;
     let report = migration_report(&control, &id)
         .await
-        .map_err(api_error)?
-        .ok_or_else(|| api_error(MigrateError::Unknown(format!("no migration `{id}`"))))?;
+        .map_err(ApiError::from)?
+        .ok_or_else(|| ApiError::from(migration_not_found(&id)))?;
     if !report.status.is_open() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -4,7 +4,7 @@
 //! `after_position` (the cursor), `after_seq`, `snapshot_id` (or
 //! `snapshot`), `as_of` (RFC 3339), `since_snapshot`, `format` (`ndjson`,
 //! the default, or `arrow`). NDJSON lines are events in their JSON form
-//! (DESIGN.md), nothing else, so a consumer can pipe them anywhere; the
+//! (README, "The event"), nothing else, so a consumer can pipe them anywhere; the
 //! pinned snapshot is in the `x-shardlake-snapshot` header (resume against
 //! the same snapshot with `snapshot_id=`), the scan statistics in the
 //! `x-shardlake-stats` trailer. The snapshot handed out is leased against
