@@ -13,13 +13,13 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use shardlake_lake::{EmitterConfig, Lake};
 use shardlake_migrate::{
-    HttpShard, InMemoryShard, MigrationConfig, MigrationPlan, MigrationReport, MigrationStatus,
-    Migrator, ShardSet, ShardStub, WriteGate, analyze_balance, current_topology,
-    cut_over_per_store, generate_rebalance_plan, key_stats, migration_report, migration_reports,
-    plan_add_shard, plan_remove_shard, publish_topology, shard_service,
+    HttpShard, InMemoryShard, MigrationConfig, MigrationPlan, MigrationReport, MigrationSetup,
+    MigrationStatus, Migrator, ShardStub, TopologyChange, analyze_balance, current_topology,
+    cut_over_per_store, key_stats, migration_report, migration_reports, plan_change, plan_shards,
+    publish_topology, shard_service,
 };
 use shardlake_query::{CrossShardQuery, QueryConfig, ReplayQuery};
-use shardlake_routing::{ShardId, ShardRouter, SharedRouter, Strategy, Topology};
+use shardlake_routing::{ShardId, ShardRouter, Strategy, Topology};
 
 use crate::lake_args::LakeArgs;
 
@@ -346,29 +346,25 @@ async fn plan(
     change: &ChangeArgs,
     rate: f64,
 ) -> anyhow::Result<MigrationPlan> {
-    let keys = key_stats(engine).await?;
-    Ok(match change {
+    let change = match change {
         ChangeArgs {
             add_shard: Some(id),
             ..
-        } => plan_add_shard(from, *id, &keys, rate)?,
+        } => TopologyChange::AddShard(*id),
         ChangeArgs {
             remove_shard: Some(id),
             ..
-        } => plan_remove_shard(from, *id, &keys, rate)?,
+        } => TopologyChange::RemoveShard(*id),
         ChangeArgs {
             rebalance_to: Some(path),
             ..
-        } => {
-            let mut to = Topology::parse(
-                &std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?,
-            )?;
-            to.version = from.version + 1;
-            generate_rebalance_plan(from, &to, &keys, rate)?
-        }
+        } => TopologyChange::RebalanceTo(Topology::parse(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )?),
         _ => bail!("say what changes: --add-shard, --remove-shard or --rebalance-to"),
-    })
+    };
+    Ok(plan_change(engine, from, change, rate).await?)
 }
 
 async fn print_plan(
@@ -532,10 +528,6 @@ async fn check_endpoints(endpoints: &[(ShardId, String)], talk: bool) -> anyhow:
 }
 
 /// Every shard `plan` moves keys from or to: a run talks to all of them.
-fn plan_shards(plan: &MigrationPlan) -> BTreeSet<ShardId> {
-    plan.moves.iter().flat_map(|m| [m.from, m.to]).collect()
-}
-
 /// A migrator whose shards are the `--shard-url` endpoints (which must
 /// cover `needed`), with a progress bar.
 async fn migrator(
@@ -545,32 +537,22 @@ async fn migrator(
     needed: BTreeSet<ShardId>,
     run: &RunArgs,
 ) -> anyhow::Result<Migrator> {
-    let shards = Arc::new(ShardSet::new());
-    for (id, url) in &run.shard_urls {
-        shards.insert(Arc::new(HttpShard::new(*id, url.clone())));
-    }
-    let needed: Vec<ShardId> = needed
-        .into_iter()
-        .filter(|s| !run.shard_urls.iter().any(|(id, _)| id == s))
-        .collect();
-    if !needed.is_empty() {
+    let setup = MigrationSetup::new(
+        run.shard_urls.iter().cloned(),
+        MigrationConfig {
+            timeout: Duration::from_secs(run.timeout_secs),
+            batch_size: run.batch_size.max(1),
+            rollback_on_failure: !run.no_rollback,
+            lease: Duration::from_secs(run.lease_secs.max(1)),
+            ..MigrationConfig::default()
+        },
+    );
+    let missing = setup.missing_endpoints(needed);
+    if !missing.is_empty() {
         bail!(
-            "the migration needs the endpoints of shards {needed:?}: pass --shard-url ID=URL for each"
+            "the migration needs the endpoints of shards {missing:?}: pass --shard-url ID=URL for each"
         );
     }
-    let control = lake.control().await?;
-    let current = current_topology(&control)
-        .await?
-        .unwrap_or_else(|| plan.from.clone());
-    let router = Arc::new(SharedRouter::new(ShardRouter::new(current)?));
-    let gate = Arc::new(WriteGate::new(router, shards, control));
-    let config = MigrationConfig {
-        timeout: Duration::from_secs(run.timeout_secs),
-        batch_size: run.batch_size.max(1),
-        rollback_on_failure: !run.no_rollback,
-        lease: Duration::from_secs(run.lease_secs.max(1)),
-        ..MigrationConfig::default()
-    };
     let bar = if run.quiet || run.json {
         ProgressBar::hidden()
     } else {
@@ -584,7 +566,8 @@ async fn migrator(
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
     };
-    Ok(Migrator::open(lake, engine, gate, config)
+    Ok(setup
+        .migrator(lake, engine, plan)
         .await?
         .on_progress(move |p| {
             bar.set_message(p.phase.as_str());

@@ -13,7 +13,9 @@
 //! - [`execute`]: the phased migration (copy, catch up, fence, cut over,
 //!   flush, verify, complete; or roll back), resumable after a crash;
 //! - [`record`]: what a migration records about itself (its durable state
-//!   and its result).
+//!   and its result);
+//! - [`setup`]: from a requested change to a plan and a migrator, the one
+//!   way the CLI and the server both start a migration.
 
 mod error;
 pub mod execute;
@@ -21,6 +23,7 @@ pub mod gate;
 pub mod http;
 pub mod plan;
 pub mod record;
+pub mod setup;
 pub mod stub;
 
 pub use error::{Error, ErrorKind, Result, key_fenced, migration_not_found, shard_failed};
@@ -36,4 +39,5 @@ pub use record::{
     current_topology, cut_over_per_store, migration_id, migration_report, migration_reports,
     publish_topology,
 };
+pub use setup::{MigrationSetup, TopologyChange, plan_change, plan_shards};
 pub use stub::{ApplyAck, HttpShard, InMemoryShard, KeyDigest, ShardStub, digest_of};

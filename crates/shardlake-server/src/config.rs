@@ -465,35 +465,44 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail closure returns its own error type"
+    )]
     fn toml_overrides_defaults_and_unknown_fields_are_errors() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("shardlake.toml");
-        std::fs::write(
-            &file,
-            r#"
-listen = "127.0.0.1:9999"
-[limits]
-query_timeout_ms = 1234
-[[tokens]]
-name = "acme"
-token = "secret"
-namespaces = ["acme"]
-permissions = ["query", "ingest"]
-"#,
-        )
-        .expect("write");
-        let c = ServerConfig::load(Some(&file)).expect("loads");
-        assert_eq!(c.listen.port(), 9999);
-        assert_eq!(c.limits.query_timeout_ms, 1234);
-        assert_eq!(c.limits.max_rows, Limits::default().max_rows);
-        assert_eq!(
-            c.tokens[0].permissions,
-            vec![Permission::Query, Permission::Ingest]
-        );
+        // Env-reading tests take turns (the Jail's lock): another one's
+        // variables must not leak into this one.
+        figment::Jail::expect_with(|_| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let file = dir.path().join("shardlake.toml");
+            std::fs::write(
+                &file,
+                r#"
+    listen = "127.0.0.1:9999"
+    [limits]
+    query_timeout_ms = 1234
+    [[tokens]]
+    name = "acme"
+    token = "secret"
+    namespaces = ["acme"]
+    permissions = ["query", "ingest"]
+    "#,
+            )
+            .expect("write");
+            let c = ServerConfig::load(Some(&file)).expect("loads");
+            assert_eq!(c.listen.port(), 9999);
+            assert_eq!(c.limits.query_timeout_ms, 1234);
+            assert_eq!(c.limits.max_rows, Limits::default().max_rows);
+            assert_eq!(
+                c.tokens[0].permissions,
+                vec![Permission::Query, Permission::Ingest]
+            );
 
-        std::fs::write(&file, "[limits]\nquery_timeot_ms = 1\n").expect("write");
-        let err = ServerConfig::load(Some(&file)).expect_err("typo");
-        assert!(err.to_string().contains("query_timeot_ms"), "{err}");
+            std::fs::write(&file, "[limits]\nquery_timeot_ms = 1\n").expect("write");
+            let err = ServerConfig::load(Some(&file)).expect_err("typo");
+            assert!(err.to_string().contains("query_timeot_ms"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]
@@ -517,39 +526,48 @@ permissions = ["query", "ingest"]
     }
 
     #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail closure returns its own error type"
+    )]
     fn the_maintenance_section_has_the_documented_keys_and_the_old_interval_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("shardlake.toml");
-        std::fs::write(
-            &file,
-            r#"
-[maintenance]
-enabled = true
-interval_secs = 5
-snapshot_retention_secs = 120
-min_snapshots_to_keep = 3
-orphan_grace_secs = 30
-[compaction]
-min_small_files = 4
-"#,
-        )
-        .expect("write");
-        let c = ServerConfig::load(Some(&file)).expect("loads");
-        c.check().expect("consistent");
-        let m = c.maintenance_config();
-        assert_eq!(m.retention.retention, Duration::from_secs(120));
-        assert_eq!(m.retention.min_snapshots_to_keep, 3);
-        assert_eq!(m.orphan_grace, Duration::from_secs(30));
-        assert_eq!(m.compaction.map(|c| c.min_small_files), Some(4));
-        let defaults = ServerConfig::default();
-        assert_eq!(defaults.maintenance.interval_secs, 60);
-        assert_eq!(defaults.maintenance.snapshot_retention_secs, 3600);
-        assert_eq!(defaults.maintenance.min_snapshots_to_keep, 10);
-        assert_eq!(defaults.maintenance.orphan_grace_secs, 3600);
+        // Env-reading tests take turns (the Jail's lock): another one's
+        // variables must not leak into this one.
+        figment::Jail::expect_with(|_| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let file = dir.path().join("shardlake.toml");
+            std::fs::write(
+                &file,
+                r#"
+    [maintenance]
+    enabled = true
+    interval_secs = 5
+    snapshot_retention_secs = 120
+    min_snapshots_to_keep = 3
+    orphan_grace_secs = 30
+    [compaction]
+    min_small_files = 4
+    "#,
+            )
+            .expect("write");
+            let c = ServerConfig::load(Some(&file)).expect("loads");
+            c.check().expect("consistent");
+            let m = c.maintenance_config();
+            assert_eq!(m.retention.retention, Duration::from_secs(120));
+            assert_eq!(m.retention.min_snapshots_to_keep, 3);
+            assert_eq!(m.orphan_grace, Duration::from_secs(30));
+            assert_eq!(m.compaction.map(|c| c.min_small_files), Some(4));
+            let defaults = ServerConfig::default();
+            assert_eq!(defaults.maintenance.interval_secs, 60);
+            assert_eq!(defaults.maintenance.snapshot_retention_secs, 3600);
+            assert_eq!(defaults.maintenance.min_snapshots_to_keep, 10);
+            assert_eq!(defaults.maintenance.orphan_grace_secs, 3600);
 
-        std::fs::write(&file, "[compaction]\ninterval_secs = 300\n").expect("write");
-        let old = ServerConfig::load(Some(&file)).expect("parses");
-        let err = old.check().expect_err("refused");
-        assert!(err.contains("maintenance.interval_secs"), "{err}");
+            std::fs::write(&file, "[compaction]\ninterval_secs = 300\n").expect("write");
+            let old = ServerConfig::load(Some(&file)).expect("parses");
+            let err = old.check().expect_err("refused");
+            assert!(err.contains("maintenance.interval_secs"), "{err}");
+            Ok(())
+        });
     }
 }

@@ -4,7 +4,6 @@
 //! after a restart. A server stopped mid-migration leaves it `running`:
 //! `POST /v1/migrations/{id}/resume` continues it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -14,11 +13,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shardlake_migrate::{
-    HttpShard, MigrationConfig, MigrationPlan, MigrationReport, Migrator, ShardSet, WriteGate,
-    current_topology, generate_rebalance_plan, key_stats, migration_not_found, migration_report,
-    migration_reports, plan_add_shard, plan_remove_shard, publish_topology,
+    MigrationConfig, MigrationPlan, MigrationReport, MigrationSetup, Migrator, TopologyChange,
+    current_topology, migration_not_found, migration_report, migration_reports, plan_change,
+    plan_shards, publish_topology,
 };
-use shardlake_routing::{ShardRouter, SharedRouter, Topology};
+use shardlake_routing::Topology;
 
 use crate::auth::Authenticated;
 use crate::config::Permission;
@@ -68,16 +67,10 @@ async fn plan(
     request: ChangeRequest,
     record: bool,
 ) -> Result<MigrationPlan, ApiError> {
-    let from = topology_in_use(state, request.current, record).await?;
-    let rate = state.config().migration.replay_events_per_second;
-    let keys = key_stats(state.engine()).await.map_err(ApiError::from)?;
-    let plan = match (request.add_shard, request.remove_shard, request.topology) {
-        (Some(id), None, None) => plan_add_shard(&from, id, &keys, rate),
-        (None, Some(id), None) => plan_remove_shard(&from, id, &keys, rate),
-        (None, None, Some(mut to)) => {
-            to.version = from.version + 1;
-            generate_rebalance_plan(&from, &to, &keys, rate)
-        }
+    let change = match (request.add_shard, request.remove_shard, request.topology) {
+        (Some(id), None, None) => TopologyChange::AddShard(id),
+        (None, Some(id), None) => TopologyChange::RemoveShard(id),
+        (None, None, Some(to)) => TopologyChange::RebalanceTo(to),
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_plan",
@@ -85,53 +78,35 @@ async fn plan(
             ));
         }
     };
-    plan.map_err(ApiError::from)
+    let from = topology_in_use(state, request.current, record).await?;
+    let rate = state.config().migration.replay_events_per_second;
+    Ok(plan_change(state.engine(), &from, change, rate).await?)
 }
 
 /// A migrator over the configured shard endpoints; every shard the plan
 /// touches must have one.
 async fn migrator(state: &AppState, plan: &MigrationPlan) -> Result<Migrator, ApiError> {
-    let endpoints = &state.config().shards;
-    let shards = Arc::new(ShardSet::new());
-    for e in endpoints {
-        shards.insert(Arc::new(HttpShard::new(e.id, e.url.clone())));
-    }
-    let mut missing: Vec<u32> = plan
-        .moves
-        .iter()
-        .flat_map(|m| [m.from, m.to])
-        .filter(|s| !endpoints.iter().any(|e| e.id == *s))
-        .collect();
-    missing.sort_unstable();
-    missing.dedup();
+    let settings = &state.config().migration;
+    let setup = MigrationSetup::new(
+        state.config().shards.iter().map(|e| (e.id, e.url.clone())),
+        MigrationConfig {
+            timeout: Duration::from_secs(settings.timeout_secs),
+            batch_size: settings.batch_size.max(1),
+            rollback_on_failure: settings.rollback_on_failure,
+            lease: Duration::from_secs(settings.lease_secs.max(1)),
+            ..MigrationConfig::default()
+        },
+    );
+    let missing = setup.missing_endpoints(plan_shards(plan));
     if !missing.is_empty() {
         return Err(ApiError::bad_request(
             "shard_endpoint_missing",
             format!("configure [[shards]] endpoints for shards {missing:?}"),
         ));
     }
-    let control = state.lake().control().await.map_err(ApiError::from)?;
-    let current = current_topology(&control)
-        .await
-        .map_err(ApiError::from)?
-        .unwrap_or_else(|| plan.from.clone());
-    let router = ShardRouter::new(current).map_err(ApiError::from)?;
-    let gate = Arc::new(WriteGate::new(
-        Arc::new(SharedRouter::new(router)),
-        shards,
-        control,
-    ));
-    let settings = &state.config().migration;
-    let config = MigrationConfig {
-        timeout: Duration::from_secs(settings.timeout_secs),
-        batch_size: settings.batch_size.max(1),
-        rollback_on_failure: settings.rollback_on_failure,
-        lease: Duration::from_secs(settings.lease_secs.max(1)),
-        ..MigrationConfig::default()
-    };
-    Migrator::open(state.lake(), state.engine().clone(), gate, config)
-        .await
-        .map_err(ApiError::from)
+    Ok(setup
+        .migrator(state.lake(), state.engine().clone(), plan)
+        .await?)
 }
 
 /// A record without its (possibly long) list of key moves.

@@ -1,0 +1,180 @@
+//! Streaming: a prepared query run on the query runtime by a task of its
+//! own, its record batches handed over as they are produced through a
+//! small channel, and `QueryStream`, which reads them, holds them to the
+//! query's limit and timeout, and reports scan statistics at the end.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use futures::{Stream, StreamExt};
+use shardlake_lake::executor;
+use shardlake_lake::pins::OpenPin;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::ResultLimit;
+use super::query::{PreparedQuery, timeout_error, within};
+use crate::error::{Error, ErrorKind, Result};
+use crate::recorder::ScanRecorder;
+use crate::stats::ScanStats;
+
+impl PreparedQuery {
+    /// Runs the query on the engine's query runtime and streams its
+    /// batches as they are produced. The result cache is not used.
+    pub async fn stream(self) -> Result<QueryStream> {
+        let Self {
+            query,
+            snapshot,
+            hold,
+            started,
+            ..
+        } = self;
+        let deadline = query
+            .timeout
+            .map(|t| (t, tokio::time::Instant::from_std(started) + t));
+        let engine = query.engine.clone();
+        let (limit, snapshot_id) = (query.limit, snapshot.snapshot_id);
+        let (planned_tx, planned_rx) = tokio::sync::oneshot::channel();
+        // Two batches in flight: the producer stays one ahead of the reader.
+        let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(2);
+        let task = executor::spawn(engine.inner.cpu.as_ref(), async move {
+            let (ctx, recorder) = query.engine.session(&snapshot, &query.scope);
+            let planned = match query.physical(&ctx).await {
+                Ok(plan) => execute_stream(Arc::clone(&plan), ctx.task_ctx())
+                    .map(|rows| (plan, rows))
+                    .map_err(Error::from),
+                Err(e) => Err(e),
+            };
+            let mut rows = match planned {
+                Ok((plan, rows)) => {
+                    if planned_tx.send(Ok((plan, recorder))).is_err() {
+                        return;
+                    }
+                    rows
+                }
+                Err(e) => {
+                    let _ = planned_tx.send(Err(e));
+                    return;
+                }
+            };
+            while let Some(batch) = rows.next().await {
+                if batches_tx.send(batch.map_err(Error::from)).await.is_err() {
+                    break; // the reader is gone: stop
+                }
+            }
+            drop(query.guard);
+        });
+        let planned = within(deadline, async {
+            planned_rx.await.map_err(|_| {
+                Error::new(ErrorKind::Unexpected, "the query stopped while planning")
+            })?
+        })
+        .await?;
+        let (plan, recorder) = planned;
+        Ok(QueryStream {
+            schema: plan.schema(),
+            inner: Some(batches_rx),
+            _task: Some(task),
+            plan,
+            recorder,
+            started,
+            rows: 0,
+            bytes: 0,
+            limit,
+            snapshot_id,
+            deadline: deadline.map(|(limit, at)| (limit, Box::pin(tokio::time::sleep_until(at)))),
+            stats: None,
+            _hold: hold,
+        })
+    }
+}
+
+/// Record batches of a running query, in production order. Dropping the
+/// stream cancels the query.
+pub struct QueryStream {
+    schema: SchemaRef,
+    /// Batches from the task running the plan; `None` once ended.
+    inner: Option<tokio::sync::mpsc::Receiver<Result<RecordBatch>>>,
+    /// The task running the plan (on the query runtime); dropping it
+    /// stops the query.
+    _task: Option<AbortOnDropHandle<()>>,
+    plan: Arc<dyn ExecutionPlan>,
+    recorder: Arc<ScanRecorder>,
+    started: Instant,
+    rows: u64,
+    bytes: u64,
+    limit: ResultLimit,
+    snapshot_id: Option<i64>,
+    deadline: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    stats: Option<ScanStats>,
+    /// Keeps the snapshot from expiring until the stream is dropped.
+    _hold: Option<OpenPin>,
+}
+
+impl QueryStream {
+    /// The result schema.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    /// The snapshot the stream reads (`None`: an empty table).
+    pub fn snapshot_id(&self) -> Option<i64> {
+        self.snapshot_id
+    }
+
+    /// Scan statistics, once the stream has ended.
+    pub fn stats(&self) -> Option<&ScanStats> {
+        self.stats.as_ref()
+    }
+}
+
+impl Stream for QueryStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some((limit, sleep)) = this.deadline.as_mut()
+            && sleep.as_mut().poll(cx).is_ready()
+            && this.inner.is_some()
+        {
+            // Aborting the task drops the DataFusion stream, which stops
+            // its own tasks.
+            this.inner = None;
+            this._task = None;
+            return Poll::Ready(Some(Err(timeout_error(*limit))));
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.poll_recv(cx) {
+            Poll::Ready(Some(Ok(batch))) => {
+                if let Err(e) = this.limit.account(&mut this.rows, &mut this.bytes, &batch) {
+                    this.inner = None;
+                    this._task = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.inner = None;
+                this._task = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.inner = None;
+                this.stats = Some(ScanStats::from_execution(
+                    &this.recorder.findings(),
+                    &this.plan,
+                    this.rows,
+                    this.started.elapsed().as_secs_f64() * 1e3,
+                ));
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
