@@ -21,6 +21,7 @@ mod event;
 pub mod hash;
 pub mod json_id;
 pub mod schema;
+pub mod serde_duration;
 
 pub use batch::{
     EventBatch, EventBatchBuilder, MAX_REJECTED_RAW_BYTES, RejectedLine, events_from_batch,

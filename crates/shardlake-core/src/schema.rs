@@ -36,6 +36,54 @@ pub mod columns {
     pub const POSITION: &str = "position";
 }
 
+/// Stable field ids of the columns (Iceberg's field ids, also written into
+/// every data file's Parquet schema as `PARQUET:field_id`, in either table
+/// format). Never renumber: ids are how readers find columns across schema
+/// versions.
+pub mod field_ids {
+    /// `namespace`
+    pub const NAMESPACE: i32 = 1;
+    /// `shard_id`
+    pub const SHARD_ID: i32 = 2;
+    /// `seq`
+    pub const SEQ: i32 = 3;
+    /// `partition_key`
+    pub const PARTITION_KEY: i32 = 4;
+    /// `entity_type`
+    pub const ENTITY_TYPE: i32 = 5;
+    /// `entity_id`
+    pub const ENTITY_ID: i32 = 6;
+    /// `event_type`
+    pub const EVENT_TYPE: i32 = 7;
+    /// `version`
+    pub const VERSION: i32 = 8;
+    /// `ts`
+    pub const TS: i32 = 9;
+    /// `idempotency_key`
+    pub const IDEMPOTENCY_KEY: i32 = 10;
+    /// `payload`
+    pub const PAYLOAD: i32 = 11;
+    /// `position`
+    pub const POSITION: i32 = 12;
+
+    /// Every column's id in table order, indexed like
+    /// [`super::event_schema`]'s fields.
+    pub const IN_TABLE_ORDER: [i32; 12] = [
+        NAMESPACE,
+        SHARD_ID,
+        SEQ,
+        PARTITION_KEY,
+        ENTITY_TYPE,
+        ENTITY_ID,
+        EVENT_TYPE,
+        VERSION,
+        TS,
+        IDEMPOTENCY_KEY,
+        PAYLOAD,
+        POSITION,
+    ];
+}
+
 /// The time zone every `ts` is stored in: UTC, spelled as Iceberg's Arrow
 /// mapping of `timestamptz` spells it, so table, files and scans agree exactly.
 pub const TS_TIMEZONE: &str = "+00:00";
@@ -96,5 +144,16 @@ mod tests {
         }
         assert_eq!(table.field(11).name(), columns::POSITION);
         assert!(!table.field(11).is_nullable());
+    }
+
+    #[test]
+    fn every_column_has_its_own_field_id() {
+        let ids = field_ids::IN_TABLE_ORDER;
+        assert_eq!(ids.len(), event_schema().fields().len());
+        // The ids the table was created with: 1..=12 in column order.
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(*id as usize, i + 1, "{}", event_schema().field(i).name());
+        }
+        assert_eq!(ids[11], field_ids::POSITION);
     }
 }

@@ -6,21 +6,45 @@
 //! shards' events it holds ([`crate::file_meta`]) and its directory or
 //! partition value prunes it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
-use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Int32Type, Int64Type, SchemaRef, TimestampMicrosecondType};
+use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use shardlake_core::schema::columns;
+use shardlake_core::event_schema;
+use shardlake_core::schema::{columns, field_ids};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::commit::CommitPlan;
 use crate::error::{Error, ErrorKind, Result};
-use crate::iceberg::arrow_schema_with_field_ids;
+
+static ARROW_SCHEMA_WITH_FIELD_IDS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let fields = event_schema()
+        .fields()
+        .iter()
+        .zip(field_ids::IN_TABLE_ORDER)
+        .map(|(field, id)| {
+            field.as_ref().clone().with_metadata(HashMap::from([(
+                PARQUET_FIELD_ID_META_KEY.to_owned(),
+                id.to_string(),
+            )]))
+        })
+        .collect::<Vec<_>>();
+    Arc::new(arrow::datatypes::Schema::new(fields))
+});
+
+/// [`shardlake_core::event_schema`] with each column's field id as
+/// `PARQUET:field_id` metadata: the schema of every data file, in either
+/// format (Iceberg readers find columns by these ids).
+pub fn arrow_schema_with_field_ids() -> SchemaRef {
+    Arc::clone(&ARROW_SCHEMA_WITH_FIELD_IDS)
+}
 
 /// How data files are laid out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,23 +119,40 @@ impl WriterConfig {
     }
 }
 
-/// Cuts `rows` into slices of at most `max_bytes` uncompressed bytes (at
-/// least one row each).
+/// The variable-width (Utf8) columns of the table: their lengths dominate a
+/// row's size, so [`cut`] measures them row by row.
+const VARIABLE_COLUMNS: [&str; 7] = [
+    columns::NAMESPACE,
+    columns::PARTITION_KEY,
+    columns::ENTITY_TYPE,
+    columns::ENTITY_ID,
+    columns::EVENT_TYPE,
+    columns::IDEMPOTENCY_KEY,
+    columns::PAYLOAD,
+];
+
+/// Bytes of a row's fixed-width columns: `shard_id` (4) plus `seq`,
+/// `version`, `ts` and `position` (8 each). The test below derives it from
+/// the schema.
+const FIXED_ROW_BYTES: usize = 36;
+
+/// Cuts `rows` (in the table's schema) into slices of at most `max_bytes`
+/// uncompressed bytes (at least one row each).
 pub(crate) fn cut(rows: &RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
-    let string_bytes = |i: usize| -> Vec<usize> {
-        let a = rows.column(i).as_string::<i32>();
+    let string_bytes = |name: &str| -> Option<Vec<usize>> {
+        let a = rows.column_by_name(name)?.as_string::<i32>();
         let o = a.value_offsets();
-        (0..a.len()).map(|r| (o[r + 1] - o[r]) as usize).collect()
+        Some((0..a.len()).map(|r| (o[r + 1] - o[r]) as usize).collect())
     };
     // Fixed-width columns plus the variable ones that dominate.
-    let variable: Vec<Vec<usize>> = [0, 3, 4, 5, 6, 9, 10]
+    let variable: Vec<Vec<usize>> = VARIABLE_COLUMNS
         .into_iter()
-        .map(string_bytes)
+        .filter_map(string_bytes)
         .collect();
     let mut out = Vec::new();
     let (mut start, mut acc) = (0, 0);
     for r in 0..rows.num_rows() {
-        let row = 36 + variable.iter().map(|v| v[r]).sum::<usize>();
+        let row = FIXED_ROW_BYTES + variable.iter().map(|v| v[r]).sum::<usize>();
         if acc + row > max_bytes && r > start {
             out.push(rows.slice(start, r - start));
             start = r;
@@ -274,6 +315,24 @@ mod tests {
         assert_eq!(cut(&rows, usize::MAX).len(), 1);
         // A row larger than the limit still gets a file of its own.
         assert_eq!(cut(&rows.slice(0, 3), 1).len(), 3);
+    }
+
+    #[test]
+    fn row_size_constants_follow_the_schema() {
+        let schema = event_schema();
+        let utf8: Vec<&str> = schema
+            .fields()
+            .iter()
+            .filter(|f| f.data_type() == &DataType::Utf8)
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(utf8, VARIABLE_COLUMNS);
+        let fixed: usize = schema
+            .fields()
+            .iter()
+            .filter_map(|f| f.data_type().primitive_width())
+            .sum();
+        assert_eq!(fixed, FIXED_ROW_BYTES);
     }
 
     #[test]

@@ -2,14 +2,16 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::commit::{CommitState, TableCommitter};
 use crate::data_file::WriterConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::iceberg::{self, IcebergCommitter, IcebergEventsTable};
-use crate::parquet::{ParquetCommitter, ParquetEventsTable};
+use crate::iceberg::{self, IcebergCommitter, IcebergEventsTable, IcebergReadCache};
+use crate::parquet::{ParquetCommitter, ParquetEventsTable, ParquetReadCache};
+use crate::snapshot::{KnownSnapshots, SnapshotFiles};
 use crate::warehouse::Warehouse;
 
 /// How the `events` table is stored.
@@ -198,6 +200,131 @@ impl EventsTable {
             Self::Iceberg(t) => Box::new(IcebergCommitter::new(t.clone(), writer).await?),
             Self::Parquet(t) => Box::new(ParquetCommitter::new(t.clone(), writer).await?),
         })
+    }
+}
+
+/// Snapshots whose file lists a [`SnapshotCache`] keeps.
+const KNOWN_SNAPSHOTS: u64 = 16;
+
+/// Bounds cached per manifest of capacity, for a Parquet table (which has
+/// no manifests: its files' bounds are cached one by one).
+const PARQUET_FILES_PER_MANIFEST: u64 = 64;
+
+/// What reading one table's snapshots keeps in memory between reads: the
+/// file lists of the most recent snapshots, and the format's own reuse
+/// (Iceberg: the current table version and each manifest's files, by
+/// path; Parquet: each file's bounds, by path). Made by
+/// [`EventsTable::snapshot_cache`] and only good for that table.
+pub struct SnapshotCache {
+    known: KnownSnapshots,
+    format: FormatCache,
+}
+
+enum FormatCache {
+    // Boxed: the Iceberg cache holds a loaded table, which is large.
+    Iceberg(Box<IcebergReadCache>),
+    Parquet(ParquetReadCache),
+}
+
+impl SnapshotCache {
+    /// How many snapshots' file lists are kept.
+    pub fn cached_snapshots(&self) -> u64 {
+        self.known.len()
+    }
+
+    /// The format of the table the cache belongs to.
+    pub fn format(&self) -> TableFormat {
+        match self.format {
+            FormatCache::Iceberg(_) => TableFormat::Iceberg,
+            FormatCache::Parquet(_) => TableFormat::Parquet,
+        }
+    }
+}
+
+impl fmt::Debug for SnapshotCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotCache")
+            .field("format", &self.format())
+            .field("cached_snapshots", &self.cached_snapshots())
+            .finish()
+    }
+}
+
+/// The error for a cache used with a table it was not made for.
+fn foreign_cache(table: TableFormat, cache: TableFormat) -> Error {
+    Error::new(
+        ErrorKind::Unexpected,
+        format!("a snapshot cache of the {cache} table was used with the {table} table"),
+    )
+}
+
+/// Reading snapshots, whatever the format: the one seam between the table
+/// formats and readers (the query engine), which see a snapshot only as
+/// [`SnapshotFiles`]. Each format reads its own in its module
+/// (`iceberg/read.rs`, `parquet/read.rs`).
+impl EventsTable {
+    /// A cache for reading this table's snapshots: the file lists of the
+    /// 16 most recent snapshots, and up to `manifests` manifests' files
+    /// (or, for a Parquet table, that many files' bounds times 64).
+    pub fn snapshot_cache(&self, manifests: u64) -> SnapshotCache {
+        let format = match self {
+            Self::Iceberg(t) => FormatCache::Iceberg(Box::new(IcebergReadCache::new(t, manifests))),
+            Self::Parquet(_) => FormatCache::Parquet(ParquetReadCache::new(
+                manifests.saturating_mul(PARQUET_FILES_PER_MANIFEST),
+            )),
+        };
+        SnapshotCache {
+            known: KnownSnapshots::new(KNOWN_SNAPSHOTS),
+            format,
+        }
+    }
+
+    /// The live files of the current snapshot, as the catalog (Iceberg) or
+    /// a listing (Parquet) says now: empty, with no id, for a table
+    /// without any commit.
+    pub async fn current_snapshot(&self, cache: &SnapshotCache) -> Result<Arc<SnapshotFiles>> {
+        match (self, &cache.format) {
+            (Self::Iceberg(t), FormatCache::Iceberg(c)) => t.current_files(c, &cache.known).await,
+            (Self::Parquet(t), FormatCache::Parquet(c)) => t.current_files(c, &cache.known).await,
+            _ => Err(foreign_cache(self.format(), cache.format())),
+        }
+    }
+
+    /// The live files of snapshot `snapshot_id` (time travel, replay at a
+    /// snapshot); [`ErrorKind::SnapshotExpired`] if the table does not
+    /// retain it (asked every time: a cached file list never outlives its
+    /// snapshot's expiry).
+    pub async fn snapshot_by_id(
+        &self,
+        snapshot_id: i64,
+        cache: &SnapshotCache,
+    ) -> Result<Arc<SnapshotFiles>> {
+        match (self, &cache.format) {
+            (Self::Iceberg(t), FormatCache::Iceberg(c)) => {
+                t.files_at(snapshot_id, c, &cache.known).await
+            }
+            (Self::Parquet(t), FormatCache::Parquet(c)) => {
+                t.files_at(snapshot_id, c, &cache.known).await
+            }
+            _ => Err(foreign_cache(self.format(), cache.format())),
+        }
+    }
+
+    /// The first position a commit after `snapshot_id` can have: events
+    /// with positions at or above it were committed later.
+    /// [`ErrorKind::SnapshotExpired`] if the table does not retain it.
+    pub async fn next_position_after(
+        &self,
+        snapshot_id: i64,
+        cache: &SnapshotCache,
+    ) -> Result<i64> {
+        match (self, &cache.format) {
+            (Self::Iceberg(t), FormatCache::Iceberg(c)) => {
+                t.next_position_after(snapshot_id, c).await
+            }
+            (Self::Parquet(t), FormatCache::Parquet(_)) => t.next_position_after(snapshot_id).await,
+            _ => Err(foreign_cache(self.format(), cache.format())),
+        }
     }
 }
 

@@ -32,6 +32,7 @@ mod in_flight;
 pub mod maintenance;
 pub mod parquet;
 pub mod pins;
+pub mod snapshot;
 pub mod storage;
 pub mod warehouse;
 
@@ -44,7 +45,7 @@ pub use emitter::{
     HealthStatus, PipelineEmitter, RejectedEvent, RetryPolicy, Sending,
 };
 pub use error::{ConcurrencyError, Error, ErrorKind, Result};
-pub use format::{DataFileSummary, EventsTable, TableFormat};
+pub use format::{DataFileSummary, EventsTable, SnapshotCache, TableFormat};
 pub use history::SnapshotInfo;
 pub use iceberg::{IcebergCommitter, IcebergEventsTable};
 pub use maintenance::{

@@ -27,8 +27,10 @@ use crate::error::{Error, Result};
 use crate::scope::Scope;
 use crate::stats::ScanStats;
 
-/// Result cache settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Result cache settings: also the `[cache]` section of the server's
+/// configuration file, key for key (`ttl` is `ttl_secs` there).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// Whether results are cached at all.
     pub enabled: bool,
@@ -37,6 +39,7 @@ pub struct CacheConfig {
     /// Most results kept at once.
     pub max_entries: u64,
     /// Longest time a result is kept (commits invalidate sooner).
+    #[serde(rename = "ttl_secs", with = "shardlake_core::serde_duration::secs")]
     pub ttl: Duration,
     /// Results larger than this are not cached.
     pub max_result_bytes: u64,

@@ -48,7 +48,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use provider::THINGS_SQL;
 pub use scope::Scope;
 pub use script::{is_complete, split_statements};
-pub use snapshot::{LakeFile, SnapshotFiles};
+pub use snapshot::{ColumnBounds, LakeFile, SnapshotFiles};
 pub use stats::{AnsweredFrom, ScanStats};
 pub use subscription::{Subscription, SubscriptionConfig};
 pub use typed::{

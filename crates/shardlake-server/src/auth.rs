@@ -6,11 +6,15 @@
 //! difference reveals a token. With no tokens configured every caller is
 //! anonymous with full rights, and [`crate::Server::bind`] refuses any
 //! address but loopback.
+//!
+//! The [`Authenticated`] extractor works with any router state that hands
+//! out the token table ([`FromRef`] to [`Authenticator`]), so this module
+//! knows nothing of the server's state.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
@@ -18,7 +22,6 @@ use shardlake_query::Scope;
 
 use crate::config::{Permission, TokenConfig};
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,10 +61,11 @@ impl Caller {
     }
 }
 
-/// The configured tokens, by SHA-256 digest.
-#[derive(Debug, Default)]
+/// The configured tokens, by SHA-256 digest. Cheap to clone (the table is
+/// shared).
+#[derive(Debug, Clone, Default)]
 pub struct Authenticator {
-    by_digest: HashMap<[u8; 32], Arc<Caller>>,
+    by_digest: Arc<HashMap<[u8; 32], Arc<Caller>>>,
 }
 
 /// A problem in the token configuration.
@@ -127,7 +131,9 @@ impl Authenticator {
                 return Err(err("the same token is configured twice"));
             }
         }
-        Ok(Self { by_digest })
+        Ok(Self {
+            by_digest: Arc::new(by_digest),
+        })
     }
 
     /// Whether any token is configured (otherwise everyone is anonymous).
@@ -160,19 +166,24 @@ impl Authenticator {
     }
 }
 
-/// Extracts the authenticated caller of a request (401 if there is none).
+/// Extracts the authenticated caller of a request (401 if there is none),
+/// in any router whose state gives out the [`Authenticator`].
 #[derive(Debug, Clone)]
 pub struct Authenticated(pub Arc<Caller>);
 
-impl FromRequestParts<AppState> for Authenticated {
+impl<S> FromRequestParts<S> for Authenticated
+where
+    Authenticator: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let header = parts
             .headers
             .get(AUTHORIZATION)
             .map(|v| v.to_str().unwrap_or(""));
-        let caller = state.auth().authenticate(header)?;
+        let caller = Authenticator::from_ref(state).authenticate(header)?;
         tracing::Span::current().record("caller", tracing::field::display(&caller.name));
         tracing::Span::current().record("scope", tracing::field::display(&caller.scope));
         Ok(Self(caller))

@@ -32,8 +32,8 @@ pub struct ServerConfig {
     pub storage: ObjectStorageConfig,
     /// Request and query limits.
     pub limits: Limits,
-    /// Result cache.
-    pub cache: CacheSettings,
+    /// Result cache (the engine's own `CacheConfig`, key for key).
+    pub cache: CacheConfig,
     /// Where queries run and how fresh their snapshot is.
     pub query: QuerySettings,
     /// Ingestion batching.
@@ -102,7 +102,7 @@ impl Default for ServerConfig {
             storage: ObjectStorageConfig::default(),
             format: None,
             limits: Limits::default(),
-            cache: CacheSettings::default(),
+            cache: CacheConfig::default(),
             query: QuerySettings::default(),
             emitter: EmitterSettings::default(),
             maintenance: MaintenanceSettings::default(),
@@ -157,35 +157,6 @@ impl Limits {
     /// How long excess requests wait.
     pub fn queue_wait(&self) -> Duration {
         Duration::from_millis(self.queue_wait_ms)
-    }
-}
-
-/// Result cache settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CacheSettings {
-    /// Cache results at all.
-    pub enabled: bool,
-    /// Total bytes of cached results.
-    pub max_bytes: u64,
-    /// Most cached results.
-    pub max_entries: u64,
-    /// Longest life of a cached result, seconds (commits invalidate sooner).
-    pub ttl_secs: u64,
-    /// Results larger than this many bytes are not cached.
-    pub max_result_bytes: u64,
-}
-
-impl Default for CacheSettings {
-    fn default() -> Self {
-        let c = CacheConfig::default();
-        Self {
-            enabled: c.enabled,
-            max_bytes: c.max_bytes,
-            max_entries: c.max_entries,
-            ttl_secs: c.ttl.as_secs(),
-            max_result_bytes: c.max_result_bytes,
-        }
     }
 }
 
@@ -399,13 +370,7 @@ impl ServerConfig {
         QueryConfig {
             memory_limit: self.limits.memory_limit_bytes,
             default_timeout: Some(self.limits.query_timeout()),
-            cache: CacheConfig {
-                enabled: self.cache.enabled,
-                max_bytes: self.cache.max_bytes,
-                max_entries: self.cache.max_entries,
-                ttl: Duration::from_secs(self.cache.ttl_secs),
-                max_result_bytes: self.cache.max_result_bytes,
-            },
+            cache: self.cache.clone(),
             freshness: Duration::from_millis(self.query.freshness_ms),
             cpu_threads: self
                 .query
@@ -465,109 +430,77 @@ mod tests {
     use super::*;
 
     #[test]
-    #[allow(
-        clippy::result_large_err,
-        reason = "figment's Jail closure returns its own error type"
-    )]
     fn toml_overrides_defaults_and_unknown_fields_are_errors() {
-        // Env-reading tests take turns (the Jail's lock): another one's
-        // variables must not leak into this one.
-        figment::Jail::expect_with(|_| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let file = dir.path().join("shardlake.toml");
-            std::fs::write(
-                &file,
-                r#"
-    listen = "127.0.0.1:9999"
-    [limits]
-    query_timeout_ms = 1234
-    [[tokens]]
-    name = "acme"
-    token = "secret"
-    namespaces = ["acme"]
-    permissions = ["query", "ingest"]
-    "#,
-            )
-            .expect("write");
-            let c = ServerConfig::load(Some(&file)).expect("loads");
-            assert_eq!(c.listen.port(), 9999);
-            assert_eq!(c.limits.query_timeout_ms, 1234);
-            assert_eq!(c.limits.max_rows, Limits::default().max_rows);
-            assert_eq!(
-                c.tokens[0].permissions,
-                vec![Permission::Query, Permission::Ingest]
-            );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("shardlake.toml");
+        std::fs::write(
+            &file,
+            r#"
+listen = "127.0.0.1:9999"
+[limits]
+query_timeout_ms = 1234
+[[tokens]]
+name = "acme"
+token = "secret"
+namespaces = ["acme"]
+permissions = ["query", "ingest"]
+"#,
+        )
+        .expect("write");
+        let c = ServerConfig::load(Some(&file)).expect("loads");
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.limits.query_timeout_ms, 1234);
+        assert_eq!(c.limits.max_rows, Limits::default().max_rows);
+        assert_eq!(
+            c.tokens[0].permissions,
+            vec![Permission::Query, Permission::Ingest]
+        );
 
-            std::fs::write(&file, "[limits]\nquery_timeot_ms = 1\n").expect("write");
-            let err = ServerConfig::load(Some(&file)).expect_err("typo");
-            assert!(err.to_string().contains("query_timeot_ms"), "{err}");
-            Ok(())
-        });
+        std::fs::write(&file, "[limits]\nquery_timeot_ms = 1\n").expect("write");
+        let err = ServerConfig::load(Some(&file)).expect_err("typo");
+        assert!(err.to_string().contains("query_timeot_ms"), "{err}");
     }
 
     #[test]
-    #[allow(
-        clippy::result_large_err,
-        reason = "figment's Jail closure returns its own error type"
-    )]
-    fn test_knobs_in_the_environment_are_not_settings_but_typos_still_are() {
-        figment::Jail::expect_with(|jail| {
-            jail.set_env("SHARDLAKE_TEST_PYTHON", "/opt/venv/bin/python");
-            jail.set_env("SHARDLAKE_TEST_MOTO_SERVER", "/opt/venv/bin/moto_server");
-            jail.set_env("SHARDLAKE_LIMITS__QUERY_TIMEOUT_MS", "77");
-            let c = ServerConfig::load(None).map_err(|e| *e)?;
-            assert_eq!(c.limits.query_timeout_ms, 77);
-
-            jail.set_env("SHARDLAKE_TESTING", "1");
-            let err = ServerConfig::load(None).expect_err("not a test knob");
-            assert!(err.to_string().contains("testing"), "{err}");
-            Ok(())
-        });
+    fn test_knobs_are_not_settings_but_look_alikes_are() {
+        assert!(is_test_knob("TEST_PYTHON") && is_test_knob("test_moto_server"));
+        assert!(!is_test_knob("TESTING") && !is_test_knob("LIMITS__QUERY_TIMEOUT_MS"));
     }
 
     #[test]
-    #[allow(
-        clippy::result_large_err,
-        reason = "figment's Jail closure returns its own error type"
-    )]
     fn the_maintenance_section_has_the_documented_keys_and_the_old_interval_is_refused() {
-        // Env-reading tests take turns (the Jail's lock): another one's
-        // variables must not leak into this one.
-        figment::Jail::expect_with(|_| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let file = dir.path().join("shardlake.toml");
-            std::fs::write(
-                &file,
-                r#"
-    [maintenance]
-    enabled = true
-    interval_secs = 5
-    snapshot_retention_secs = 120
-    min_snapshots_to_keep = 3
-    orphan_grace_secs = 30
-    [compaction]
-    min_small_files = 4
-    "#,
-            )
-            .expect("write");
-            let c = ServerConfig::load(Some(&file)).expect("loads");
-            c.check().expect("consistent");
-            let m = c.maintenance_config();
-            assert_eq!(m.retention.retention, Duration::from_secs(120));
-            assert_eq!(m.retention.min_snapshots_to_keep, 3);
-            assert_eq!(m.orphan_grace, Duration::from_secs(30));
-            assert_eq!(m.compaction.map(|c| c.min_small_files), Some(4));
-            let defaults = ServerConfig::default();
-            assert_eq!(defaults.maintenance.interval_secs, 60);
-            assert_eq!(defaults.maintenance.snapshot_retention_secs, 3600);
-            assert_eq!(defaults.maintenance.min_snapshots_to_keep, 10);
-            assert_eq!(defaults.maintenance.orphan_grace_secs, 3600);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("shardlake.toml");
+        std::fs::write(
+            &file,
+            r#"
+[maintenance]
+enabled = true
+interval_secs = 5
+snapshot_retention_secs = 120
+min_snapshots_to_keep = 3
+orphan_grace_secs = 30
+[compaction]
+min_small_files = 4
+"#,
+        )
+        .expect("write");
+        let c = ServerConfig::load(Some(&file)).expect("loads");
+        c.check().expect("consistent");
+        let m = c.maintenance_config();
+        assert_eq!(m.retention.retention, Duration::from_secs(120));
+        assert_eq!(m.retention.min_snapshots_to_keep, 3);
+        assert_eq!(m.orphan_grace, Duration::from_secs(30));
+        assert_eq!(m.compaction.map(|c| c.min_small_files), Some(4));
+        let defaults = ServerConfig::default();
+        assert_eq!(defaults.maintenance.interval_secs, 60);
+        assert_eq!(defaults.maintenance.snapshot_retention_secs, 3600);
+        assert_eq!(defaults.maintenance.min_snapshots_to_keep, 10);
+        assert_eq!(defaults.maintenance.orphan_grace_secs, 3600);
 
-            std::fs::write(&file, "[compaction]\ninterval_secs = 300\n").expect("write");
-            let old = ServerConfig::load(Some(&file)).expect("parses");
-            let err = old.check().expect_err("refused");
-            assert!(err.contains("maintenance.interval_secs"), "{err}");
-            Ok(())
-        });
+        std::fs::write(&file, "[compaction]\ninterval_secs = 300\n").expect("write");
+        let old = ServerConfig::load(Some(&file)).expect("parses");
+        let err = old.check().expect_err("refused");
+        assert!(err.contains("maintenance.interval_secs"), "{err}");
     }
 }

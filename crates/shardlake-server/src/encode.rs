@@ -1,11 +1,13 @@
-//! Result formats, and the streaming encoders behind NDJSON, CSV and Arrow.
+//! Result formats, and the streaming encoders behind NDJSON, CSV, Arrow and
+//! replayed events.
 //!
 //! A streamed response is encoded batch by batch as the engine produces
 //! them; nothing holds the whole result. The scan statistics exist only
 //! once the last batch is out, so they travel at the end: NDJSON writes a
 //! final line `{"stats": {...}}`, and every streamed format also sends them
 //! in the HTTP trailer `x-shardlake-stats` (to clients that ask for
-//! trailers with `TE: trailers`).
+//! trailers with `TE: trailers`). The body that drives an encoder is
+//! `routes::stream_body::StreamedBody`.
 
 use arrow::array::RecordBatch;
 use arrow::csv::WriterBuilder as CsvWriterBuilder;
@@ -16,6 +18,7 @@ use arrow::json::writer::{LineDelimited, WriterBuilder as JsonWriterBuilder};
 use axum::http::{HeaderValue, StatusCode};
 use bytes::Bytes;
 use serde_json::json;
+use shardlake_core::events_from_batch;
 use shardlake_query::ScanStats;
 
 use crate::error::ApiError;
@@ -103,6 +106,10 @@ pub enum StreamEncoder {
     },
     /// Arrow IPC; the writer's buffer is drained after every batch.
     Arrow(Box<StreamWriter<Vec<u8>>>),
+    /// Replayed events, one per line in their JSON form (README, "The
+    /// event"), and nothing else: no stats line, no error line, so a
+    /// consumer can pipe the lines anywhere.
+    Events,
 }
 
 impl StreamEncoder {
@@ -118,6 +125,15 @@ impl StreamEncoder {
                 StreamEncoder::Arrow(Box::new(StreamWriter::try_new(Vec::new(), schema)?))
             }
         })
+    }
+
+    /// The `Content-Type` of what the encoder writes.
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            StreamEncoder::Ndjson | StreamEncoder::Events => Format::Ndjson.content_type(),
+            StreamEncoder::Csv { .. } => Format::Csv.content_type(),
+            StreamEncoder::Arrow(_) => Format::Arrow.content_type(),
+        }
     }
 
     /// The bytes of `batch` (plus anything the format writes before it).
@@ -143,6 +159,17 @@ impl StreamEncoder {
                 writer.write(batch)?;
                 Ok(Bytes::from(std::mem::take(writer.get_mut())))
             }
+            StreamEncoder::Events => {
+                let events =
+                    events_from_batch(batch).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+                let mut out = Vec::with_capacity(batch.num_rows() * 256);
+                for event in events {
+                    serde_json::to_writer(&mut out, &event)
+                        .map_err(|e| ArrowError::JsonError(e.to_string()))?;
+                    out.push(b'\n');
+                }
+                Ok(Bytes::from(out))
+            }
         }
     }
 
@@ -163,7 +190,7 @@ impl StreamEncoder {
                 let empty = RecordBatch::new_empty(SchemaRef::clone(schema));
                 self.batch(&empty)
             }
-            StreamEncoder::Csv { .. } => Ok(Bytes::new()),
+            StreamEncoder::Csv { .. } | StreamEncoder::Events => Ok(Bytes::new()),
             StreamEncoder::Arrow(writer) => {
                 writer.finish()?;
                 Ok(Bytes::from(std::mem::take(writer.get_mut())))
@@ -172,8 +199,9 @@ impl StreamEncoder {
     }
 
     /// The bytes that report an error in the body, where the format has a
-    /// place for one (NDJSON's last line). Other formats end the response
-    /// abnormally instead, which every HTTP client notices.
+    /// place for one (NDJSON's last line). Other formats (replayed events
+    /// too: their lines must stay events) end the response abnormally
+    /// instead, which every HTTP client notices.
     pub fn error_line(&self, error: &ApiError) -> Option<Bytes> {
         match self {
             StreamEncoder::Ndjson => {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use axum::extract::FromRef;
 use shardlake_lake::{Lake, PipelineEmitter};
 use shardlake_query::CrossShardQuery;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -137,5 +138,12 @@ impl AppState {
     /// Whether the server is shutting down.
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// The token table, for the [`crate::auth::Authenticated`] extractor.
+impl FromRef<AppState> for Authenticator {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth().clone()
     }
 }

@@ -44,6 +44,9 @@ async fn serve_answers_http_and_sigterm_commits_pending_events_then_exits_zero()
         .arg(&warehouse)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .env("SHARDLAKE_LOG_FORMAT", "json")
+        // A test knob in the environment is not a setting: the server
+        // starts (it used to refuse it as an unknown field).
+        .env("SHARDLAKE_TEST_PYTHON", "/nowhere/bin/python")
         .arg(&config)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

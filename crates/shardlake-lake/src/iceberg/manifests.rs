@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::in_flight::{InFlight, Watch};
 
 /// Manifests read at once.
-const MANIFEST_CONCURRENCY: usize = 8;
+pub(super) const MANIFEST_CONCURRENCY: usize = 8;
 
 /// Parsed manifest lists and manifest entries by path, bounded by the number
 /// of entries they hold.

@@ -6,7 +6,8 @@
 //! One file per operation: [`append`](self) for the emitter,
 //! `rewrite` (replace snapshots), `compact`, `merge_manifests`, `expire`
 //! and `cleanup` for maintenance; `snapshot` writes what they share
-//! (manifests, manifest lists, summaries) and `table` commits.
+//! (manifests, manifest lists, summaries) and `table` commits. `read`
+//! reads a snapshot into the format-neutral [`crate::snapshot`] model.
 
 mod append;
 mod catalog;
@@ -17,6 +18,7 @@ mod expire;
 mod files;
 mod manifests;
 mod merge_manifests;
+mod read;
 mod rewrite;
 mod schema;
 mod snapshot;
@@ -29,6 +31,7 @@ pub use committer::IcebergCommitter;
 pub use compact::COMPACTION_PROPERTY;
 pub use files::current_data_files;
 pub use manifests::ManifestCache;
+pub(crate) use read::IcebergReadCache;
 pub use schema::{arrow_schema_with_field_ids, check_schema, field_ids, iceberg_schema};
 pub use table::{
     EVENTS_TABLE, ICEBERG_NAMESPACE, IcebergEventsTable, commit_state, properties, summary,

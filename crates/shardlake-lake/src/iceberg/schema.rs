@@ -3,8 +3,6 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::datatypes::SchemaRef as ArrowSchemaRef;
-use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{
     NestedField, NullOrder, PrimitiveType, Schema, SortDirection, SortField, SortOrder, Transform,
     Type, UnboundPartitionSpec,
@@ -13,34 +11,9 @@ use shardlake_core::schema::columns;
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// Field id of each column. Never renumber: ids are how Iceberg readers find
-/// columns across schema versions.
-pub mod field_ids {
-    /// `namespace`
-    pub const NAMESPACE: i32 = 1;
-    /// `shard_id`
-    pub const SHARD_ID: i32 = 2;
-    /// `seq`
-    pub const SEQ: i32 = 3;
-    /// `partition_key`
-    pub const PARTITION_KEY: i32 = 4;
-    /// `entity_type`
-    pub const ENTITY_TYPE: i32 = 5;
-    /// `entity_id`
-    pub const ENTITY_ID: i32 = 6;
-    /// `event_type`
-    pub const EVENT_TYPE: i32 = 7;
-    /// `version`
-    pub const VERSION: i32 = 8;
-    /// `ts`
-    pub const TS: i32 = 9;
-    /// `idempotency_key`
-    pub const IDEMPOTENCY_KEY: i32 = 10;
-    /// `payload`
-    pub const PAYLOAD: i32 = 11;
-    /// `position`
-    pub const POSITION: i32 = 12;
-}
+/// Field id of each column (defined with the column names in
+/// `shardlake_core::schema`, since both formats write them into data files).
+pub use shardlake_core::schema::field_ids;
 
 fn fields() -> Vec<NestedField> {
     use PrimitiveType::{Int, Long, String, Timestamptz};
@@ -71,24 +44,16 @@ static ICEBERG_SCHEMA: LazyLock<Arc<Schema>> = LazyLock::new(|| {
     Arc::new(schema)
 });
 
-static ARROW_SCHEMA: LazyLock<ArrowSchemaRef> = LazyLock::new(|| {
-    Arc::new(
-        schema_to_arrow_schema(&ICEBERG_SCHEMA)
-            .unwrap_or_else(|e| unreachable!("the events schema converts to Arrow: {e}")),
-    )
-});
-
 /// The Iceberg schema of the `events` table.
 pub fn iceberg_schema() -> Arc<Schema> {
     Arc::clone(&ICEBERG_SCHEMA)
 }
 
 /// The Arrow form of [`iceberg_schema`], carrying `PARQUET:field_id` metadata
-/// (what Iceberg's Parquet writer needs). Same names, types and nullability as
-/// [`shardlake_core::event_schema`].
-pub fn arrow_schema_with_field_ids() -> ArrowSchemaRef {
-    Arc::clone(&ARROW_SCHEMA)
-}
+/// (what Iceberg's Parquet writer needs): built format-independently by the
+/// data files both formats write, and equal to Iceberg's own conversion of
+/// [`iceberg_schema`] (tested below).
+pub use crate::data_file::arrow_schema_with_field_ids;
 
 /// Identity partition on `namespace`.
 pub fn partition_spec() -> Result<UnboundPartitionSpec> {
@@ -187,6 +152,12 @@ mod tests {
             assert_eq!(a.is_nullable(), b.is_nullable(), "{}", a.name());
             assert!(b.metadata().contains_key("PARQUET:field_id"));
         }
+    }
+
+    #[test]
+    fn arrow_form_is_icebergs_own_conversion() {
+        let theirs = iceberg::arrow::schema_to_arrow_schema(&iceberg_schema()).expect("converts");
+        assert_eq!(*arrow_schema_with_field_ids(), theirs);
     }
 
     #[test]

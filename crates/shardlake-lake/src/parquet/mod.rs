@@ -39,11 +39,16 @@
 //! (a second emitter fails to start, saying so), and maintenance runs in
 //! the process holding it. Checkpoints and the migration control tables
 //! live in `<data dir>/control.db`.
+//!
+//! Readers get a snapshot's files with their bounds (from the footers'
+//! row-group statistics) in the format-neutral [`crate::snapshot`] model
+//! (`read`).
 
 mod cleanup;
 mod committer;
 mod compact;
 mod expire;
+mod read;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +63,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 
 pub use committer::ParquetCommitter;
+pub(crate) use read::ParquetReadCache;
 
 use crate::commit::{CommitState, FIRST_POSITION};
 use crate::error::{Error, ErrorKind, Result};

@@ -11,6 +11,9 @@
 //! | `GET /v1/stats`, `GET /metrics` | admin | [`ops`] |
 //! | `GET, POST /v1/migrations`, `POST /v1/migrations/plan`, `GET /v1/migrations/{id}`, `POST /v1/migrations/{id}/{resume,rollback}` | admin | [`migrations`] |
 //! | `GET /healthz`, `GET /readyz` | none | [`ops`] |
+//!
+//! Every streamed answer (query NDJSON, CSV, Arrow; replay) is one body,
+//! `stream_body::StreamedBody`.
 
 pub mod events;
 pub mod files;
@@ -19,6 +22,7 @@ pub mod ops;
 pub mod query;
 pub mod replay;
 pub mod snapshots;
+pub(crate) mod stream_body;
 pub mod tables;
 
 use std::time::{Duration, Instant};

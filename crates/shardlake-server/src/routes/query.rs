@@ -10,22 +10,19 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, TRAILER, VARY};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, VARY};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures::StreamExt;
-use http_body::Frame;
-use http_body_util::StreamBody;
 use serde::Deserialize;
-use shardlake_query::{PreparedQuery, QueryStream, ResultLimit, ScanStats};
+use shardlake_query::{PreparedQuery, ResultLimit, ScanStats};
 use tracing::Span;
 
 use crate::auth::{Authenticated, Caller};
 use crate::config::Permission;
-use crate::encode::{ERROR_TRAILER, Format, STATS_TRAILER, StreamEncoder};
+use crate::encode::{Format, StreamEncoder};
 use crate::error::ApiError;
 use crate::routes::read_body;
+use crate::routes::stream_body::{StreamEnd, StreamedBody};
 use crate::state::AppState;
 
 /// The request body.
@@ -316,91 +313,27 @@ fn record(state: &AppState, stats: &ScanStats) {
     }
 }
 
-/// Where a streamed response is.
-enum Phase {
-    Rows,
-    Trailers(HeaderMap),
-    Done,
-}
+/// Counts and logs the end of a query's stream.
+struct QueryEnd(AppState);
 
-struct Streaming {
-    rows: QueryStream,
-    encoder: StreamEncoder,
-    phase: Phase,
-    state: AppState,
-    span: Span,
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl Streaming {
-    /// The next frame of the body.
-    async fn next_frame(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
-        match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::Done => None,
-            Phase::Trailers(trailers) => Some(Ok(Frame::trailers(trailers))),
-            Phase::Rows => match self.rows.next().await {
-                Some(Ok(batch)) => match self.encoder.batch(&batch) {
-                    Ok(bytes) => {
-                        self.phase = Phase::Rows;
-                        Some(Ok(Frame::data(bytes)))
-                    }
-                    Err(e) => self.fail(&ApiError::internal(e)),
-                },
-                Some(Err(e)) => self.fail(&ApiError::from(e)),
-                None => {
-                    let stats = self.rows.stats().cloned().unwrap_or_default();
-                    self.span.in_scope(|| {
-                        record(&self.state, &stats);
-                        tracing::info!(
-                            rows = stats.rows_returned,
-                            bytes_scanned = stats.bytes_scanned,
-                            elapsed_ms = stats.elapsed_ms,
-                            "query stream finished"
-                        );
-                    });
-                    let tail = match self.encoder.finish(&stats) {
-                        Ok(tail) => tail,
-                        Err(e) => return self.fail(&ApiError::internal(e)),
-                    };
-                    let mut trailers = HeaderMap::new();
-                    if let Ok(v) = HeaderValue::from_str(&json_line(&stats)) {
-                        trailers.insert(HeaderName::from_static(STATS_TRAILER), v);
-                    }
-                    self.phase = Phase::Trailers(trailers);
-                    Some(Ok(Frame::data(tail)))
-                }
-            },
-        }
+impl StreamEnd for QueryEnd {
+    fn finished(&mut self, stats: &ScanStats) {
+        record(&self.0, stats);
+        tracing::info!(
+            rows = stats.rows_returned,
+            bytes_scanned = stats.bytes_scanned,
+            elapsed_ms = stats.elapsed_ms,
+            "query stream finished"
+        );
     }
 
-    /// Ends the stream after `error`: NDJSON gets a last line saying so and
-    /// a trailer; CSV and Arrow have no place for it, so the response is cut
-    /// off abnormally, which every client notices (no silent truncation).
-    fn fail(&mut self, error: &ApiError) -> Option<Result<Frame<Bytes>, BoxError>> {
-        self.span.in_scope(|| {
-            tracing::warn!(
-                code = error.code(),
-                message = error.message(),
-                "query stream failed"
-            );
-        });
-        match self.encoder.error_line(error) {
-            Some(line) => {
-                let mut trailers = HeaderMap::new();
-                if let Ok(v) = HeaderValue::from_str(&error.body().to_string()) {
-                    trailers.insert(HeaderName::from_static(ERROR_TRAILER), v);
-                }
-                self.phase = Phase::Trailers(trailers);
-                Some(Ok(Frame::data(line)))
-            }
-            None => Some(Err(Box::new(std::io::Error::other(error.to_string())))),
-        }
+    fn failed(&mut self, error: &ApiError) {
+        tracing::warn!(
+            code = error.code(),
+            message = error.message(),
+            "query stream failed"
+        );
     }
-}
-
-fn json_line(stats: &ScanStats) -> String {
-    serde_json::to_string(stats).unwrap_or_default()
 }
 
 /// Starts `query` and answers with a body that streams its batches. The
@@ -413,26 +346,5 @@ async fn stream(
     // Errors found while planning still get a proper status and JSON body.
     let rows = query.stream().await?;
     let encoder = StreamEncoder::new(format, &rows.schema()).map_err(ApiError::internal)?;
-    let streaming = Streaming {
-        rows,
-        encoder,
-        phase: Phase::Rows,
-        state,
-        span: Span::current(),
-    };
-    let frames = futures::stream::unfold(streaming, |mut s| async move {
-        let frame = s.next_frame().await?;
-        Some((frame, s))
-    });
-    let mut response = Response::new(Body::new(StreamBody::new(frames.boxed())));
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(format.content_type()),
-    );
-    headers.insert(
-        TRAILER,
-        HeaderValue::from_static("x-shardlake-stats, x-shardlake-error"),
-    );
-    Ok(response)
+    Ok(StreamedBody::new(rows, encoder, QueryEnd(state)).into_response())
 }

@@ -13,26 +13,17 @@
 //! Needs the `query` permission; a scoped caller replays only its
 //! namespaces.
 
-use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::header::{CONTENT_TYPE, TRAILER};
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::response::Response;
-use bytes::Bytes;
-use futures::StreamExt;
-use http_body::Frame;
-use http_body_util::StreamBody;
-use shardlake_core::events_from_batch;
-use shardlake_query::{QueryStream, ReplayQuery};
-use tokio::sync::OwnedSemaphorePermit;
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use shardlake_query::ReplayQuery;
 
 use crate::auth::Authenticated;
 use crate::config::Permission;
-use crate::encode::{Format, STATS_TRAILER, StreamEncoder};
+use crate::encode::{Format, StreamEncoder};
 use crate::error::ApiError;
+use crate::routes::stream_body::{StreamEnd, StreamedBody};
 use crate::state::AppState;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The pin holder of snapshots handed out as replay cursors.
 pub const REPLAY_CURSOR: &str = "replay-cursor";
@@ -119,38 +110,21 @@ pub async fn replay(
             )
             .await?;
     }
+    // NDJSON lines are events, nothing else: an error goes in no line, the
+    // body is cut off so clients notice.
     let encoder = match format {
         Format::Arrow => {
-            Some(StreamEncoder::new(Format::Arrow, &stream.schema()).map_err(ApiError::internal)?)
+            StreamEncoder::new(Format::Arrow, &stream.schema()).map_err(ApiError::internal)?
         }
-        _ => None,
+        _ => StreamEncoder::Events,
     };
-    let replaying = Replaying {
-        stream,
-        encoder,
-        trailers: None,
-        done: false,
-        _slot: slot,
-    };
-    let frames = futures::stream::unfold(replaying, |mut r| async move {
-        let frame = r.next_frame().await?;
-        Some((frame, r))
-    });
-    let mut response = Response::new(Body::new(StreamBody::new(frames.boxed())));
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(match format {
-            Format::Arrow => Format::Arrow.content_type(),
-            _ => Format::Ndjson.content_type(),
-        }),
-    );
-    headers.insert(
-        TRAILER,
-        HeaderValue::from_static("x-shardlake-stats, x-shardlake-error"),
-    );
+    // The slot is held by the body: free once the client has it all or
+    // went away.
+    let mut response = StreamedBody::new(stream, encoder, ReplayEnd)
+        .holding(slot)
+        .into_response();
     if let Some(id) = snapshot {
-        headers.insert(
+        response.headers_mut().insert(
             HeaderName::from_static("x-shardlake-snapshot"),
             HeaderValue::from(id),
         );
@@ -158,68 +132,15 @@ pub async fn replay(
     Ok(response)
 }
 
-struct Replaying {
-    stream: QueryStream,
-    /// Arrow IPC; `None` for NDJSON (events in their JSON form).
-    encoder: Option<StreamEncoder>,
-    trailers: Option<HeaderMap>,
-    done: bool,
-    _slot: OwnedSemaphorePermit,
-}
+/// Logs a replay that failed mid-stream.
+struct ReplayEnd;
 
-impl Replaying {
-    async fn next_frame(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
-        if let Some(trailers) = self.trailers.take() {
-            self.done = true;
-            return Some(Ok(Frame::trailers(trailers)));
-        }
-        if self.done {
-            return None;
-        }
-        match self.stream.next().await {
-            Some(Ok(batch)) => Some(self.encode(&batch)),
-            Some(Err(e)) => {
-                // NDJSON lines must stay events: the error goes in the
-                // trailer, and the body is cut off so clients notice.
-                let error = ApiError::from(e);
-                tracing::warn!(
-                    code = error.code(),
-                    message = error.message(),
-                    "replay failed"
-                );
-                self.done = true;
-                Some(Err(Box::new(std::io::Error::other(error.to_string()))))
-            }
-            None => {
-                let stats = self.stream.stats().cloned().unwrap_or_default();
-                let mut trailers = HeaderMap::new();
-                if let Ok(v) =
-                    HeaderValue::from_str(&serde_json::to_string(&stats).unwrap_or_default())
-                {
-                    trailers.insert(HeaderName::from_static(STATS_TRAILER), v);
-                }
-                let tail = match &mut self.encoder {
-                    Some(encoder) => match encoder.finish(&stats) {
-                        Ok(tail) => tail,
-                        Err(e) => return Some(Err(Box::new(e))),
-                    },
-                    None => Bytes::new(),
-                };
-                self.trailers = Some(trailers);
-                Some(Ok(Frame::data(tail)))
-            }
-        }
-    }
-
-    fn encode(&mut self, batch: &arrow::array::RecordBatch) -> Result<Frame<Bytes>, BoxError> {
-        if let Some(encoder) = &mut self.encoder {
-            return Ok(Frame::data(encoder.batch(batch)?));
-        }
-        let mut out = Vec::with_capacity(batch.num_rows() * 256);
-        for event in events_from_batch(batch)? {
-            serde_json::to_writer(&mut out, &event)?;
-            out.push(b'\n');
-        }
-        Ok(Frame::data(Bytes::from(out)))
+impl StreamEnd for ReplayEnd {
+    fn failed(&mut self, error: &ApiError) {
+        tracing::warn!(
+            code = error.code(),
+            message = error.message(),
+            "replay failed"
+        );
     }
 }
