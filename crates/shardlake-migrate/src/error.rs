@@ -1,11 +1,12 @@
 //! Migration speaks the workspace's one error type (`shardlake_core::Error`,
 //! docs/adr/0004-one-error-model.md). These constructors give each refusal
-//! its kind and the context a caller needs (the shard, the key, the phase).
+//! its kind and the context a caller needs (the key, the migration, the
+//! phase); a shard's own (`shard_failed`, `key_fenced`) are the shard
+//! protocol's, in `shardlake-shard`.
 
 use std::fmt;
 
 pub use shardlake_core::{Error, ErrorKind, Result};
-use shardlake_routing::ShardId;
 
 /// The plan is inconsistent (the message lists every problem).
 pub(crate) fn invalid_plan(message: impl fmt::Display) -> Error {
@@ -48,27 +49,6 @@ pub(crate) fn timed_out(phase: impl fmt::Display) -> Error {
         format!("migration timed out in phase {phase}; its work was cancelled"),
     )
     .with_context("phase", phase.to_string())
-}
-
-/// A shard (a stub, an HTTP endpoint) failed or could not be reached.
-pub fn shard_failed(shard: ShardId, message: impl fmt::Display) -> Error {
-    Error::new(
-        ErrorKind::ShardUnavailable,
-        format!("shard {shard}: {message}"),
-    )
-    .with_context("shard", shard.to_string())
-}
-
-/// A shard refused a write because `key` is fenced (migrating). The key is
-/// the context value `key`.
-pub fn key_fenced(shard: ShardId, key: impl Into<String>) -> Error {
-    let key = key.into();
-    Error::new(
-        ErrorKind::KeyFenced,
-        format!("shard {shard}: `{key}` is migrating; its writes are fenced"),
-    )
-    .with_context("shard", shard.to_string())
-    .with_context("key", key)
 }
 
 /// Another migration holds some of the keys: `conflicts` are `(key,

@@ -19,10 +19,10 @@ use serde::Serialize;
 use shardlake_core::{Event, EventLimits};
 use shardlake_lake::control::ControlStore;
 use shardlake_routing::{ShardId, ShardRouter, SharedRouter, Topology};
+use shardlake_shard::{ShardStub, shard_failed};
 use tokio::sync::RwLock as AsyncRwLock;
 
-use crate::error::{ErrorKind, Result, invalid_write, shard_failed};
-use crate::stub::ShardStub;
+use crate::error::{ErrorKind, Result, invalid_write};
 
 /// The shards a process can reach, by id.
 #[derive(Default)]

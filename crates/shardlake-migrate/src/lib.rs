@@ -4,10 +4,6 @@
 //!   removing and rebalancing shards (keys to move, events and bytes,
 //!   destinations, estimated duration), with validation that no key is
 //!   skipped or owned twice;
-//! - [`stub`]: the `ShardStub` interface a migration drives (apply events
-//!   idempotently, count, drop keys, fence writes, drain, take writes), with
-//!   an in-memory shard that materializes entity state and an HTTP shard;
-//! - [`http`]: the HTTP shard protocol's server side, for any stub;
 //! - [`gate`]: the write path, which routes writes to owners and durably
 //!   buffers writes to keys that are moving;
 //! - [`execute`]: the phased migration (copy, catch up, fence, cut over,
@@ -16,20 +12,21 @@
 //!   and its result);
 //! - [`setup`]: from a requested change to a plan and a migrator, the one
 //!   way the CLI and the server both start a migration.
+//!
+//! The shards a migration drives speak the shard protocol of
+//! `shardlake-shard` (the `ShardStub` trait, `InMemoryShard`, `HttpShard`
+//! and `shard_service`); it is re-exported here under the same names.
 
 mod error;
 pub mod execute;
 pub mod gate;
-pub mod http;
 pub mod plan;
 pub mod record;
 pub mod setup;
-pub mod stub;
 
-pub use error::{Error, ErrorKind, Result, key_fenced, migration_not_found, shard_failed};
+pub use error::{Error, ErrorKind, Result, migration_not_found};
 pub use execute::{MigrationConfig, Migrator, PhaseHook};
 pub use gate::{ShardSet, Submitted, WriteGate};
-pub use http::shard_service;
 pub use plan::{
     KeyMove, KeyStats, MigrationPlan, analyze_balance, generate_rebalance_plan, key_stats,
     key_stats_at, plan_add_shard, plan_between, plan_remove_shard, validate_plan,
@@ -40,4 +37,7 @@ pub use record::{
     publish_topology,
 };
 pub use setup::{MigrationSetup, TopologyChange, plan_change, plan_shards};
-pub use stub::{ApplyAck, HttpShard, InMemoryShard, KeyDigest, ShardStub, digest_of};
+pub use shardlake_shard::{
+    ApplyAck, HttpShard, InMemoryShard, KeyDigest, ShardStub, digest_of, key_fenced, shard_failed,
+    shard_service,
+};

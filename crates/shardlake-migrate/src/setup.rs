@@ -10,6 +10,7 @@ use std::sync::Arc;
 use shardlake_lake::Lake;
 use shardlake_query::CrossShardQuery;
 use shardlake_routing::{ShardId, ShardRouter, SharedRouter, Topology};
+use shardlake_shard::HttpShard;
 
 use crate::error::Result;
 use crate::execute::{MigrationConfig, Migrator};
@@ -18,7 +19,6 @@ use crate::plan::{
     MigrationPlan, generate_rebalance_plan, key_stats, plan_add_shard, plan_remove_shard,
 };
 use crate::record::current_topology;
-use crate::stub::HttpShard;
 
 /// A change of topology.
 #[derive(Debug, Clone)]

@@ -34,6 +34,7 @@ use shardlake_lake::Lake;
 use shardlake_lake::control::ControlStore;
 use shardlake_query::CrossShardQuery;
 use shardlake_routing::ShardId;
+use shardlake_shard::ShardStub;
 
 use crate::error::{
     Result, invalid_plan, keys_busy, migration_busy, migration_not_found, timed_out,
@@ -41,7 +42,6 @@ use crate::error::{
 use crate::gate::WriteGate;
 use crate::plan::{KeyMove, MigrationPlan};
 use crate::record::{self, FailureSummary, MigrationReport, MigrationStatus, Phase, Progress};
-use crate::stub::ShardStub;
 
 /// How a migration runs.
 #[derive(Debug, Clone)]
@@ -507,7 +507,7 @@ impl Run {
     /// Counts what a shard's `apply` did: skips of events an earlier
     /// attempt already counted (it applied them, then died before its
     /// checkpoint) are not counted again.
-    fn count_applied(&mut self, ack: &crate::stub::ApplyAck) {
+    fn count_applied(&mut self, ack: &shardlake_shard::ApplyAck) {
         let skipped = ack.skipped as u64;
         let recounted = skipped.min(self.recount);
         self.recount -= recounted;

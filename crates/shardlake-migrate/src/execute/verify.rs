@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use futures::StreamExt;
 use shardlake_core::Event;
+use shardlake_shard::{KeyDigest, digest_of};
 
 use super::{Migrator, Run, by_shard};
 use crate::error::{Result, internal, verification_failed};
-use crate::stub::{KeyDigest, digest_of};
 
 impl Migrator {
     /// Compares each moved key on its new owner with the lake: event count,

@@ -1,6 +1,5 @@
-//! Migration plans from a real lake, the shard stubs (in memory and over
-//! real HTTP), and phased migrations with their failures.
+//! Migration plans from a real lake, and phased migrations with their
+//! failures (the shard protocol's own tests are `shardlake-shard`'s).
 
 mod migrations;
 mod plans;
-mod stubs;

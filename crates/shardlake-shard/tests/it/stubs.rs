@@ -2,14 +2,50 @@
 //! fencing, dropping; the HTTP stub against a real HTTP shard.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use shardlake_core::Event;
-use shardlake_migrate::{ErrorKind, HttpShard, InMemoryShard, ShardStub, digest_of, shard_service};
+use shardlake_lake::{EmitterConfig, Lake};
 use shardlake_query::{CrossShardQuery, QueryConfig, ReplayQuery};
+use shardlake_shard::{ErrorKind, HttpShard, InMemoryShard, ShardStub, digest_of, shard_service};
 
-use crate::plans::lake_with_keys;
+/// 10 keys over 3 namespaces, 1 to 4 events each (`Order:o-3` and
+/// `Order:o-7` have 4).
+async fn lake_with_keys(dir: &std::path::Path) -> Lake {
+    let lake = Lake::open_local(dir).await.expect("lake");
+    let ts = chrono::DateTime::from_timestamp(1_767_225_600, 0).expect("ts");
+    let mut events = Vec::new();
+    let mut seq = 0;
+    for k in 0..10 {
+        for v in 0..(1 + k % 4) {
+            seq += 1;
+            events.push(
+                Event::new(
+                    format!("ns-{}", k % 3),
+                    1,
+                    seq,
+                    format!("Order:o-{k}"),
+                    "thing.updated",
+                    ts,
+                )
+                .with_entity("Order", format!("o-{k}"), i64::from(v) + 1)
+                .with_payload(&serde_json::json!({"v": v, "k": k})),
+            );
+        }
+    }
+    let emitter = lake
+        .emitter(EmitterConfig {
+            flush_interval: Duration::from_millis(1),
+            ..EmitterConfig::default()
+        })
+        .await
+        .expect("emitter");
+    emitter.emit(&events).await.expect("commit");
+    emitter.close().await.expect("close");
+    lake
+}
 
-async fn replayed(lake: &shardlake_lake::Lake, keys: &[&str]) -> Vec<Event> {
+async fn replayed(lake: &Lake, keys: &[&str]) -> Vec<Event> {
     let engine = CrossShardQuery::open(lake, QueryConfig::default())
         .await
         .expect("engine");
@@ -28,7 +64,7 @@ async fn replayed(lake: &shardlake_lake::Lake, keys: &[&str]) -> Vec<Event> {
     out
 }
 
-async fn exercise(shard: &dyn ShardStub, lake: &shardlake_lake::Lake) {
+async fn exercise(shard: &dyn ShardStub, lake: &Lake) {
     let keys = ["Order:o-3", "Order:o-7"];
     let events = replayed(lake, &keys).await;
     assert_eq!(events.len(), 8);
@@ -66,7 +102,7 @@ async fn exercise(shard: &dyn ShardStub, lake: &shardlake_lake::Lake) {
 #[tokio::test]
 async fn the_in_memory_shard_materializes_and_verifies() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (lake, _) = lake_with_keys(dir.path()).await;
+    let lake = lake_with_keys(dir.path()).await;
     let shard = InMemoryShard::new(3);
     exercise(&shard, &lake).await;
     let latest = shard.latest("Order:o-7").expect("state");
@@ -89,7 +125,7 @@ async fn http_shard(inner: Arc<InMemoryShard>) -> String {
 #[tokio::test]
 async fn the_http_shard_speaks_the_same_contract_over_a_real_socket() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (lake, _) = lake_with_keys(dir.path()).await;
+    let lake = lake_with_keys(dir.path()).await;
     let inner = Arc::new(InMemoryShard::new(5));
     let base = http_shard(Arc::clone(&inner)).await;
     let shard = HttpShard::new(5, base);
