@@ -34,8 +34,8 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use shardlake_lake::Lake;
 use shardlake_migrate::{
-    InMemoryShard, MigrationConfig, Migrator, ShardSet, ShardStub, WriteGate, key_stats,
-    plan_add_shard, publish_topology,
+    ControlStore, InMemoryShard, MigrationConfig, Migrator, ShardSet, ShardStub, WriteGate,
+    key_stats, plan_add_shard, publish_topology,
 };
 use shardlake_query::{
     CrossShardQuery, PartitionOf, QueryConfig, Subscription, SubscriptionConfig,
@@ -445,7 +445,7 @@ async fn subscribe(
 /// while the lake is being written and maintained.
 async fn migrate(lake: Lake) -> anyhow::Result<Value> {
     let engine = CrossShardQuery::open(&lake, QueryConfig::default()).await?;
-    let control = lake.control().await?;
+    let control = ControlStore::open(&lake).await?;
     let from = Topology::new(SHARDS as u32, Strategy::Jump);
     publish_topology(&control, &from).await?;
     let shards = Arc::new(ShardSet::new());

@@ -17,8 +17,8 @@ use serde_json::json;
 use shardlake_core::Event;
 use shardlake_lake::{EmitterConfig, Lake};
 use shardlake_migrate::{
-    InMemoryShard, MigrationConfig, Migrator, ShardSet, ShardStub, WriteGate, key_stats,
-    plan_add_shard, publish_topology,
+    ControlStore, InMemoryShard, MigrationConfig, Migrator, ShardSet, ShardStub, WriteGate,
+    key_stats, plan_add_shard, publish_topology,
 };
 use shardlake_query::{CrossShardQuery, QueryConfig, ReplayQuery};
 use shardlake_routing::{ShardRouter, SharedRouter, Strategy, Topology};
@@ -151,7 +151,7 @@ async fn migration(
     engine: &CrossShardQuery,
     from: &Topology,
 ) -> anyhow::Result<serde_json::Value> {
-    let control = lake.control().await?;
+    let control = ControlStore::open(lake).await?;
     publish_topology(&control, from).await?;
     let shards = Arc::new(ShardSet::new());
     for id in 0..=8 {

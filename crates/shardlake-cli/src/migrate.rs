@@ -13,10 +13,10 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use shardlake_lake::{EmitterConfig, Lake};
 use shardlake_migrate::{
-    HttpShard, InMemoryShard, MigrationConfig, MigrationPlan, MigrationReport, MigrationSetup,
-    MigrationStatus, Migrator, ShardStub, TopologyChange, analyze_balance, current_topology,
-    cut_over_per_store, key_stats, migration_report, migration_reports, plan_change, plan_shards,
-    publish_topology, shard_service,
+    ControlStore, HttpShard, InMemoryShard, MigrationConfig, MigrationPlan, MigrationReport,
+    MigrationSetup, MigrationStatus, Migrator, ShardStub, TopologyChange, analyze_balance,
+    current_topology, cut_over_per_store, key_stats, migration_report, migration_reports,
+    plan_change, plan_shards, publish_topology, shard_service,
 };
 use shardlake_query::{CrossShardQuery, QueryConfig, ReplayQuery};
 use shardlake_routing::{ShardId, ShardRouter, Strategy, Topology};
@@ -268,7 +268,7 @@ async fn run_command(lake_args: &LakeArgs, command: MigrateCommand) -> anyhow::R
         MigrateCommand::Rollback { id, run } => {
             let mut report = stored(&lake, &id).await?;
             // Whether cutover happened, as the rollback itself will decide.
-            cut_over_per_store(&lake.control().await?, &mut report).await?;
+            cut_over_per_store(&ControlStore::open(&lake).await?, &mut report).await?;
             let needed = report.rollback_shards();
             let migrator = migrator(&lake, engine, &report.plan, needed, &run).await?;
             let report = migrator.rollback(&id).await?;
@@ -279,7 +279,7 @@ async fn run_command(lake_args: &LakeArgs, command: MigrateCommand) -> anyhow::R
 }
 
 async fn stored(lake: &Lake, id: &str) -> anyhow::Result<MigrationReport> {
-    migration_report(&lake.control().await?, id)
+    migration_report(&ControlStore::open(lake).await?, id)
         .await?
         .with_context(|| format!("no migration `{id}` (see `shardlake migrate status`)"))
 }
@@ -291,7 +291,7 @@ async fn topology_in_use(
     args: &CurrentTopologyArgs,
     record: bool,
 ) -> anyhow::Result<Topology> {
-    let control = lake.control().await?;
+    let control = ControlStore::open(lake).await?;
     let given = match (&args.topology, args.shards) {
         (Some(path), _) => Some(Topology::parse(
             &std::fs::read_to_string(path)
@@ -425,7 +425,7 @@ async fn start(
     run: RunArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let control = lake.control().await?;
+    let control = ControlStore::open(lake).await?;
     if let Some(open) = migration_reports(&control)
         .await?
         .into_iter()
@@ -467,7 +467,7 @@ async fn until_interrupted(
     tokio::select! {
         report = work => Ok(report?),
         () = crate::serve::shutdown_signal() => {
-            let control = lake.control().await?;
+            let control = ControlStore::open(lake).await?;
             let open = migration_reports(&control)
                 .await?
                 .into_iter()
@@ -666,7 +666,7 @@ async fn status(
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let control = lake.control().await?;
+    let control = ControlStore::open(lake).await?;
     if let Some(id) = id {
         let report = stored(lake, id).await?;
         if json {
@@ -729,7 +729,7 @@ pub async fn serve_shard(
         last_seq,
     ));
     if hydrate {
-        let control = lake.control().await?;
+        let control = ControlStore::open(&lake).await?;
         let topology = current_topology(&control)
             .await?
             .context("--hydrate needs a recorded topology (run a `migrate` command first)")?;

@@ -170,14 +170,6 @@ impl EventsTable {
         }
     }
 
-    /// Topologies, migrations, key claims and buffered writes.
-    pub async fn control(&self) -> Result<crate::control::ControlStore> {
-        match self {
-            Self::Iceberg(t) => t.control().await,
-            Self::Parquet(t) => t.control().await,
-        }
-    }
-
     /// What keeps snapshots from expiring.
     pub fn pins(&self) -> &crate::pins::SnapshotPins {
         match self {

@@ -18,7 +18,6 @@
 
 pub mod checkpoint;
 pub mod commit;
-pub mod control;
 pub mod crashpoint;
 mod data_file;
 pub mod emitter;
@@ -214,10 +213,13 @@ impl Lake {
         self.table.checkpoints().await
     }
 
-    /// Topology versions, migration records, key claims and buffered
-    /// writes (in the catalog or control database).
-    pub async fn control(&self) -> Result<control::ControlStore> {
-        self.table.control().await
+    /// The lake's local database: the Iceberg catalog database, or
+    /// `control.db` of a Parquet lake. Every process of the lake shares it;
+    /// components that keep durable state next to the table (and write
+    /// [`pins::set_in`] with it) create their own tables in it. Cheap to
+    /// clone (a shared pool).
+    pub fn database(&self) -> sqlx::SqlitePool {
+        self.table.pool().clone()
     }
 
     /// Starts an emitter committing to the `events` table. Dead letters go to

@@ -12,7 +12,8 @@
 //!   ([`SnapshotPins::lease`]) and every resume renews the lease;
 //! - **durable pins**: an unfinished migration reads its copy snapshot and
 //!   its catch-up snapshots until it completes or is rolled back
-//!   ([`SnapshotPins::set`] / [`SnapshotPins::release`]).
+//!   ([`SnapshotPins::set`] / [`SnapshotPins::release`], or [`set_in`]
+//!   inside the transaction that saves the holder's own state).
 //!
 //! Leases and durable pins live in the lake's database (the catalog
 //! database, or `control.db` of a Parquet lake), so every process
@@ -78,21 +79,53 @@ pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// The pins table (also created by the control store, which writes
-/// migrations' pins with their records).
-pub(crate) const PINS_DDL: &str = "CREATE TABLE IF NOT EXISTS shardlake_snapshot_pins (
+/// The pins table.
+const PINS_DDL: &str = "CREATE TABLE IF NOT EXISTS shardlake_snapshot_pins (
     holder TEXT NOT NULL,
     snapshot_id INTEGER NOT NULL,
     expires_at_ms INTEGER,
     PRIMARY KEY (holder, snapshot_id)
 )";
 
+/// Creates the pins table in the lake's database `pool` if it is not there
+/// yet. For a store that writes durable pins with its own rows
+/// ([`set_in`]) and may open before anything else created the table.
+pub async fn create_table(pool: &SqlitePool) -> Result<()> {
+    sqlx::query(PINS_DDL).execute(pool).await.map_err(storage)?;
+    Ok(())
+}
+
+/// Makes `snapshot_ids` exactly what `holder` keeps, until released, on
+/// `conn`: inside the caller's transaction, so durable pins can be saved
+/// atomically with whatever they protect ([`SnapshotPins::set`] is this in
+/// a transaction of its own).
+pub async fn set_in(
+    conn: &mut sqlx::SqliteConnection,
+    holder: &str,
+    snapshot_ids: &[i64],
+) -> Result<()> {
+    sqlx::query("DELETE FROM shardlake_snapshot_pins WHERE holder = ?")
+        .bind(holder)
+        .execute(&mut *conn)
+        .await
+        .map_err(storage)?;
+    for id in snapshot_ids {
+        sqlx::query(
+            "INSERT OR IGNORE INTO shardlake_snapshot_pins (holder, snapshot_id, expires_at_ms) \
+             VALUES (?, ?, NULL)",
+        )
+        .bind(holder)
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(storage)?;
+    }
+    Ok(())
+}
+
 impl SnapshotPins {
     pub(crate) async fn open(pool: SqlitePool) -> Result<Self> {
-        sqlx::query(PINS_DDL)
-            .execute(&pool)
-            .await
-            .map_err(storage)?;
+        create_table(&pool).await?;
         Ok(Self {
             pool,
             open: Arc::default(),
@@ -139,22 +172,7 @@ impl SnapshotPins {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(storage)?;
-        sqlx::query("DELETE FROM shardlake_snapshot_pins WHERE holder = ?")
-            .bind(holder)
-            .execute(&mut *tx)
-            .await
-            .map_err(storage)?;
-        for id in snapshot_ids {
-            sqlx::query(
-                "INSERT OR IGNORE INTO shardlake_snapshot_pins (holder, snapshot_id, expires_at_ms) \
-                 VALUES (?, ?, NULL)",
-            )
-            .bind(holder)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(storage)?;
-        }
+        set_in(&mut tx, holder, snapshot_ids).await?;
         tx.commit().await.map_err(storage)
     }
 

@@ -17,12 +17,12 @@ use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 use shardlake_core::{Event, EventLimits};
-use shardlake_lake::control::ControlStore;
 use shardlake_routing::{ShardId, ShardRouter, SharedRouter, Topology};
 use shardlake_shard::{ShardStub, shard_failed};
 use tokio::sync::RwLock as AsyncRwLock;
 
 use crate::error::{ErrorKind, Result, invalid_write};
+use crate::store::ControlStore;
 
 /// The shards a process can reach, by id.
 #[derive(Default)]

@@ -11,7 +11,10 @@
 //! - [`record`]: what a migration records about itself (its durable state
 //!   and its result);
 //! - [`setup`]: from a requested change to a plan and a migrator, the one
-//!   way the CLI and the server both start a migration.
+//!   way the CLI and the server both start a migration;
+//! - [`store`]: the control store in the lake's database (topology
+//!   versions, migration rows, key claims, the migration lease and the
+//!   write buffer), opened with [`ControlStore::open`].
 //!
 //! The shards a migration drives speak the shard protocol of
 //! `shardlake-shard` (the `ShardStub` trait, `InMemoryShard`, `HttpShard`
@@ -23,6 +26,7 @@ pub mod gate;
 pub mod plan;
 pub mod record;
 pub mod setup;
+pub mod store;
 
 pub use error::{Error, ErrorKind, Result, migration_not_found};
 pub use execute::{MigrationConfig, Migrator, PhaseHook};
@@ -41,3 +45,4 @@ pub use shardlake_shard::{
     ApplyAck, HttpShard, InMemoryShard, KeyDigest, ShardStub, digest_of, key_fenced, shard_failed,
     shard_service,
 };
+pub use store::{BufferedWrite, ControlStore, MigrationRow};

@@ -6,11 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use shardlake_lake::control::{ControlStore, MigrationRow};
 use shardlake_routing::{ShardId, Topology};
 
 use crate::error::{Result, internal};
 use crate::plan::MigrationPlan;
+use crate::store::{ControlStore, MigrationRow};
 
 /// The phases of a migration, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -38,6 +38,24 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in order.
+    pub const ALL: [Self; 9] = [
+        Self::Initializing,
+        Self::Copying,
+        Self::CatchingUp,
+        Self::Fencing,
+        Self::Cutover,
+        Self::Flushing,
+        Self::Verifying,
+        Self::Complete,
+        Self::RollingBack,
+    ];
+
+    /// The phase named `name` ([`Self::as_str`]), if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
     /// The name used in records, logs and the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -75,6 +93,19 @@ pub enum MigrationStatus {
 }
 
 impl MigrationStatus {
+    /// Every status.
+    pub const ALL: [Self; 4] = [
+        Self::Running,
+        Self::Completed,
+        Self::RolledBack,
+        Self::Failed,
+    ];
+
+    /// The status named `name` ([`Self::as_str`]), if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// The name used in records and the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -296,8 +327,8 @@ pub(crate) fn row(report: &MigrationReport) -> Result<MigrationRow> {
         .map_err(|e| internal(format!("unserializable record: {e}")))?;
     Ok(MigrationRow {
         id: report.id.clone(),
-        status: report.status.as_str().to_owned(),
-        phase: report.phase.as_str().to_owned(),
+        status: report.status,
+        phase: report.phase,
         fenced: report.fenced,
         record,
         updated_at: String::new(),

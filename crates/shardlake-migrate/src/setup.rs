@@ -19,6 +19,7 @@ use crate::plan::{
     MigrationPlan, generate_rebalance_plan, key_stats, plan_add_shard, plan_remove_shard,
 };
 use crate::record::current_topology;
+use crate::store::ControlStore;
 
 /// A change of topology.
 #[derive(Debug, Clone)]
@@ -100,7 +101,7 @@ impl MigrationSetup {
         for (id, url) in &self.endpoints {
             shards.insert(Arc::new(HttpShard::new(*id, url.clone())));
         }
-        let control = lake.control().await?;
+        let control = ControlStore::open(lake).await?;
         let current = current_topology(&control)
             .await?
             .unwrap_or_else(|| plan.from.clone());

@@ -475,12 +475,6 @@ impl IcebergEventsTable {
         crate::checkpoint::Checkpoints::open(self.inner.pool.clone()).await
     }
 
-    /// The control tables (topologies, migrations) in the same catalog
-    /// database.
-    pub async fn control(&self) -> Result<crate::control::ControlStore> {
-        crate::control::ControlStore::open(self.inner.pool.clone()).await
-    }
-
     /// What keeps snapshots from expiring.
     pub fn pins(&self) -> &SnapshotPins {
         &self.inner.pins

@@ -37,8 +37,9 @@
 //! processes: a Parquet lake has **one writer at a time**, enforced by an
 //! exclusive lock on `<data dir>/parquet-writer.lock` held by the committer
 //! (a second emitter fails to start, saying so), and maintenance runs in
-//! the process holding it. Checkpoints and the migration control tables
-//! live in `<data dir>/control.db`.
+//! the process holding it. Checkpoints, pins and the tables other crates
+//! keep in the lake's database (`Lake::database`; the migration control
+//! tables) live in `<data dir>/control.db`.
 //!
 //! Readers get a snapshot's files with their bounds (from the footers'
 //! row-group statistics) in the format-neutral [`crate::snapshot`] model
@@ -404,11 +405,6 @@ impl ParquetEventsTable {
     /// Subscription checkpoints (in the control database).
     pub async fn checkpoints(&self) -> Result<crate::checkpoint::Checkpoints> {
         crate::checkpoint::Checkpoints::open(self.pool.clone()).await
-    }
-
-    /// Topologies and migrations (in the control database).
-    pub async fn control(&self) -> Result<crate::control::ControlStore> {
-        crate::control::ControlStore::open(self.pool.clone()).await
     }
 
     /// The table's latest snapshot: one LIST of the table directory plus

@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use shardlake_lake::Lake;
-use shardlake_lake::control::ControlStore;
 use shardlake_query::CrossShardQuery;
 use shardlake_routing::ShardId;
 use shardlake_shard::ShardStub;
@@ -42,6 +41,7 @@ use crate::error::{
 use crate::gate::WriteGate;
 use crate::plan::{KeyMove, MigrationPlan};
 use crate::record::{self, FailureSummary, MigrationReport, MigrationStatus, Phase, Progress};
+use crate::store::ControlStore;
 
 /// How a migration runs.
 #[derive(Debug, Clone)]
@@ -139,7 +139,7 @@ impl Migrator {
         gate: Arc<WriteGate>,
         config: MigrationConfig,
     ) -> Result<Self> {
-        let control = lake.control().await?;
+        let control = ControlStore::open(lake).await?;
         for report in record::migration_reports(&control).await? {
             if report.status.is_open() && report.fenced {
                 gate.fence(&report.id, &report.plan.from, &report.plan.to)

@@ -13,9 +13,9 @@ use futures::StreamExt;
 use shardlake_core::Event;
 use shardlake_lake::{EmitterConfig, Lake, PipelineEmitter};
 use shardlake_migrate::{
-    InMemoryShard, KeyDigest, MigrationConfig, MigrationPlan, MigrationReport, MigrationStatus,
-    Migrator, Phase, PhaseHook, ShardSet, ShardStub, Submitted, WriteGate, current_topology,
-    digest_of, key_stats, migration_reports, plan_add_shard, publish_topology,
+    ControlStore, InMemoryShard, KeyDigest, MigrationConfig, MigrationPlan, MigrationReport,
+    MigrationStatus, Migrator, Phase, PhaseHook, ShardSet, ShardStub, Submitted, WriteGate,
+    current_topology, digest_of, key_stats, migration_reports, plan_add_shard, publish_topology,
 };
 use shardlake_query::{CrossShardQuery, QueryConfig, ReplayQuery};
 use shardlake_routing::{ShardId, ShardRouter, SharedRouter, Strategy, Topology};
@@ -92,7 +92,7 @@ impl Cluster {
             }
         }
         emitter.emit(&seed).await.expect("seed");
-        let control = lake.control().await.expect("control");
+        let control = ControlStore::open(&lake).await.expect("control");
         publish_topology(&control, &topology)
             .await
             .expect("publish");
@@ -139,7 +139,7 @@ impl Cluster {
     /// A new coordinating process: routing and fences from the control
     /// store, the same shards (other processes, they live on).
     async fn restart(&self, config: MigrationConfig) -> Migrator {
-        let control = self.lake.control().await.expect("control");
+        let control = ControlStore::open(&self.lake).await.expect("control");
         let stored = current_topology(&control)
             .await
             .expect("topology")
@@ -361,7 +361,7 @@ async fn adding_a_ninth_shard_while_eight_emit_moves_every_key_exactly_once() {
     );
 
     assert_eq!(cluster.router().current().topology().version, 2);
-    let control = cluster.lake.control().await.expect("control");
+    let control = ControlStore::open(&cluster.lake).await.expect("control");
     assert_eq!(
         current_topology(&control).await.expect("topology"),
         Some(plan.to.clone())
@@ -618,7 +618,7 @@ async fn counters_add_up_across_a_resumed_copy() {
     hanging.hung.notified().await;
     task.abort();
     assert!(task.await.is_err(), "killed");
-    let control = cluster.lake.control().await.expect("control");
+    let control = ControlStore::open(&cluster.lake).await.expect("control");
     let dead = migration_reports(&control)
         .await
         .expect("reports")
@@ -802,7 +802,7 @@ async fn a_migration_killed_in_any_phase_completes_when_run_again() {
         cluster.assert_exactly_once().await;
         cluster.assert_owned_once(&report).await;
     }
-    let control = cluster.lake.control().await.expect("control");
+    let control = ControlStore::open(&cluster.lake).await.expect("control");
     let reports = migration_reports(&control).await.expect("reports");
     assert_eq!(reports.len(), phases.len());
     assert!(
@@ -909,7 +909,7 @@ async fn one_migration_per_key_and_stale_plans_are_refused() {
     // A different next topology from the same version: a stale plan once
     // the first is under way, and its keys overlap.
     let other = cluster.plan_add(5).await;
-    let control = cluster.lake.control().await.expect("control");
+    let control = ControlStore::open(&cluster.lake).await.expect("control");
     let claimed = control
         .claim_keys("someone-else", &[other.moves[0].key.clone()])
         .await

@@ -13,9 +13,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shardlake_migrate::{
-    MigrationConfig, MigrationPlan, MigrationReport, MigrationSetup, Migrator, TopologyChange,
-    current_topology, migration_not_found, migration_report, migration_reports, plan_change,
-    plan_shards, publish_topology,
+    ControlStore, MigrationConfig, MigrationPlan, MigrationReport, MigrationSetup, Migrator,
+    TopologyChange, current_topology, migration_not_found, migration_report, migration_reports,
+    plan_change, plan_shards, publish_topology,
 };
 use shardlake_routing::Topology;
 
@@ -44,7 +44,9 @@ async fn topology_in_use(
     current: Option<Topology>,
     record: bool,
 ) -> Result<Topology, ApiError> {
-    let control = state.lake().control().await.map_err(ApiError::from)?;
+    let control = ControlStore::open(state.lake())
+        .await
+        .map_err(ApiError::from)?;
     if let Some(t) = current_topology(&control).await.map_err(ApiError::from)? {
         return Ok(t);
     }
@@ -143,7 +145,9 @@ pub async fn list(
     Authenticated(caller): Authenticated,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Permission::Admin)?;
-    let control = state.lake().control().await.map_err(ApiError::from)?;
+    let control = ControlStore::open(state.lake())
+        .await
+        .map_err(ApiError::from)?;
     let topology = current_topology(&control).await.map_err(ApiError::from)?;
     let migrations: Vec<Value> = migration_reports(&control)
         .await
@@ -163,7 +167,9 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<MigrationReport>, ApiError> {
     caller.require(Permission::Admin)?;
-    let control = state.lake().control().await.map_err(ApiError::from)?;
+    let control = ControlStore::open(state.lake())
+        .await
+        .map_err(ApiError::from)?;
     migration_report(&control, &id)
         .await
         .map_err(ApiError::from)?
@@ -190,7 +196,9 @@ pub async fn start(
 ) -> Result<Response, ApiError> {
     caller.require(Permission::Admin)?;
     let slot = state.migration_slot().ok_or_else(busy)?;
-    let control = state.lake().control().await.map_err(ApiError::from)?;
+    let control = ControlStore::open(state.lake())
+        .await
+        .map_err(ApiError::from)?;
     if let Some(open) = migration_reports(&control)
         .await
         .map_err(ApiError::from)?
@@ -234,7 +242,9 @@ pub async fn act(
         ));
     }
     let slot = state.migration_slot().ok_or_else(busy)?;
-    let control = state.lake().control().await.map_err(ApiError::from)?;
+    let control = ControlStore::open(state.lake())
+        .await
+        .map_err(ApiError::from)?;
     let report = migration_report(&control, &id)
         .await
         .map_err(ApiError::from)?

@@ -1,20 +1,27 @@
-//! The lake's control state, in the catalog database next to the table
-//! pointer: topology versions, migration records, key claims and the write
-//! buffer of migrations.
+//! The migration control state of a lake, in the lake's own database (the
+//! Iceberg catalog database next to the table pointer, or `control.db` of a
+//! Parquet lake): topology versions, migration records, key claims, the
+//! migration lease and the write buffer of migrations.
 //!
-//! It lives here, not in memory, because a migration must survive the
+//! It lives there, not in memory, because a migration must survive the
 //! process that runs it: a re-run after a crash finds which keys it
 //! claimed, whether they are fenced, the writes buffered for them and which
-//! topology version is current. The catalog database is already the one
-//! thing every shardlake process of a lake shares and commits through.
+//! topology version is current. The lake's database is already the one
+//! thing every shardlake process of a lake shares and commits through
+//! ([`Lake::database`]).
 //!
-//! Records are opaque JSON text here; `shardlake-migrate` owns their shape.
+//! A row's status and phase are typed here and stored by name; its record
+//! is JSON text whose shape [`crate::record`] owns. A migration's snapshot
+//! pins (holder `migration:<id>`, in the lake's pins table) are saved in
+//! the same transaction as its row ([`pins::set_in`]).
 
+use shardlake_lake::{Lake, pins};
 use sqlx::SqlitePool;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::record::{MigrationStatus, Phase};
 
-/// The control tables of a lake.
+/// The migration control tables of a lake. Cheap to clone (a shared pool).
 #[derive(Debug, Clone)]
 pub struct ControlStore {
     pool: SqlitePool,
@@ -25,10 +32,11 @@ pub struct ControlStore {
 pub struct MigrationRow {
     /// Migration id.
     pub id: String,
-    /// `running`, `completed`, `rolled_back` or `failed`.
-    pub status: String,
-    /// The phase reached.
-    pub phase: String,
+    /// Where it stands (stored by name: `running`, `completed`,
+    /// `rolled_back` or `failed`).
+    pub status: MigrationStatus,
+    /// The phase reached (stored by name, [`Phase::as_str`]).
+    pub phase: Phase,
     /// Whether writes to its moving keys are being buffered.
     pub fenced: bool,
     /// The migration's own record (JSON).
@@ -39,6 +47,11 @@ pub struct MigrationRow {
     /// snapshots): pinned against expiry, in the same transaction that
     /// saves the row, as holder `migration:<id>`. Empty once it is over.
     pub pinned_snapshots: Vec<i64>,
+}
+
+/// The pins holder of migration `id`'s snapshots.
+fn pin_holder(id: &str) -> String {
+    format!("migration:{id}")
 }
 
 /// One buffered write.
@@ -54,6 +67,37 @@ pub struct BufferedWrite {
 
 fn storage(e: sqlx::Error) -> Error {
     Error::new(ErrorKind::Storage, "control store failed").with_source(e)
+}
+
+/// A stored status or phase this build does not know: the row is refused,
+/// never read as something else.
+fn unknown(id: &str, what: &'static str, value: &str) -> Error {
+    Error::new(
+        ErrorKind::Unexpected,
+        format!("migration {id} has an unknown {what} `{value}` in the control store"),
+    )
+    .with_context("migration", id)
+    .with_context(what, value)
+}
+
+fn parse_row(
+    (id, status, phase, fenced, record, updated_at): (String, String, String, bool, String, String),
+) -> Result<MigrationRow> {
+    let Some(status_parsed) = MigrationStatus::from_name(&status) else {
+        return Err(unknown(&id, "status", &status));
+    };
+    let Some(phase_parsed) = Phase::from_name(&phase) else {
+        return Err(unknown(&id, "phase", &phase));
+    };
+    Ok(MigrationRow {
+        id,
+        status: status_parsed,
+        phase: phase_parsed,
+        fenced,
+        record,
+        updated_at,
+        pinned_snapshots: Vec::new(),
+    })
 }
 
 const SCHEMA: [&str; 4] = [
@@ -87,10 +131,17 @@ const SCHEMA: [&str; 4] = [
 ];
 
 impl ControlStore {
-    pub(crate) async fn open(pool: SqlitePool) -> Result<Self> {
-        for ddl in SCHEMA.iter().chain([&crate::pins::PINS_DDL]) {
+    /// The control store of `lake`, in its database; creates the control
+    /// tables (and the pins table its upserts write) if they are not there.
+    pub async fn open(lake: &Lake) -> Result<Self> {
+        Self::open_in(lake.database()).await
+    }
+
+    async fn open_in(pool: SqlitePool) -> Result<Self> {
+        for ddl in SCHEMA {
             sqlx::query(ddl).execute(&pool).await.map_err(storage)?;
         }
+        pins::create_table(&pool).await?;
         Ok(Self { pool })
     }
 
@@ -277,31 +328,14 @@ impl ControlStore {
              fenced = excluded.fenced, record = excluded.record, updated_at = CURRENT_TIMESTAMP",
         )
         .bind(&row.id)
-        .bind(&row.status)
-        .bind(&row.phase)
+        .bind(row.status.as_str())
+        .bind(row.phase.as_str())
         .bind(row.fenced)
         .bind(&row.record)
         .execute(&mut *conn)
         .await
         .map_err(storage)?;
-        let holder = format!("migration:{}", row.id);
-        sqlx::query("DELETE FROM shardlake_snapshot_pins WHERE holder = ?")
-            .bind(&holder)
-            .execute(&mut *conn)
-            .await
-            .map_err(storage)?;
-        for id in &row.pinned_snapshots {
-            sqlx::query(
-                "INSERT OR IGNORE INTO shardlake_snapshot_pins (holder, snapshot_id, expires_at_ms) \
-                 VALUES (?, ?, NULL)",
-            )
-            .bind(&holder)
-            .bind(id)
-            .execute(&mut *conn)
-            .await
-            .map_err(storage)?;
-        }
-        Ok(())
+        pins::set_in(conn, &pin_holder(&row.id), &row.pinned_snapshots).await
     }
 
     /// One migration, if it exists.
@@ -327,23 +361,13 @@ impl ControlStore {
         if let Some(id) = id {
             query = query.bind(id);
         }
-        Ok(query
+        query
             .fetch_all(&self.pool)
             .await
             .map_err(storage)?
             .into_iter()
-            .map(
-                |(id, status, phase, fenced, record, updated_at)| MigrationRow {
-                    id,
-                    status,
-                    phase,
-                    fenced,
-                    record,
-                    updated_at,
-                    pinned_snapshots: Vec::new(),
-                },
-            )
-            .collect())
+            .map(parse_row)
+            .collect()
     }
 
     /// Appends a write to `migration`'s buffer if the migration still
@@ -402,5 +426,119 @@ impl ControlStore {
                 .map_err(storage)?;
         }
         tx.commit().await.map_err(storage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lake() -> (tempfile::TempDir, Lake) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let lake = Lake::open_local(tmp.path()).await.expect("lake");
+        (tmp, lake)
+    }
+
+    fn row(id: &str, status: MigrationStatus, phase: Phase, pins: Vec<i64>) -> MigrationRow {
+        MigrationRow {
+            id: id.to_owned(),
+            status,
+            phase,
+            fenced: true,
+            record: "{}".to_owned(),
+            updated_at: String::new(),
+            pinned_snapshots: pins,
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_keep_their_status_and_phase_and_pin_with_the_record() {
+        let (_tmp, lake) = lake().await;
+        let store = ControlStore::open(&lake).await.expect("open");
+        ControlStore::open(&lake).await.expect("opens again");
+        let saved = row("m1", MigrationStatus::Failed, Phase::CatchingUp, vec![5, 3]);
+        assert!(
+            store
+                .begin_migration(&saved, &["k1".to_owned()])
+                .await
+                .expect("begin")
+                .is_empty()
+        );
+        let read = store.migration("m1").await.expect("read").expect("row");
+        assert_eq!(read.status, MigrationStatus::Failed);
+        assert_eq!(read.phase, Phase::CatchingUp);
+        assert!(read.fenced);
+        let stored: (String, String) =
+            sqlx::query_as("SELECT status, phase FROM shardlake_migrations WHERE id = 'm1'")
+                .fetch_one(&lake.database())
+                .await
+                .expect("raw");
+        assert_eq!(stored, ("failed".to_owned(), "catching_up".to_owned()));
+        let pinned = |pins: Vec<shardlake_lake::Pin>| {
+            pins.into_iter()
+                .map(|p| (p.holder, p.snapshot_id))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            pinned(lake.pins().list().await.expect("pins")),
+            vec![
+                ("migration:m1".to_owned(), 3),
+                ("migration:m1".to_owned(), 5)
+            ]
+        );
+        store
+            .save_migration(&row(
+                "m1",
+                MigrationStatus::Completed,
+                Phase::Complete,
+                vec![],
+            ))
+            .await
+            .expect("save");
+        assert!(lake.pins().list().await.expect("pins").is_empty());
+        let all = store.migrations().await.expect("all");
+        assert_eq!(all.len(), 1);
+        assert_eq!(
+            (all[0].status, all[0].phase),
+            (MigrationStatus::Completed, Phase::Complete)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_stored_status_or_phase_is_refused_naming_it() {
+        let (_tmp, lake) = lake().await;
+        let store = ControlStore::open(&lake).await.expect("open");
+        store
+            .save_migration(&row("m1", MigrationStatus::Running, Phase::Copying, vec![]))
+            .await
+            .expect("save");
+        for (column, value) in [("status", "paused"), ("phase", "warming_up")] {
+            sqlx::query(&format!(
+                "UPDATE shardlake_migrations SET status = 'running', phase = 'copying', \
+                 {column} = ? WHERE id = 'm1'"
+            ))
+            .bind(value)
+            .execute(&lake.database())
+            .await
+            .expect("update");
+            let err = store.migration("m1").await.expect_err("unknown value");
+            assert_eq!(err.kind(), ErrorKind::Unexpected, "{err}");
+            assert!(err.to_string().contains(value), "{err}");
+            assert!(err.to_string().contains("m1"), "{err}");
+            let err = store.migrations().await.expect_err("unknown value");
+            assert_eq!(err.kind(), ErrorKind::Unexpected, "{err}");
+        }
+    }
+
+    #[test]
+    fn names_parse_back() {
+        for phase in Phase::ALL {
+            assert_eq!(Phase::from_name(phase.as_str()), Some(phase));
+        }
+        for status in MigrationStatus::ALL {
+            assert_eq!(MigrationStatus::from_name(status.as_str()), Some(status));
+        }
+        assert_eq!(Phase::from_name("Copying"), None);
+        assert_eq!(MigrationStatus::from_name(""), None);
     }
 }
