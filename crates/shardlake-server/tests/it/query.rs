@@ -352,6 +352,14 @@ async fn timeouts_overload_and_memory_get_504_and_429() {
         "query_timeout",
     )
     .await;
+    // Its work lets go of the slot only when it really ends (a moment
+    // after the 504; longer on a loaded machine): wait for that, or the
+    // slot seen below could be this one's, not the busy query's.
+    server
+        .wait_for_stats(None, "the timed-out query's work to end", |s| {
+            s["server"]["queries_running"] == 0
+        })
+        .await;
     // While one query holds the only slot, the next waits, then gets 429.
     let busy = {
         let request = server
