@@ -16,12 +16,14 @@
 //! that instruction: tests never skip silently.
 
 mod flaky;
+mod lakes;
 mod moto;
 mod stats;
 
 use std::path::PathBuf;
 
 pub use flaky::{Fault, FlakyS3};
+pub use lakes::lake_with_keys;
 pub use moto::{ACCESS_KEY_ID, MotoServer, S3Bucket, SECRET_ACCESS_KEY, moto};
 pub use stats::wait_for_stats;
 

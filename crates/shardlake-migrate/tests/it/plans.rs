@@ -1,9 +1,7 @@
 //! Plans from the lake's per-key statistics.
 
-use std::time::Duration;
-
 use shardlake_core::Event;
-use shardlake_lake::{EmitterConfig, Lake};
+use shardlake_lake::Lake;
 use shardlake_migrate::{
     KeyStats, analyze_balance, generate_rebalance_plan, key_stats, plan_add_shard,
     plan_remove_shard, validate_plan,
@@ -13,37 +11,7 @@ use shardlake_routing::{ShardRouter, Strategy, Topology};
 
 /// 2,000 keys over 3 namespaces, 1 to 4 events each.
 pub async fn lake_with_keys(dir: &std::path::Path) -> (Lake, Vec<Event>) {
-    let lake = Lake::open_local(dir).await.expect("lake");
-    let ts = chrono::DateTime::from_timestamp(1_767_225_600, 0).expect("ts");
-    let mut events = Vec::new();
-    let mut seq = 0;
-    for k in 0..2000 {
-        for v in 0..(1 + k % 4) {
-            seq += 1;
-            events.push(
-                Event::new(
-                    format!("ns-{}", k % 3),
-                    1,
-                    seq,
-                    format!("Order:o-{k}"),
-                    "thing.updated",
-                    ts,
-                )
-                .with_entity("Order", format!("o-{k}"), i64::from(v) + 1)
-                .with_payload(&serde_json::json!({"v": v, "k": k})),
-            );
-        }
-    }
-    let emitter = lake
-        .emitter(EmitterConfig {
-            flush_interval: Duration::from_millis(1),
-            ..EmitterConfig::default()
-        })
-        .await
-        .expect("emitter");
-    emitter.emit(&events).await.expect("commit");
-    emitter.close().await.expect("close");
-    (lake, events)
+    shardlake_testkit::lake_with_keys(dir, 2000).await
 }
 
 async fn stats(lake: &Lake) -> Vec<KeyStats> {

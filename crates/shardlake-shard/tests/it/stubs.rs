@@ -2,47 +2,16 @@
 //! fencing, dropping; the HTTP stub against a real HTTP shard.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use shardlake_core::Event;
-use shardlake_lake::{EmitterConfig, Lake};
+use shardlake_lake::Lake;
 use shardlake_query::{CrossShardQuery, QueryConfig, ReplayQuery};
 use shardlake_shard::{ErrorKind, HttpShard, InMemoryShard, ShardStub, digest_of, shard_service};
 
 /// 10 keys over 3 namespaces, 1 to 4 events each (`Order:o-3` and
 /// `Order:o-7` have 4).
 async fn lake_with_keys(dir: &std::path::Path) -> Lake {
-    let lake = Lake::open_local(dir).await.expect("lake");
-    let ts = chrono::DateTime::from_timestamp(1_767_225_600, 0).expect("ts");
-    let mut events = Vec::new();
-    let mut seq = 0;
-    for k in 0..10 {
-        for v in 0..(1 + k % 4) {
-            seq += 1;
-            events.push(
-                Event::new(
-                    format!("ns-{}", k % 3),
-                    1,
-                    seq,
-                    format!("Order:o-{k}"),
-                    "thing.updated",
-                    ts,
-                )
-                .with_entity("Order", format!("o-{k}"), i64::from(v) + 1)
-                .with_payload(&serde_json::json!({"v": v, "k": k})),
-            );
-        }
-    }
-    let emitter = lake
-        .emitter(EmitterConfig {
-            flush_interval: Duration::from_millis(1),
-            ..EmitterConfig::default()
-        })
-        .await
-        .expect("emitter");
-    emitter.emit(&events).await.expect("commit");
-    emitter.close().await.expect("close");
-    lake
+    shardlake_testkit::lake_with_keys(dir, 10).await.0
 }
 
 async fn replayed(lake: &Lake, keys: &[&str]) -> Vec<Event> {
