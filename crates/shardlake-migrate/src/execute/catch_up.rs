@@ -10,7 +10,7 @@ use shardlake_query::ReplayQuery;
 use shardlake_routing::{ShardId, ShardRouter};
 
 use super::replay::Sink;
-use super::{Migrator, Run};
+use super::{Migrator, Run, key_index};
 use crate::error::{Result, internal};
 use crate::plan::KeyMove;
 use crate::record;
@@ -34,14 +34,7 @@ impl Migrator {
             return Ok(0);
         }
         let mut moves = Self::moves(&run.report);
-        let mut index: HashMap<String, usize> = run
-            .report
-            .plan
-            .moves
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.key.clone(), i))
-            .collect();
+        let mut index: HashMap<String, usize> = key_index(&run.report.plan);
         let (from, to) = (
             ShardRouter::new(run.report.plan.from.clone())?,
             ShardRouter::new(run.report.plan.to.clone())?,

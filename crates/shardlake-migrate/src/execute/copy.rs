@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::replay::Sink;
-use super::{Migrator, Run};
+use super::{Migrator, Run, key_index};
 use crate::error::Result;
 use crate::record;
 
@@ -19,14 +19,7 @@ impl Migrator {
         let keys = crate::plan::key_stats_at(&self.engine, Some(s0)).await?;
         let now =
             crate::plan::plan_between(&run.report.plan.from, &run.report.plan.to, &keys, 0.0)?;
-        let index: HashMap<String, usize> = run
-            .report
-            .plan
-            .moves
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.key.clone(), i))
-            .collect();
+        let index: HashMap<String, usize> = key_index(&run.report.plan);
         let mut joined = Vec::new();
         for m in now.moves {
             match index.get(&m.key) {

@@ -537,3 +537,12 @@ fn by_shard(
     }
     out
 }
+
+/// Each moving key's index in `plan.moves`.
+pub(super) fn key_index(plan: &MigrationPlan) -> HashMap<String, usize> {
+    plan.moves
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.key.clone(), i))
+        .collect()
+}

@@ -34,14 +34,7 @@ async fn parquet_json_answers_carry_columns_rows_and_honest_stats_and_use_the_ca
 
 async fn json_answers(server: TestServer, format: &str) {
     server.ingest_fixture(None).await;
-    let tables: Value = server
-        .get("/v1/tables", None)
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
+    let tables: Value = server.get_json("/v1/tables", None).await;
     assert_eq!(tables["tables"][0]["kind"], format, "{tables}");
 
     let first = server.query(None, BY_NAMESPACE).await;
