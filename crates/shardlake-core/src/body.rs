@@ -357,16 +357,7 @@ mod tests {
     }
 
     fn whole(form: BodyForm, body: &[u8]) -> Result<(usize, Vec<(usize, String)>), EventError> {
-        let mut parser = BodyParser::new(form, EventBatchBuilder::new(EventLimits::default()));
-        parser.push(body)?;
-        let (batch, rejected) = parser.finish()?;
-        Ok((
-            batch.len(),
-            rejected
-                .into_iter()
-                .map(|r| (r.index, r.error.code.as_str().to_owned()))
-                .collect(),
-        ))
+        in_pieces(form, body, body.len().max(1))
     }
 
     fn in_pieces(
