@@ -1,22 +1,32 @@
 #!/usr/bin/env python3
-"""Query benchmark: a fixed query set on the same Parquet files, three ways
-in one run: shardlake's engine, plain DataFusion (ListingTable), DuckDB.
+"""Query benchmark: a fixed query set on the same Parquet files, side by side
+in one run: shardlake's engine in process, plain DataFusion (ListingTable),
+DuckDB, and (with --http) shardlake over HTTP on loopback, result cache off.
 
 1. generates a lake of N events (shardlake generate + ingest), unless the
    work directory already holds one;
 2. runs the query set with `shardlake-bench queries` (shardlake and
    ListingTable in one process; also cold vs cached latency);
 3. runs the same SQL in DuckDB over the same files;
-4. prints medians and the ratios shardlake/ListingTable and shardlake/DuckDB.
+4. with --http: starts `shardlake serve` on the lake (result cache off) and
+   times each query as a client on loopback would see it (keep-alive
+   connection, whole JSON answer read), checking its row count against
+   DuckDB's;
+5. prints medians, the ratios to ListingTable and DuckDB, their geomeans
+   and the worst query.
 
 Usage (from the repository root):
     cargo build --release -p shardlake-cli -p shardlake-bench
     python3 -m venv .venv && .venv/bin/pip install -r benches/requirements.txt
     .venv/bin/python benches/query.py --events 10000000 --workdir /tmp/shardlake-bench-10m
+    .venv/bin/python benches/query.py --events 2000000 --http --workdir /tmp/shardlake-bench-2m
 """
 import argparse
+import http.client
 import json
+import math
 import os
+import socket
 import statistics
 import subprocess
 import tempfile
@@ -39,6 +49,18 @@ QUERIES = {
     "q8_replay_key": "SELECT * FROM events WHERE namespace = '{ns0}' AND partition_key = '{key}' ORDER BY seq",
     "q9_things_namespace": "SELECT \"type\", count(*), max(version) FROM things WHERE namespace = '{ns2}' "
                            "GROUP BY \"type\" ORDER BY \"type\"",
+    # Shapes added so that gains are not tuned to the nine above.
+    "q10_window_topk": "SELECT partition_key, count(*) AS n FROM events WHERE ts >= '{t0}' AND ts < '{t1}' "
+                       "GROUP BY partition_key ORDER BY n DESC, partition_key LIMIT 10",
+    "q11_key_prefix": "SELECT event_type, count(*), max(seq) FROM events WHERE partition_key LIKE 'Order:ord-0001%' "
+                      "GROUP BY event_type ORDER BY event_type",
+    "q12_self_join": "SELECT b.event_type, count(*) FROM events a JOIN events b "
+                     "ON a.namespace = b.namespace AND a.entity_id = b.entity_id AND b.version = a.version + 1 "
+                     "WHERE a.namespace = '{ns1}' AND b.namespace = '{ns1}' GROUP BY 1 ORDER BY 1",
+    "q13_things_join_events": "SELECT t.\"type\", count(*) FROM things t JOIN events e "
+                              "ON e.namespace = t.namespace AND e.entity_id = t.id "
+                              "WHERE t.namespace = '{ns2}' AND e.namespace = '{ns2}' AND e.event_type = 'thing.updated' "
+                              "GROUP BY 1 ORDER BY 1",
 }
 
 DUCK_THINGS = """
@@ -61,6 +83,49 @@ def sql_json(wh, sql):
     return json.loads(out)
 
 
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_medians(wh, queries, runs):
+    """Each query over HTTP, as a client on loopback sees it: medians (ms)
+    and the row counts of the answers."""
+    port = free_port()
+    env = dict(os.environ, SHARDLAKE_CACHE__ENABLED="false", SHARDLAKE_MAINTENANCE__ENABLED="false")
+    server = subprocess.Popen([CLI, "--warehouse", wh, "serve", "--listen", f"127.0.0.1:{port}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    server.stdout.readline()  # the banner: ready
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    out = {}
+    try:
+        for name, sql in queries.items():
+            body = json.dumps({"sql": sql})
+            times, rows = [], None
+            for i in range(runs + 1):
+                t = time.perf_counter()
+                conn.request("POST", "/v1/query", body=body, headers={"content-type": "application/json"})
+                r = conn.getresponse()
+                data = r.read()
+                elapsed = (time.perf_counter() - t) * 1e3
+                if r.status != 200:
+                    raise SystemExit(f"{name}: HTTP {r.status}: {data[:300]!r}")
+                if i > 0:  # the first run warms caches, as for the others
+                    times.append(elapsed)
+                rows = len(json.loads(data)["rows"])
+            out[name] = (statistics.median(times), rows)
+    finally:
+        conn.close()
+        server.terminate()
+        server.wait()
+    return out
+
+
+def geomean(xs):
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--events", type=int, default=10_000_000)
@@ -68,7 +133,13 @@ def main():
     p.add_argument("--namespaces", type=int, default=16)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--http", action="store_true", help="also time shardlake over HTTP (cache off)")
+    p.add_argument("--only", default=None, help="comma-separated query names")
+    p.add_argument("--bin-dir", default=None, help="where shardlake and shardlake-bench are (default target/release)")
     a = p.parse_args()
+    global CLI, BENCH
+    if a.bin_dir:
+        CLI, BENCH = os.path.join(a.bin_dir, "shardlake"), os.path.join(a.bin_dir, "shardlake-bench")
     for b in (CLI, BENCH):
         if not os.path.exists(b):
             raise SystemExit(f"{b} missing: cargo build --release -p shardlake-cli -p shardlake-bench")
@@ -88,10 +159,11 @@ def main():
         os.remove(src)
 
     key = sql_json(wh, "SELECT partition_key FROM events WHERE namespace = 'tenant-000' "
-                       "GROUP BY partition_key ORDER BY count(*) DESC, partition_key LIMIT 1")["rows"][0][0]
+                       "GROUP BY partition_key ORDER BY count(*) DESC, partition_key LIMIT 1")["rows"][0]["partition_key"]
     params = {"ns0": "tenant-000", "ns1": "tenant-001", "ns2": "tenant-002", "key": key,
               "t0": "2026-01-01T02:00:00Z", "t1": "2026-01-01T03:00:00Z"}
-    queries = {k: v.format(**params) for k, v in QUERIES.items()}
+    queries = {k: v.format(**params) for k, v in QUERIES.items()
+               if a.only is None or k in a.only.split(",")}
     qfile = os.path.join(work, "queries.json")
     with open(qfile, "w") as f:
         json.dump(queries, f)
@@ -101,11 +173,12 @@ def main():
     import duckdb
     data = os.path.join(wh, "warehouse", "shardlake", "events", "data")
     con = duckdb.connect()
+    con.execute("SET threads = 2")
     con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{data}/**/*.parquet', hive_partitioning = false)")
     con.execute(DUCK_THINGS)
-    duck = {}
+    duck, duck_rows = {}, {}
     for name, sql in queries.items():
-        con.execute(sql).fetchall()
+        duck_rows[name] = len(con.execute(sql).fetchall())
         times = []
         for _ in range(a.runs):
             t = time.perf_counter()
@@ -113,12 +186,20 @@ def main():
             times.append((time.perf_counter() - t) * 1e3)
         duck[name] = statistics.median(times)
 
+    for name in queries:
+        if rust[name]["rows"] != duck_rows[name]:
+            raise SystemExit(f"{name}: {rust[name]['rows']} rows from shardlake, {duck_rows[name]} from DuckDB")
+    web = http_medians(wh, queries, a.runs) if a.http else {}
+    for name, (_, rows) in web.items():
+        if rows != duck_rows[name]:
+            raise SystemExit(f"{name}: {rows} rows over HTTP, {duck_rows[name]} from DuckDB")
+
     files = [os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(data) for f in fs]
     print(f"\nlake: {a.events:,} events, {a.shards} shards, {a.namespaces} namespaces, "
           f"{len(files)} files, {sum(files) / 1e6:.0f} MB; medians of {a.runs} runs (ms)\n")
     print(f"| query | shardlake | ListingTable | DuckDB | shardlake/ListingTable | shardlake/DuckDB "
-          f"| cold | cached | cold/cached | files read | MB read |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          f"| cold | cached | cold/cached | files read | MB read | planning ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     r_list, r_duck, speedups = [], [], []
     for name in queries:
         s = rust[name]
@@ -129,10 +210,24 @@ def main():
         speedups.append(cc)
         print(f"| {name} | {s['shardlake_ms']:.1f} | {s['listing_ms']:.1f} | {duck[name]:.1f} | {rl:.2f} | {rd:.2f} "
               f"| {s['shardlake_cold_ms']:.1f} | {s['shardlake_cached_ms']:.3f} | {cc:.0f}x "
-              f"| {s['files_scanned']}/{s['files_total']} | {s['bytes_scanned'] / 1e6:.1f} |")
-    print(f"\nmedian ratio shardlake/ListingTable: {statistics.median(r_list):.2f}x; "
-          f"shardlake/DuckDB: {statistics.median(r_duck):.2f}x; "
+              f"| {s['files_scanned']}/{s['files_total']} | {s['bytes_scanned'] / 1e6:.1f} "
+              f"| {s.get('planning_ms', float('nan')):.2f} |")
+    worst = max(zip(r_duck, queries), key=lambda p: p[0])
+    print(f"\nshardlake/ListingTable: median {statistics.median(r_list):.2f}x, geomean {geomean(r_list):.2f}x; "
+          f"shardlake/DuckDB: median {statistics.median(r_duck):.2f}x, geomean {geomean(r_duck):.2f}x, "
+          f"worst {worst[0]:.2f}x ({worst[1]}); "
           f"cached repeat speedup: median {statistics.median(speedups):.0f}x, min {min(speedups):.0f}x")
+    if web:
+        print("\n| query | shardlake over HTTP | DuckDB | HTTP/DuckDB | rows |")
+        print("|---|---|---|---|---|")
+        r_web = []
+        for name in queries:
+            ms, rows = web[name]
+            r_web.append(ms / duck[name])
+            print(f"| {name} | {ms:.1f} | {duck[name]:.1f} | {r_web[-1]:.2f} | {rows} |")
+        worst = max(zip(r_web, queries), key=lambda p: p[0])
+        print(f"\nHTTP/DuckDB: median {statistics.median(r_web):.2f}x, geomean {geomean(r_web):.2f}x, "
+              f"worst {worst[0]:.2f}x ({worst[1]})")
 
 
 if __name__ == "__main__":

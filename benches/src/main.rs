@@ -203,6 +203,8 @@ struct QueryTiming {
     listing_ms: f64,
     shardlake_cold_ms: f64,
     shardlake_cached_ms: f64,
+    /// Of `shardlake_ms`, the part before the plan ran (last run).
+    planning_ms: f64,
     rows: usize,
     bytes_scanned: u64,
     files_scanned: usize,
@@ -281,6 +283,7 @@ async fn queries(
                 shardlake_ms,
                 listing_ms,
                 shardlake_cold_ms: cold,
+                planning_ms: result.stats.planning_ms,
                 shardlake_cached_ms: cached,
                 rows: result.num_rows(),
                 bytes_scanned: result.stats.bytes_scanned,

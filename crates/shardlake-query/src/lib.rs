@@ -29,6 +29,7 @@ mod context;
 mod engine;
 mod error;
 pub mod format;
+mod optimizer;
 mod provider;
 mod recorder;
 mod scope;

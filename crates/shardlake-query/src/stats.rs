@@ -55,6 +55,11 @@ pub struct ScanStats {
     /// The snapshots the query was pinned to.
     #[serde(with = "shardlake_core::json_id::vec")]
     pub snapshot_ids: Vec<i64>,
+    /// Wall time from request until the plan was ready to run (snapshot
+    /// pin, parsing, planning, file pruning, optimizing), milliseconds; 0
+    /// for an answer from the cache. `elapsed_ms - planning_ms` is the run.
+    #[serde(default)]
+    pub planning_ms: f64,
     /// Wall time from request to last row, milliseconds.
     pub elapsed_ms: f64,
 }
@@ -80,6 +85,7 @@ impl ScanStats {
         findings: &FileFindings,
         plan: &Arc<dyn ExecutionPlan>,
         rows_returned: u64,
+        planning_ms: f64,
         elapsed_ms: f64,
     ) -> Self {
         Self {
@@ -102,6 +108,7 @@ impl ScanStats {
                 AnsweredFrom::Scan
             },
             snapshot_ids: findings.snapshot_ids.clone(),
+            planning_ms,
             elapsed_ms,
         }
     }
@@ -121,6 +128,7 @@ impl ScanStats {
             cache_hit: true,
             shared_run,
             answered_from: AnsweredFrom::Cache,
+            planning_ms: 0.0,
             elapsed_ms,
             ..self.clone()
         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use datafusion::execution::SessionState;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -27,6 +27,7 @@ use crate::context::QueryContext;
 use crate::error::{Error, ErrorKind, Result};
 use crate::provider::{EventsTable, THINGS_SQL};
 use crate::recorder::ScanRecorder;
+use crate::optimizer::AnswerFromStatistics;
 use crate::scope::Scope;
 use crate::snapshot::{LakeSnapshots, SnapshotFiles};
 
@@ -126,9 +127,16 @@ impl CrossShardQuery {
         let session = SessionConfig::new()
             .with_target_partitions(config.target_partitions.max(1))
             .with_information_schema(true);
-        let mut ctx = SessionContext::new_with_config_rt(session, runtime);
+        let mut ctx = SessionContext::new_with_state(with_our_rules(
+            SessionStateBuilder::new()
+                .with_config(session)
+                .with_runtime_env(runtime)
+                .with_default_features()
+                .build(),
+        ));
         datafusion_functions_json::register_all(&mut ctx)?;
         ctx.register_udf(crate::udf::partition_udf());
+        ctx.register_udf(crate::udf::date_trunc_udf());
         ctx.register_table(
             "events",
             Arc::new(EventsTable::new(Arc::clone(&snapshots), store_url)),
@@ -197,6 +205,21 @@ impl CrossShardQuery {
         }));
         (SessionContext::new_with_state(state), recorder)
     }
+}
+
+/// `state` with shardlake's own physical optimizer rule: grouped aggregates
+/// answered from file statistics, placed just before DataFusion's sanity
+/// check so that the check covers what it makes.
+fn with_our_rules(state: SessionState) -> SessionState {
+    let mut rules = state.physical_optimizers().to_vec();
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "SanityCheckPlan")
+        .unwrap_or(rules.len());
+    rules.insert(at, Arc::new(AnswerFromStatistics));
+    SessionStateBuilder::new_from_existing(state)
+        .with_physical_optimizer_rules(rules)
+        .build()
 }
 
 impl CrossShardQuery {

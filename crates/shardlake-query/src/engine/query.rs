@@ -432,6 +432,7 @@ async fn compute(
 ) -> Result<CachedResult> {
     let (ctx, recorder) = query.engine.session(snapshot, &query.scope);
     let plan = query.physical(&ctx).await?;
+    let planning_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut stream = execute_stream(Arc::clone(&plan), ctx.task_ctx())?;
     let (mut batches, mut rows, mut bytes) = (Vec::new(), 0, 0);
     while let Some(batch) = stream.next().await {
@@ -443,6 +444,7 @@ async fn compute(
         &recorder.findings(),
         &plan,
         rows,
+        planning_ms,
         started.elapsed().as_secs_f64() * 1e3,
     );
     let result = CachedResult::new(plan.schema(), batches, stats, bytes);

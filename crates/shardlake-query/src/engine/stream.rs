@@ -75,6 +75,7 @@ impl PreparedQuery {
         })
         .await?;
         let (plan, recorder) = planned;
+        let planning_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok(QueryStream {
             schema: plan.schema(),
             inner: Some(batches_rx),
@@ -82,6 +83,7 @@ impl PreparedQuery {
             plan,
             recorder,
             started,
+            planning_ms,
             rows: 0,
             bytes: 0,
             limit,
@@ -105,6 +107,8 @@ pub struct QueryStream {
     plan: Arc<dyn ExecutionPlan>,
     recorder: Arc<ScanRecorder>,
     started: Instant,
+    /// Milliseconds from the start until the plan was ready.
+    planning_ms: f64,
     rows: u64,
     bytes: u64,
     limit: ResultLimit,
@@ -170,6 +174,7 @@ impl Stream for QueryStream {
                     &this.recorder.findings(),
                     &this.plan,
                     this.rows,
+                    this.planning_ms,
                     this.started.elapsed().as_secs_f64() * 1e3,
                 ));
                 Poll::Ready(None)

@@ -12,10 +12,12 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::stats::Precision;
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{ColumnStatistics, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
@@ -140,6 +142,59 @@ fn file_statistics(file: &LakeFile, schema: &SchemaRef) -> Statistics {
     }
 }
 
+/// Whether `filter` reads the namespace column and nothing else, and gives
+/// the same answer for every row of one namespace (no volatile function, no
+/// subquery): such a filter is decided per namespace from the partition
+/// value ([`matching_namespaces`]).
+fn on_namespace_only(filter: &Expr) -> bool {
+    let columns = filter.column_refs();
+    !columns.is_empty()
+        && columns.iter().all(|c| c.name == columns::NAMESPACE)
+        && !filter.is_volatile()
+        && !filter
+            .exists(|e| {
+                Ok(matches!(
+                    e,
+                    Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)
+                ))
+            })
+            .unwrap_or(true)
+}
+
+/// The namespaces of `namespaces` for which every namespace-only filter of
+/// `filters` is true, evaluated by DataFusion itself on the namespace
+/// values (SQL semantics: NULL is not true); `None` when no filter is on
+/// the namespace alone.
+fn matching_namespaces(
+    state: &dyn Session,
+    filters: &[Expr],
+    namespaces: &std::collections::BTreeSet<String>,
+) -> DfResult<Option<std::collections::HashSet<String>>> {
+    let on_namespace = filters.iter().filter(|f| on_namespace_only(f)).cloned();
+    let Some(filter) = conjunction(on_namespace) else {
+        return Ok(None);
+    };
+    let schema = Arc::new(event_schema().project(&[0])?);
+    let predicate = state.create_physical_expr(filter, &DFSchema::try_from(Arc::clone(&schema))?)?;
+    let values: ArrayRef = Arc::new(StringArray::from_iter_values(namespaces));
+    let batch = RecordBatch::try_new(schema, vec![values])?;
+    let verdict = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
+    let verdict = verdict.as_boolean_opt().ok_or_else(|| {
+        datafusion::error::DataFusionError::Plan(format!(
+            "a filter on the namespace is not a boolean: {}",
+            verdict.data_type()
+        ))
+    })?;
+    Ok(Some(
+        namespaces
+            .iter()
+            .zip(verdict.iter())
+            .filter(|(_, keep)| *keep == Some(true))
+            .map(|(ns, _)| ns.clone())
+            .collect(),
+    ))
+}
+
 #[async_trait]
 impl TableProvider for EventsTable {
     fn as_any(&self) -> &dyn Any {
@@ -158,10 +213,19 @@ impl TableProvider for EventsTable {
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        // Used for file pruning and pushed into the Parquet scan, but the
-        // scan's row filter is not guaranteed exact: DataFusion keeps its
-        // own filter above.
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        // A filter on the namespace alone is decided per namespace, exactly,
+        // from the partition value (every file holds one namespace): no
+        // filter above the scan re-checks it, and the scan's statistics
+        // stay exact for the optimizer's answers from metadata. Any other
+        // filter prunes files and is pushed into the Parquet scan, which is
+        // not guaranteed exact: DataFusion keeps its own filter above.
+        Ok(filters
+            .iter()
+            .map(|f| match on_namespace_only(f) {
+                true => TableProviderFilterPushDown::Exact,
+                false => TableProviderFilterPushDown::Inexact,
+            })
+            .collect())
     }
 
     async fn scan(
@@ -186,11 +250,16 @@ impl TableProvider for EventsTable {
             ),
         };
 
-        // 1. Prune files from metadata: scope, then the query's filters.
+        // 1. Prune files from metadata: scope, the namespace filters
+        // (exactly), then the other filters (from file bounds).
+        let namespaces = matching_namespaces(state, filters, &snapshot.namespaces)?;
         let mut keep: Vec<bool> = snapshot
             .files
             .iter()
-            .map(|f| scope.allows(&f.namespace))
+            .map(|f| {
+                scope.allows(&f.namespace)
+                    && namespaces.as_ref().is_none_or(|n| n.contains(&f.namespace))
+            })
             .collect();
         let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
         if let Some(filter) = conjunction(filters.iter().cloned()) {

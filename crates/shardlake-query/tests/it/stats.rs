@@ -208,3 +208,54 @@ async fn a_scope_sees_only_its_namespaces_and_prunes_the_rest() {
     assert_eq!(result.stats.partitions_pruned, 0);
     assert_eq!(result.stats.files_total, 4);
 }
+
+#[tokio::test]
+async fn grouped_counts_come_from_statistics_within_the_scope() {
+    let fixture = Fixture::build(4).await;
+    let engine = fixture.engine(config()).await;
+    let sql = "SELECT namespace, count(*), max(seq) FROM events GROUP BY namespace ORDER BY namespace";
+    let scoped = engine
+        .sql(sql)
+        .with_scope(Scope::namespaces(["tenant-001", "tenant-003"]))
+        .without_cache()
+        .await
+        .expect("scoped query");
+    // Answered from the files' statistics: nothing read...
+    assert_eq!(scoped.stats.answered_from, AnsweredFrom::Metadata);
+    assert_eq!(scoped.stats.bytes_scanned, 0);
+    // ...and exactly what a scan of the scope's events says.
+    let mut expected = std::collections::BTreeMap::<&str, (i64, i64)>::new();
+    for e in &fixture.events {
+        if e.namespace == "tenant-001" || e.namespace == "tenant-003" {
+            let entry = expected.entry(e.namespace.as_str()).or_insert((0, i64::MIN));
+            entry.0 += 1;
+            entry.1 = entry.1.max(e.seq);
+        }
+    }
+    let mut got = Vec::new();
+    for b in &scoped.batches {
+        let ns = b.column(0).as_string::<i32>();
+        let n = b.column(1).as_primitive::<Int64Type>();
+        let seq = b.column(2).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            got.push((ns.value(i).to_owned(), (n.value(i), seq.value(i))));
+        }
+    }
+    let expected: Vec<(String, (i64, i64))> = expected
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(got, expected);
+    // A filter the statistics cannot decide turns the same query into a scan.
+    let scanned = engine
+        .sql(
+            "SELECT namespace, count(*), max(seq) FROM events WHERE seq >= 0 \
+             GROUP BY namespace ORDER BY namespace",
+        )
+        .with_scope(Scope::namespaces(["tenant-001", "tenant-003"]))
+        .without_cache()
+        .await
+        .expect("scanned query");
+    assert_eq!(scanned.stats.answered_from, AnsweredFrom::Scan);
+    assert_eq!(scanned.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+}

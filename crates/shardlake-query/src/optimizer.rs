@@ -1,0 +1,377 @@
+//! Grouped aggregates answered from file statistics.
+//!
+//! DataFusion's own `AggregateStatistics` rule answers an aggregate without
+//! `GROUP BY` (`count(*)`, `min`, `max`) from a scan's exact statistics. A
+//! lake is partitioned by namespace and every file holds one namespace, so
+//! an aggregate grouped by the namespace (or any column that is constant
+//! within each file) is answerable too: one row per file, its group values
+//! being the file's constant columns and its aggregate values what the
+//! file's statistics say exactly (its row count for `count(*)`, its bounds
+//! for `min`/`max`), merged by the aggregate's own final phase.
+//!
+//! [`AnswerFromStatistics`] rewrites such an aggregate into its final phase
+//! over a [`FileStatisticsExec`], which reads no data and shows as such in
+//! `EXPLAIN`. Exact only: when any file lacks an exact value for any of the
+//! aggregates (a string bound that may be truncated, a column with nulls
+//! whose bounds are absent, a row filter that may drop rows of a file), the
+//! plan is left as it is and the files are scanned.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow::compute::cast;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::stats::Precision;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Result as DfResult, ScalarValue, Statistics};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::utils::reassign_expr_columns;
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateInputMode, AggregateMode};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::expressions::Column;
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::udaf::StatisticsArgs;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PhysicalExpr,
+    PlanProperties,
+};
+
+/// The physical optimizer rule (see the module documentation). Runs last
+/// before DataFusion's sanity check, which then checks what it made.
+#[derive(Debug, Default)]
+pub struct AnswerFromStatistics;
+
+impl PhysicalOptimizerRule for AnswerFromStatistics {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        plan.transform_down(|node| match answer(&node)? {
+            // Nothing below a replaced aggregate needs visiting.
+            Some(answer) => Ok(Transformed::new(answer, true, TreeNodeRecursion::Jump)),
+            None => Ok(Transformed::no(node)),
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "answer_from_statistics"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// `node` answered from statistics, if it is a grouped aggregate whose
+/// every value the statistics of the files below it give exactly.
+fn answer(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+    let Some(top) = node.as_any().downcast_ref::<AggregateExec>() else {
+        return Ok(None);
+    };
+    if top.group_expr().expr().is_empty() || !top.group_expr().is_single() {
+        return Ok(None);
+    }
+    // The aggregate's raw phase: `top` itself (a single-phase aggregate) or
+    // the partial aggregate that feeds `top`'s final phase through nodes
+    // that move rows without changing them.
+    let partial: Arc<AggregateExec> = match top.mode().input_mode() {
+        AggregateInputMode::Raw => Arc::new(AggregateExec::try_new(
+            AggregateMode::Partial,
+            top.group_expr().clone(),
+            top.aggr_expr().to_vec(),
+            top.filter_expr().to_vec(),
+            Arc::clone(top.input()),
+            top.input_schema(),
+        )?),
+        AggregateInputMode::Partial => {
+            let Some(raw) = through_row_movers(top.input()) else {
+                return Ok(None);
+            };
+            match raw.as_any().downcast_ref::<AggregateExec>() {
+                Some(p) if p.mode().input_mode() == AggregateInputMode::Raw => Arc::new(p.clone()),
+                _ => return Ok(None),
+            }
+        }
+    };
+    if partial.filter_expr().iter().any(Option::is_some) {
+        return Ok(None);
+    }
+    // Only aggregates whose partial state is their value (count, min, max):
+    // a file's value from statistics is then that file's state.
+    for aggregate in partial.aggr_expr() {
+        let states = aggregate.state_fields()?;
+        if states.len() != 1 || states[0].data_type() != aggregate.field().data_type() {
+            return Ok(None);
+        }
+    }
+    let Some(scan) = through_row_movers(partial.input())
+        .and_then(|n| n.as_any().downcast_ref::<DataSourceExec>().cloned())
+    else {
+        return Ok(None);
+    };
+    let Some(files) = scan.data_source().as_any().downcast_ref::<FileScanConfig>() else {
+        return Ok(None);
+    };
+    let Some(states) = partial_states(&partial, files)? else {
+        return Ok(None);
+    };
+
+    // The final phase over the files' states, given the partitioning and
+    // ordering `node` promised its parent.
+    let merged: Arc<dyn ExecutionPlan> = Arc::new(AggregateExec::try_new(
+        AggregateMode::Final,
+        partial.group_expr().as_final(),
+        partial.aggr_expr().to_vec(),
+        partial.filter_expr().to_vec(),
+        Arc::new(states),
+        partial.input_schema(),
+    )?);
+    let mut answer = match node.output_partitioning() {
+        p if p.partition_count() > 1 => Arc::new(RepartitionExec::try_new(merged, p.clone())?),
+        _ => merged,
+    };
+    if let Some(ordering) = node.output_ordering() {
+        answer = Arc::new(
+            SortExec::new(ordering.clone(), answer)
+                .with_preserve_partitioning(node.output_partitioning().partition_count() > 1),
+        );
+    }
+    Ok(Some(answer))
+}
+
+/// Descends from `node` through nodes that pass every row on unchanged
+/// (repartitions, coalesces) to the first that does not.
+fn through_row_movers(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    let mut node = Arc::clone(node);
+    loop {
+        let passes_rows = node.as_any().is::<RepartitionExec>()
+            || node.as_any().is::<CoalescePartitionsExec>()
+            || node.name() == "CoalesceBatchesExec";
+        if !passes_rows {
+            return Some(node);
+        }
+        let child = match node.children().as_slice() {
+            [child] => Arc::clone(child),
+            _ => return None,
+        };
+        node = child;
+    }
+}
+
+/// The partial aggregate's output for the scan's files, one row per file,
+/// made from their statistics; `None` if any value is not exactly known.
+fn partial_states(
+    partial: &AggregateExec,
+    scan: &FileScanConfig,
+) -> DfResult<Option<FileStatisticsExec>> {
+    if scan.limit.is_some() {
+        return Ok(None);
+    }
+    let scan_schema = scan.projected_schema()?;
+    let group_columns: Option<Vec<usize>> = partial
+        .group_expr()
+        .expr()
+        .iter()
+        .map(|(e, _)| e.as_any().downcast_ref::<Column>().map(Column::index))
+        .collect();
+    let Some(group_columns) = group_columns else {
+        return Ok(None);
+    };
+    let predicate = scan.file_source().filter();
+    let mut values: Vec<Vec<ScalarValue>> = vec![Vec::new(); partial.schema().fields().len()];
+    let (mut files, mut rows) = (0usize, 0usize);
+    for file in scan.file_groups.iter().flat_map(|g| g.files()) {
+        let Some(table_stats) = &file.statistics else {
+            return Ok(None);
+        };
+        if let Some(predicate) = &predicate {
+            match constant_verdict(predicate, table_stats, scan.file_schema())? {
+                Some(true) => {}
+                Some(false) => continue,
+                None => return Ok(None),
+            }
+        }
+        let stats = match scan.file_source().projection() {
+            Some(p) => p.project_statistics(table_stats.as_ref().clone(), &scan_schema)?,
+            None => table_stats.as_ref().clone(),
+        };
+        let Precision::Exact(n) = stats.num_rows else {
+            return Ok(None);
+        };
+        for (slot, &column) in group_columns.iter().enumerate() {
+            let Some(value) = stats.column_statistics.get(column).and_then(constant) else {
+                return Ok(None);
+            };
+            values[slot].push(value);
+        }
+        for (j, aggregate) in partial.aggr_expr().iter().enumerate() {
+            let exprs = aggregate.expressions();
+            let field = aggregate.field();
+            let args = StatisticsArgs {
+                statistics: &stats,
+                return_type: field.data_type(),
+                is_distinct: aggregate.is_distinct(),
+                exprs: &exprs,
+            };
+            let Some(value) = aggregate.fun().value_from_stats(&args) else {
+                return Ok(None);
+            };
+            values[group_columns.len() + j].push(value);
+        }
+        files += 1;
+        rows += n;
+    }
+    let schema = partial.schema();
+    let columns = values
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(column, field)| to_array(column, field))
+        .collect::<DfResult<Vec<_>>>()?;
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+    Ok(Some(FileStatisticsExec::new(batch, files, rows)))
+}
+
+/// The value of a column that is the same in every row of a file (exact
+/// and equal bounds, no nulls).
+fn constant(stats: &datafusion::common::ColumnStatistics) -> Option<ScalarValue> {
+    match (&stats.min_value, &stats.max_value, &stats.null_count) {
+        (Precision::Exact(lo), Precision::Exact(hi), Precision::Exact(0)) if lo == hi => {
+            Some(lo.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Whether `predicate` (a scan's row filter, over the table's columns)
+/// holds for every row of a file or for none, decided from the file's
+/// constant columns; `None` when it reads any other column.
+fn constant_verdict(
+    predicate: &Arc<dyn PhysicalExpr>,
+    stats: &Statistics,
+    table_schema: &SchemaRef,
+) -> DfResult<Option<bool>> {
+    let columns = datafusion::physical_expr::utils::collect_columns(predicate);
+    let mut fields = Vec::with_capacity(columns.len());
+    let mut arrays = Vec::with_capacity(columns.len());
+    for column in &columns {
+        let Ok(index) = table_schema.index_of(column.name()) else {
+            return Ok(None);
+        };
+        let Some(value) = stats.column_statistics.get(index).and_then(constant) else {
+            return Ok(None);
+        };
+        fields.push(Field::new(column.name(), value.data_type(), true));
+        arrays.push(value.to_array()?);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let predicate = reassign_expr_columns(Arc::clone(predicate), &schema)?;
+    let batch = RecordBatch::try_new_with_options(
+        schema,
+        arrays,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(1)),
+    )?;
+    let verdict = predicate.evaluate(&batch)?.into_array(1)?;
+    Ok(Some(
+        verdict
+            .as_any()
+            .downcast_ref::<arrow::array::BooleanArray>()
+            .is_some_and(|b| b.is_valid(0) && b.value(0)),
+    ))
+}
+
+fn to_array(values: Vec<ScalarValue>, field: &Field) -> DfResult<ArrayRef> {
+    if values.is_empty() {
+        return Ok(new_null_array(field.data_type(), 0));
+    }
+    let array = ScalarValue::iter_to_array(values)?;
+    Ok(match array.data_type() == field.data_type() {
+        true => array,
+        false => cast(&array, field.data_type())?,
+    })
+}
+
+/// The partial states of an aggregate, one row per file, made from the
+/// files' statistics: no data is read.
+#[derive(Debug)]
+pub struct FileStatisticsExec {
+    batch: RecordBatch,
+    files: usize,
+    rows: usize,
+    properties: Arc<PlanProperties>,
+}
+
+impl FileStatisticsExec {
+    fn new(batch: RecordBatch, files: usize, rows: usize) -> Self {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(batch.schema()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self {
+            batch,
+            files,
+            rows,
+            properties: Arc::new(properties),
+        }
+    }
+}
+
+impl DisplayAs for FileStatisticsExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "FileStatisticsExec: answered from the statistics of {} files ({} rows), no data read",
+            self.files, self.rows
+        )
+    }
+}
+
+impl ExecutionPlan for FileStatisticsExec {
+    fn name(&self) -> &str {
+        "FileStatisticsExec"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        _partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        Ok(Box::pin(MemoryStream::try_new(
+            vec![self.batch.clone()],
+            self.batch.schema(),
+            None,
+        )?))
+    }
+}
