@@ -30,10 +30,10 @@ use crate::snapshot::{LakeFile, SnapshotFiles};
 
 #[derive(Debug, Default)]
 struct State {
-    snapshot_ids: BTreeSet<i64>,
-    files_total: HashSet<Path>,
-    namespaces_total: BTreeSet<String>,
-    namespace_of: HashMap<Path, String>,
+    /// Every planned scan: the pinned snapshot, the caller's scope and the
+    /// files kept. Kept as shared pointers: planning is on every query's
+    /// path, so the counting is left to [`ScanRecorder::findings`].
+    planned: Vec<(Arc<SnapshotFiles>, Scope, Vec<Arc<LakeFile>>)>,
     shards_of: HashMap<Path, Vec<i32>>,
     data_bytes: HashMap<Path, u64>,
     bytes_fetched: u64,
@@ -79,22 +79,10 @@ impl ScanRecorder {
     /// `scope`, keeping `kept`. Totals count only what the scope may see: a
     /// scoped caller learns nothing about other namespaces, not even how
     /// many there are.
-    pub fn planned(&self, snapshot: &SnapshotFiles, scope: &Scope, kept: &[Arc<LakeFile>]) {
-        let mut s = self.lock();
-        s.snapshot_ids.extend(snapshot.snapshot_id);
-        s.namespaces_total.extend(
-            snapshot
-                .namespaces
-                .iter()
-                .filter(|ns| scope.allows(ns))
-                .cloned(),
-        );
-        for f in snapshot.files.iter().filter(|f| scope.allows(&f.namespace)) {
-            s.files_total.insert(f.path.clone());
-        }
-        for f in kept {
-            s.namespace_of.insert(f.path.clone(), f.namespace.clone());
-        }
+    pub fn planned(&self, snapshot: &Arc<SnapshotFiles>, scope: &Scope, kept: Vec<Arc<LakeFile>>) {
+        self.lock()
+            .planned
+            .push((Arc::clone(snapshot), scope.clone(), kept));
     }
 
     fn opened(&self, path: &Path, metadata: &ParquetMetaData) {
@@ -120,15 +108,45 @@ impl ScanRecorder {
     /// Everything recorded so far.
     pub fn findings(&self) -> FileFindings {
         let s = self.lock();
+        // A table scanned twice (a self-join) counts its files once.
+        let mut snapshot_ids = BTreeSet::new();
+        let mut files_total: HashSet<&Path> = HashSet::new();
+        let mut namespaces_total: HashSet<&str> = HashSet::new();
+        let mut namespace_of: HashMap<&Path, &str> = HashMap::new();
+        let mut seen: Vec<(*const SnapshotFiles, &Scope)> = Vec::new();
+        for (snapshot, scope, kept) in &s.planned {
+            snapshot_ids.extend(snapshot.snapshot_id);
+            for f in kept {
+                namespace_of.insert(&f.path, &f.namespace);
+            }
+            if seen.contains(&(Arc::as_ptr(snapshot), scope)) {
+                continue;
+            }
+            seen.push((Arc::as_ptr(snapshot), scope));
+            namespaces_total.extend(
+                snapshot
+                    .namespaces
+                    .iter()
+                    .filter(|ns| scope.allows(ns))
+                    .map(String::as_str),
+            );
+            files_total.extend(
+                snapshot
+                    .files
+                    .iter()
+                    .filter(|f| scope.allows(&f.namespace))
+                    .map(|f| &f.path),
+            );
+        }
         let scanned: Vec<&Path> = s
             .data_bytes
             .iter()
             .filter(|(_, b)| **b > 0)
             .map(|(p, _)| p)
             .collect();
-        let partitions: HashSet<&String> = scanned
+        let partitions: HashSet<&str> = scanned
             .iter()
-            .filter_map(|p| s.namespace_of.get(*p))
+            .filter_map(|p| namespace_of.get(*p).copied())
             .collect();
         let shards: HashSet<i32> = scanned
             .iter()
@@ -137,12 +155,12 @@ impl ScanRecorder {
             .copied()
             .collect();
         FileFindings {
-            snapshot_ids: s.snapshot_ids.iter().copied().collect(),
-            files_total: s.files_total.len(),
+            snapshot_ids: snapshot_ids.into_iter().collect(),
+            files_total: files_total.len(),
             files_scanned: scanned.len(),
-            partitions_total: s.namespaces_total.len(),
+            partitions_total: namespaces_total.len(),
             partitions_scanned: partitions.len(),
-            partitions_covered: s.namespace_of.values().collect::<HashSet<_>>().len(),
+            partitions_covered: namespace_of.values().collect::<HashSet<_>>().len(),
             shards_queried: shards.len(),
             bytes_scanned: s.bytes_fetched,
         }

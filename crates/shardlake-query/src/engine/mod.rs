@@ -16,6 +16,7 @@ use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::Serialize;
 use shardlake_lake::Lake;
@@ -77,6 +78,9 @@ impl Default for QueryConfig {
     }
 }
 
+/// Optimized plans kept for reuse (a plan of a typical query is a few KB).
+const PLANS_KEPT: u64 = 1_000;
+
 /// Engine-wide counters.
 #[derive(Debug, Clone, Serialize)]
 pub struct EngineMetrics {
@@ -96,6 +100,10 @@ struct Inner {
     /// SQL text as sent to its normalized form (the cache key's query), so
     /// a repeated query is not parsed again to find its cache entry.
     normalized: moka::sync::Cache<String, Arc<str>>,
+    /// SQL text as sent to its optimized logical plan, for plans that may
+    /// be reused (`SqlQuery::optimized_plan`): a repeated query is neither
+    /// parsed nor optimized again.
+    plans: moka::sync::Cache<String, LogicalPlan>,
     /// Where queries run (`None`: on the caller's runtime).
     cpu: Option<CpuRuntime>,
 }
@@ -147,6 +155,7 @@ impl CrossShardQuery {
             inner: Arc::new(Inner {
                 cache: ResultCache::new(config.cache.clone()),
                 normalized: moka::sync::Cache::new(config.cache.max_entries.max(1_000)),
+                plans: moka::sync::Cache::new(PLANS_KEPT),
                 config,
                 snapshots,
                 base: ctx.state(),
@@ -190,20 +199,24 @@ impl CrossShardQuery {
             .await
     }
 
-    /// A session for one query: the engine's template plus the query's context.
+    /// A session for one query: the engine's template plus the query's
+    /// context (one copy of the template per query: planning and execution
+    /// use it by reference).
     fn session(
         &self,
         snapshot: &Arc<SnapshotFiles>,
         scope: &Scope,
-    ) -> (SessionContext, Arc<ScanRecorder>) {
+    ) -> (SessionState, Arc<ScanRecorder>) {
         let recorder = Arc::new(ScanRecorder::default());
         let mut state = self.inner.base.clone();
+        // The query's start: `now()` and friends are this time.
+        state.execution_props_mut().start_execution();
         state.config_mut().set_extension(Arc::new(QueryContext {
             snapshot: Arc::clone(snapshot),
             recorder: Arc::clone(&recorder),
             scope: scope.clone(),
         }));
-        (SessionContext::new_with_state(state), recorder)
+        (state, recorder)
     }
 }
 

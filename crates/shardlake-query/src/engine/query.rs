@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::execution::{SessionState, TaskContext};
+use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
@@ -220,20 +222,40 @@ impl SqlQuery {
         })
     }
 
-    /// Plans the request in `ctx` and returns its logical plan. The SQL was
-    /// checked to be read-only when the query was prepared.
+    /// Plans the request in `state` and returns its optimized logical plan.
+    ///
+    /// The optimized plan of a SQL text is kept and reused: it depends on
+    /// nothing a query pins (the snapshot and the scope reach the scan
+    /// through the session when the physical plan is made), except for
+    /// functions whose value depends on when the query runs (`now()`,
+    /// `current_date`, ...), which the optimizer folds into constants: such
+    /// plans are made anew every time.
+    async fn optimized_plan(&self, state: &SessionState) -> Result<LogicalPlan> {
+        let Request::Sql(sql) = &self.request else {
+            let ctx = SessionContext::new_with_state(state.clone());
+            return Ok(state.optimize(&self.plan(&ctx).await?)?);
+        };
+        let plans = &self.engine.inner.plans;
+        if let Some(plan) = plans.get(sql.as_str()) {
+            return Ok(plan);
+        }
+        let plan = state.create_logical_plan(sql).await?;
+        // Every refusal of the read-only options is a statement that is not
+        // allowed here (decided by type, not by text).
+        read_only().verify_plan(&plan).map_err(|refusal| {
+            Error::new(ErrorKind::NotAllowed, refusal.message().into_owned()).with_source(refusal)
+        })?;
+        let optimized = state.optimize(&plan)?;
+        if reusable(&plan) {
+            plans.insert(sql.clone(), optimized.clone());
+        }
+        Ok(optimized)
+    }
+
+    /// Plans a typed request in `ctx` and returns its logical plan.
     async fn plan(&self, ctx: &SessionContext) -> Result<LogicalPlan> {
         let df = match &self.request {
-            Request::Sql(sql) => {
-                let plan = ctx.state().create_logical_plan(sql).await?;
-                // Every refusal of the read-only options is a statement
-                // that is not allowed here (decided by type, not by text).
-                read_only().verify_plan(&plan).map_err(|refusal| {
-                    Error::new(ErrorKind::NotAllowed, refusal.message().into_owned())
-                        .with_source(refusal)
-                })?;
-                ctx.execute_logical_plan(plan).await?
-            }
+            Request::Sql(sql) => ctx.sql(sql).await?,
             Request::Things(q) => typed::things(ctx, q).await?,
             Request::Events(q) => typed::events(ctx, q).await?,
             Request::Aggregate(q) => typed::aggregate(ctx, q).await?,
@@ -269,9 +291,12 @@ impl SqlQuery {
         }
     }
 
-    pub(super) async fn physical(&self, ctx: &SessionContext) -> Result<Arc<dyn ExecutionPlan>> {
-        let plan = self.plan(ctx).await?;
-        Ok(ctx.state().create_physical_plan(&plan).await?)
+    pub(super) async fn physical(&self, state: &SessionState) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = self.optimized_plan(state).await?;
+        Ok(state
+            .query_planner()
+            .create_physical_plan(&plan, state)
+            .await?)
     }
 
     /// Runs the query to completion.
@@ -430,10 +455,10 @@ async fn compute(
     snapshot: &Arc<SnapshotFiles>,
     started: Instant,
 ) -> Result<CachedResult> {
-    let (ctx, recorder) = query.engine.session(snapshot, &query.scope);
-    let plan = query.physical(&ctx).await?;
+    let (state, recorder) = query.engine.session(snapshot, &query.scope);
+    let plan = query.physical(&state).await?;
     let planning_ms = started.elapsed().as_secs_f64() * 1e3;
-    let mut stream = execute_stream(Arc::clone(&plan), ctx.task_ctx())?;
+    let mut stream = execute_stream(Arc::clone(&plan), Arc::new(TaskContext::from(&state)))?;
     let (mut batches, mut rows, mut bytes) = (Vec::new(), 0, 0);
     while let Some(batch) = stream.next().await {
         let batch = batch?;
@@ -454,6 +479,31 @@ async fn compute(
         let _ = result.json.set(head);
     }
     Ok(result)
+}
+
+/// Whether an optimized form of `plan` may be reused by later queries: no
+/// function in it (subqueries included) gives a value that depends on when
+/// it runs, and it is a query, not an `EXPLAIN` (whose text reports the
+/// planning it did).
+fn reusable(plan: &LogicalPlan) -> bool {
+    if matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_)) {
+        return false;
+    }
+    let mut time_dependent = false;
+    let visited = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Expr::ScalarFunction(f) = e
+                    && f.func.signature().volatility != Volatility::Immutable
+                {
+                    time_dependent = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    visited.is_ok() && !time_dependent
 }
 
 /// A cached result as this caller's answer: held to this caller's limit

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use futures::{Stream, StreamExt};
 use shardlake_lake::executor;
@@ -42,9 +43,9 @@ impl PreparedQuery {
         // Two batches in flight: the producer stays one ahead of the reader.
         let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(2);
         let task = executor::spawn(engine.inner.cpu.as_ref(), async move {
-            let (ctx, recorder) = query.engine.session(&snapshot, &query.scope);
-            let planned = match query.physical(&ctx).await {
-                Ok(plan) => execute_stream(Arc::clone(&plan), ctx.task_ctx())
+            let (state, recorder) = query.engine.session(&snapshot, &query.scope);
+            let planned = match query.physical(&state).await {
+                Ok(plan) => execute_stream(Arc::clone(&plan), Arc::new(TaskContext::from(&state)))
                     .map(|rows| (plan, rows))
                     .map_err(Error::from),
                 Err(e) => Err(e),

@@ -159,3 +159,43 @@ async fn capacity_bounds_bytes_and_entries() {
     assert!(m.entries <= 3, "{m:?}");
     assert!(m.evictions >= 3, "{m:?}");
 }
+
+/// A query's optimized plan is reused by the next identical text (scope
+/// and snapshot reach the scan later), but never when the optimizer folded
+/// the time of the query into it.
+#[tokio::test]
+async fn plans_are_reused_but_never_with_the_time_folded_in() {
+    let fixture = Fixture::build(1).await;
+    let engine = fixture.engine(config()).await;
+    let now = |r: &shardlake_query::QueryResult| {
+        use arrow::array::AsArray;
+        r.batches[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
+            .value(0)
+    };
+    let sql = "SELECT now() AS t, count(*) FROM events";
+    let first = engine.sql(sql).without_cache().await.expect("first");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = engine.sql(sql).without_cache().await.expect("second");
+    assert!(now(&second) > now(&first), "now() is the time of each query");
+
+    // A reused plan answers for each caller's scope.
+    let sql = "SELECT count(*) FROM events";
+    let all = engine.sql(sql).without_cache().await.expect("all");
+    let one = engine
+        .sql(sql)
+        .with_scope(Scope::namespaces(["tenant-001"]))
+        .without_cache()
+        .await
+        .expect("scoped");
+    let count = |r: &shardlake_query::QueryResult| {
+        use arrow::array::AsArray;
+        r.batches[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0)
+    };
+    assert_eq!(count(&all), fixture.events.len() as i64);
+    assert_eq!(count(&one), fixture.in_namespace("tenant-001").len() as i64);
+}
