@@ -5,14 +5,14 @@ DuckDB, and (with --http) shardlake over HTTP on loopback, result cache off.
 
 1. generates a lake of N events (shardlake generate + ingest), unless the
    work directory already holds one;
-2. runs the query set with `shardlake-bench queries` (shardlake and
-   ListingTable in one process; also cold vs cached latency);
-3. runs the same SQL in DuckDB over the same files;
-4. with --http: starts `shardlake serve` on the lake (result cache off) and
-   times each query as a client on loopback would see it (keep-alive
-   connection, whole JSON answer read), checking its row count against
+2. for each query in turn (so that a machine slowing down mid-run skews one
+   query's ratios less): `shardlake-bench queries` (shardlake and
+   ListingTable in one process; also cold vs cached latency), the same SQL
+   in DuckDB over the same files, and with --http the query over HTTP
+   (`shardlake serve` on the lake, result cache off, keep-alive client on
+   loopback, whole JSON answer read); row counts are checked against
    DuckDB's;
-5. prints medians, the ratios to ListingTable and DuckDB, their geomeans
+3. prints medians, the ratios to ListingTable and DuckDB, their geomeans
    and the worst query.
 
 Usage (from the repository root):
@@ -89,37 +89,41 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def http_medians(wh, queries, runs):
-    """Each query over HTTP, as a client on loopback sees it: medians (ms)
-    and the row counts of the answers."""
-    port = free_port()
-    env = dict(os.environ, SHARDLAKE_CACHE__ENABLED="false", SHARDLAKE_MAINTENANCE__ENABLED="false")
-    server = subprocess.Popen([CLI, "--warehouse", wh, "serve", "--listen", f"127.0.0.1:{port}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    server.stdout.readline()  # the banner: ready
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    out = {}
-    try:
-        for name, sql in queries.items():
-            body = json.dumps({"sql": sql})
-            times, rows = [], None
-            for i in range(runs + 1):
-                t = time.perf_counter()
-                conn.request("POST", "/v1/query", body=body, headers={"content-type": "application/json"})
-                r = conn.getresponse()
-                data = r.read()
-                elapsed = (time.perf_counter() - t) * 1e3
-                if r.status != 200:
-                    raise SystemExit(f"{name}: HTTP {r.status}: {data[:300]!r}")
-                if i > 0:  # the first run warms caches, as for the others
-                    times.append(elapsed)
-                rows = len(json.loads(data)["rows"])
-            out[name] = (statistics.median(times), rows)
-    finally:
-        conn.close()
-        server.terminate()
-        server.wait()
-    return out
+class HttpClient:
+    """`shardlake serve` on the lake (result cache off) and a keep-alive
+    client on loopback: each query timed as a client sees it, whole JSON
+    answer read."""
+
+    def __init__(self, wh):
+        port = free_port()
+        env = dict(os.environ, SHARDLAKE_CACHE__ENABLED="false", SHARDLAKE_MAINTENANCE__ENABLED="false")
+        self.server = subprocess.Popen([CLI, "--warehouse", wh, "serve", "--listen", f"127.0.0.1:{port}"],
+                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        self.server.stdout.readline()  # the banner: ready
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+
+    def median(self, name, sql, runs):
+        """Median milliseconds of `runs` runs after one warm-up, and the
+        answer's row count."""
+        body = json.dumps({"sql": sql})
+        times, rows = [], None
+        for i in range(runs + 1):
+            t = time.perf_counter()
+            self.conn.request("POST", "/v1/query", body=body, headers={"content-type": "application/json"})
+            r = self.conn.getresponse()
+            data = r.read()
+            elapsed = (time.perf_counter() - t) * 1e3
+            if r.status != 200:
+                raise SystemExit(f"{name}: HTTP {r.status}: {data[:300]!r}")
+            if i > 0:
+                times.append(elapsed)
+            rows = len(json.loads(data)["rows"])
+        return statistics.median(times), rows
+
+    def close(self):
+        self.conn.close()
+        self.server.terminate()
+        self.server.wait()
 
 
 def geomean(xs):
@@ -164,35 +168,40 @@ def main():
               "t0": "2026-01-01T02:00:00Z", "t1": "2026-01-01T03:00:00Z"}
     queries = {k: v.format(**params) for k, v in QUERIES.items()
                if a.only is None or k in a.only.split(",")}
-    qfile = os.path.join(work, "queries.json")
-    with open(qfile, "w") as f:
-        json.dump(queries, f)
-    rust = json.loads(run([BENCH, "queries", "--warehouse", wh, "--queries", qfile, "--runs", str(a.runs)],
-                          capture_output=True).stdout)
-
     import duckdb
     data = os.path.join(wh, "warehouse", "shardlake", "events", "data")
     con = duckdb.connect()
     con.execute("SET threads = 2")
     con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{data}/**/*.parquet', hive_partitioning = false)")
     con.execute(DUCK_THINGS)
-    duck, duck_rows = {}, {}
-    for name, sql in queries.items():
-        duck_rows[name] = len(con.execute(sql).fetchall())
-        times = []
-        for _ in range(a.runs):
-            t = time.perf_counter()
-            con.execute(sql).fetchall()
-            times.append((time.perf_counter() - t) * 1e3)
-        duck[name] = statistics.median(times)
 
-    for name in queries:
-        if rust[name]["rows"] != duck_rows[name]:
-            raise SystemExit(f"{name}: {rust[name]['rows']} rows from shardlake, {duck_rows[name]} from DuckDB")
-    web = http_medians(wh, queries, a.runs) if a.http else {}
-    for name, (_, rows) in web.items():
-        if rows != duck_rows[name]:
-            raise SystemExit(f"{name}: {rows} rows over HTTP, {duck_rows[name]} from DuckDB")
+    # Query by query, every engine in turn: a machine that slows down
+    # during the run then skews one query's ratios less.
+    rust, duck, duck_rows, web = {}, {}, {}, {}
+    client = HttpClient(wh) if a.http else None
+    qfile = os.path.join(work, "query.json")
+    try:
+        for name, sql in queries.items():
+            with open(qfile, "w") as f:
+                json.dump({name: sql}, f)
+            rust.update(json.loads(run([BENCH, "queries", "--warehouse", wh, "--queries", qfile,
+                                        "--runs", str(a.runs)], capture_output=True).stdout))
+            duck_rows[name] = len(con.execute(sql).fetchall())
+            times = []
+            for _ in range(a.runs):
+                t = time.perf_counter()
+                con.execute(sql).fetchall()
+                times.append((time.perf_counter() - t) * 1e3)
+            duck[name] = statistics.median(times)
+            if rust[name]["rows"] != duck_rows[name]:
+                raise SystemExit(f"{name}: {rust[name]['rows']} rows from shardlake, {duck_rows[name]} from DuckDB")
+            if client:
+                web[name] = client.median(name, sql, a.runs)
+                if web[name][1] != duck_rows[name]:
+                    raise SystemExit(f"{name}: {web[name][1]} rows over HTTP, {duck_rows[name]} from DuckDB")
+    finally:
+        if client:
+            client.close()
 
     files = [os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(data) for f in fs]
     print(f"\nlake: {a.events:,} events, {a.shards} shards, {a.namespaces} namespaces, "

@@ -12,6 +12,11 @@
 //!   ages, with maintenance (see `aging.rs`).
 //! - `durability`: ingest with and without `fsync` (see `durability.rs`).
 
+/// mimalloc instead of the system allocator: planning and scans allocate
+/// many small objects (docs/benchmarks.md, "Queries").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod aging;
 mod durability;
 mod load;

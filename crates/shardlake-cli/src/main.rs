@@ -5,6 +5,11 @@
 //! the table files under that one directory. `--storage s3://bucket/prefix`
 //! (with `--s3-endpoint`, `--s3-region`) puts the table files on S3.
 
+/// mimalloc instead of the system allocator: planning and scans allocate
+/// many small objects (docs/benchmarks.md, "Queries").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod demo;
 mod errors;
 mod files;

@@ -109,35 +109,25 @@ impl ScanRecorder {
     pub fn findings(&self) -> FileFindings {
         let s = self.lock();
         // A table scanned twice (a self-join) counts its files once.
-        let mut snapshot_ids = BTreeSet::new();
-        let mut files_total: HashSet<&Path> = HashSet::new();
-        let mut namespaces_total: HashSet<&str> = HashSet::new();
-        let mut namespace_of: HashMap<&Path, &str> = HashMap::new();
-        let mut seen: Vec<(*const SnapshotFiles, &Scope)> = Vec::new();
-        for (snapshot, scope, kept) in &s.planned {
-            snapshot_ids.extend(snapshot.snapshot_id);
-            for f in kept {
-                namespace_of.insert(&f.path, &f.namespace);
-            }
-            if seen.contains(&(Arc::as_ptr(snapshot), scope)) {
-                continue;
-            }
-            seen.push((Arc::as_ptr(snapshot), scope));
-            namespaces_total.extend(
-                snapshot
-                    .namespaces
-                    .iter()
-                    .filter(|ns| scope.allows(ns))
-                    .map(String::as_str),
-            );
-            files_total.extend(
-                snapshot
-                    .files
-                    .iter()
-                    .filter(|f| scope.allows(&f.namespace))
-                    .map(|f| &f.path),
-            );
-        }
+        let snapshot_ids: BTreeSet<i64> = s
+            .planned
+            .iter()
+            .filter_map(|(snap, _, _)| snap.snapshot_id)
+            .collect();
+        let (files_total, partitions_total) = totals(&s.planned);
+        let covered: HashSet<&str> = s
+            .planned
+            .iter()
+            .flat_map(|(_, _, kept)| kept.iter().map(|f| f.namespace.as_str()))
+            .collect();
+        let namespace_of: HashMap<&Path, &str> = match s.data_bytes.is_empty() {
+            true => HashMap::new(),
+            false => s
+                .planned
+                .iter()
+                .flat_map(|(_, _, kept)| kept.iter().map(|f| (&f.path, f.namespace.as_str())))
+                .collect(),
+        };
         let scanned: Vec<&Path> = s
             .data_bytes
             .iter()
@@ -156,15 +146,59 @@ impl ScanRecorder {
             .collect();
         FileFindings {
             snapshot_ids: snapshot_ids.into_iter().collect(),
-            files_total: files_total.len(),
+            files_total,
             files_scanned: scanned.len(),
-            partitions_total: namespaces_total.len(),
+            partitions_total,
             partitions_scanned: partitions.len(),
-            partitions_covered: namespace_of.values().collect::<HashSet<_>>().len(),
+            partitions_covered: covered.len(),
             shards_queried: shards.len(),
             bytes_scanned: s.bytes_fetched,
         }
     }
+}
+
+/// Live files and namespaces the scans' snapshots hold within their
+/// callers' scopes. A table scanned twice (a self-join) counts once: one
+/// snapshot and scope (every scan of one query) is counted without sets.
+fn totals(planned: &[(Arc<SnapshotFiles>, Scope, Vec<Arc<LakeFile>>)]) -> (usize, usize) {
+    let Some((first, first_scope, _)) = planned.first() else {
+        return (0, 0);
+    };
+    if planned
+        .iter()
+        .all(|(snap, scope, _)| Arc::ptr_eq(snap, first) && scope == first_scope)
+    {
+        let files = first
+            .files
+            .iter()
+            .filter(|f| first_scope.allows(&f.namespace))
+            .count();
+        let namespaces = first
+            .namespaces
+            .iter()
+            .filter(|ns| first_scope.allows(ns))
+            .count();
+        return (files, namespaces);
+    }
+    let mut files: HashSet<&Path> = HashSet::new();
+    let mut namespaces: HashSet<&str> = HashSet::new();
+    for (snapshot, scope, _) in planned {
+        files.extend(
+            snapshot
+                .files
+                .iter()
+                .filter(|f| scope.allows(&f.namespace))
+                .map(|f| &f.path),
+        );
+        namespaces.extend(
+            snapshot
+                .namespaces
+                .iter()
+                .filter(|ns| scope.allows(ns))
+                .map(String::as_str),
+        );
+    }
+    (files.len(), namespaces.len())
 }
 
 /// A Parquet reader factory that records each file's footer and fetches.

@@ -66,9 +66,9 @@ fn partition(args: &[ColumnarValue]) -> DfResult<ColumnarValue> {
     let array = Int64Array::from(out);
     // A scalar in, a scalar out.
     if args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
-        return Ok(ColumnarValue::Scalar(
-            ScalarValue::try_from_array(&array, 0)?,
-        ));
+        return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+            &array, 0,
+        )?));
     }
     Ok(ColumnarValue::Array(Arc::new(array)))
 }
@@ -76,7 +76,9 @@ fn partition(args: &[ColumnarValue]) -> DfResult<ColumnarValue> {
 /// `date_trunc` with the UTC fast path (see the module documentation).
 pub fn date_trunc_udf() -> ScalarUDF {
     ScalarUDF::new_from_impl(UtcDateTrunc {
-        inner: datafusion::functions::datetime::date_trunc().as_ref().clone(),
+        inner: datafusion::functions::datetime::date_trunc()
+            .as_ref()
+            .clone(),
     })
 }
 
@@ -89,9 +91,11 @@ struct UtcDateTrunc {
 
 /// Whether time zone `tz` is UTC, where hours and days have fixed lengths.
 fn is_utc(tz: &str) -> bool {
-    ["UTC", "Z", "GMT", "Etc/UTC", "Etc/GMT", "+00:00", "+0000", "-00:00"]
-        .iter()
-        .any(|u| u.eq_ignore_ascii_case(tz))
+    [
+        "UTC", "Z", "GMT", "Etc/UTC", "Etc/GMT", "+00:00", "+0000", "-00:00",
+    ]
+    .iter()
+    .any(|u| u.eq_ignore_ascii_case(tz))
 }
 
 /// `array` with time zone `tz` (or none), the values unchanged.
@@ -165,7 +169,8 @@ impl ScalarUDFImpl for UtcDateTrunc {
         let Some(naive) = rezone(&array, None) else {
             return self.inner.invoke_with_args(args);
         };
-        let naive_field = |f: &FieldRef| Arc::new(f.as_ref().clone().with_data_type(naive.data_type().clone()));
+        let naive_field =
+            |f: &FieldRef| Arc::new(f.as_ref().clone().with_data_type(naive.data_type().clone()));
         args.arg_fields[1] = naive_field(&args.arg_fields[1]);
         args.return_field = naive_field(&args.return_field);
         args.args[1] = ColumnarValue::Array(Arc::clone(&naive));

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::Serialize;
@@ -26,9 +26,9 @@ use shardlake_lake::pins::OpenPin;
 use crate::cache::{CacheConfig, CacheMetrics, ResultCache};
 use crate::context::QueryContext;
 use crate::error::{Error, ErrorKind, Result};
+use crate::optimizer::AnswerFromStatistics;
 use crate::provider::{EventsTable, THINGS_SQL};
 use crate::recorder::ScanRecorder;
-use crate::optimizer::AnswerFromStatistics;
 use crate::scope::Scope;
 use crate::snapshot::{LakeSnapshots, SnapshotFiles};
 
@@ -209,13 +209,14 @@ impl CrossShardQuery {
     ) -> (SessionState, Arc<ScanRecorder>) {
         let recorder = Arc::new(ScanRecorder::default());
         let mut state = self.inner.base.clone();
-        // The query's start: `now()` and friends are this time.
-        state.execution_props_mut().start_execution();
         state.config_mut().set_extension(Arc::new(QueryContext {
             snapshot: Arc::clone(snapshot),
             recorder: Arc::clone(&recorder),
             scope: scope.clone(),
         }));
+        // The query's start: `now()` and friends are this time.
+        let options = Arc::clone(state.config().options());
+        state.execution_props_mut().mark_start_execution(options);
         (state, recorder)
     }
 }

@@ -252,7 +252,8 @@ fn matching_namespaces(
         return Ok(None);
     };
     let schema = Arc::new(event_schema().project(&[0])?);
-    let predicate = state.create_physical_expr(filter, &DFSchema::try_from(Arc::clone(&schema))?)?;
+    let predicate =
+        state.create_physical_expr(filter, &DFSchema::try_from(Arc::clone(&schema))?)?;
     let values: ArrayRef = Arc::new(StringArray::from_iter_values(namespaces));
     let batch = RecordBatch::try_new(schema, vec![values])?;
     let verdict = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;

@@ -178,7 +178,10 @@ async fn plans_are_reused_but_never_with_the_time_folded_in() {
     let first = engine.sql(sql).without_cache().await.expect("first");
     tokio::time::sleep(Duration::from_millis(5)).await;
     let second = engine.sql(sql).without_cache().await.expect("second");
-    assert!(now(&second) > now(&first), "now() is the time of each query");
+    assert!(
+        now(&second) > now(&first),
+        "now() is the time of each query"
+    );
 
     // A reused plan answers for each caller's scope.
     let sql = "SELECT count(*) FROM events";

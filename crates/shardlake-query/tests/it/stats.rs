@@ -213,7 +213,8 @@ async fn a_scope_sees_only_its_namespaces_and_prunes_the_rest() {
 async fn grouped_counts_come_from_statistics_within_the_scope() {
     let fixture = Fixture::build(4).await;
     let engine = fixture.engine(config()).await;
-    let sql = "SELECT namespace, count(*), max(seq) FROM events GROUP BY namespace ORDER BY namespace";
+    let sql =
+        "SELECT namespace, count(*), max(seq) FROM events GROUP BY namespace ORDER BY namespace";
     let scoped = engine
         .sql(sql)
         .with_scope(Scope::namespaces(["tenant-001", "tenant-003"]))
@@ -227,7 +228,9 @@ async fn grouped_counts_come_from_statistics_within_the_scope() {
     let mut expected = std::collections::BTreeMap::<&str, (i64, i64)>::new();
     for e in &fixture.events {
         if e.namespace == "tenant-001" || e.namespace == "tenant-003" {
-            let entry = expected.entry(e.namespace.as_str()).or_insert((0, i64::MIN));
+            let entry = expected
+                .entry(e.namespace.as_str())
+                .or_insert((0, i64::MIN));
             entry.0 += 1;
             entry.1 = entry.1.max(e.seq);
         }
@@ -257,5 +260,8 @@ async fn grouped_counts_come_from_statistics_within_the_scope() {
         .await
         .expect("scanned query");
     assert_eq!(scanned.stats.answered_from, AnsweredFrom::Scan);
-    assert_eq!(scanned.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    assert_eq!(
+        scanned.batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+        2
+    );
 }
