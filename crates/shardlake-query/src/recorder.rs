@@ -28,12 +28,15 @@ use shardlake_lake::file_meta;
 use crate::scope::Scope;
 use crate::snapshot::{LakeFile, SnapshotFiles};
 
+/// One planned scan: the pinned snapshot, the caller's scope, the files kept.
+type PlannedScan = (Arc<SnapshotFiles>, Scope, Vec<Arc<LakeFile>>);
+
 #[derive(Debug, Default)]
 struct State {
     /// Every planned scan: the pinned snapshot, the caller's scope and the
     /// files kept. Kept as shared pointers: planning is on every query's
     /// path, so the counting is left to [`ScanRecorder::findings`].
-    planned: Vec<(Arc<SnapshotFiles>, Scope, Vec<Arc<LakeFile>>)>,
+    planned: Vec<PlannedScan>,
     shards_of: HashMap<Path, Vec<i32>>,
     data_bytes: HashMap<Path, u64>,
     bytes_fetched: u64,
@@ -160,7 +163,7 @@ impl ScanRecorder {
 /// Live files and namespaces the scans' snapshots hold within their
 /// callers' scopes. A table scanned twice (a self-join) counts once: one
 /// snapshot and scope (every scan of one query) is counted without sets.
-fn totals(planned: &[(Arc<SnapshotFiles>, Scope, Vec<Arc<LakeFile>>)]) -> (usize, usize) {
+fn totals(planned: &[PlannedScan]) -> (usize, usize) {
     let Some((first, first_scope, _)) = planned.first() else {
         return (0, 0);
     };

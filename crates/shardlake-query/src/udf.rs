@@ -156,7 +156,9 @@ impl ScalarUDFImpl for UtcDateTrunc {
         };
         let utc = match &args.args[1] {
             ColumnarValue::Array(a) => match a.data_type() {
-                DataType::Timestamp(_, Some(tz)) if is_utc(tz) => Some((Arc::clone(a), tz.clone())),
+                DataType::Timestamp(_, Some(tz)) if is_utc(tz) => {
+                    Some((Arc::clone(a), Arc::clone(tz)))
+                }
                 _ => None,
             },
             ColumnarValue::Scalar(_) => None,
