@@ -134,7 +134,7 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<()> {
         ..ServerConfig::default()
     };
     config.limits.memory_limit_bytes = spec.memory_limit_bytes;
-    config.emitter.flush_interval_ms = 50;
+    config.emitter.flush_interval = Duration::from_millis(50);
     let server = Server::bind(config).await?;
     let base = format!("http://{}", server.local_addr());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -12,8 +12,10 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
-/// Limits applied when validating an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Limits applied when validating an event (keys of the server's
+/// `[emitter]` section too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct EventLimits {
     /// Largest accepted payload, in bytes of JSON text.
     pub max_payload_bytes: usize,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
 use serde::{Deserialize, Serialize};
 use shardlake_lake::{EmitterConfig, ObjectStorageConfig, TableFormat};
 use shardlake_query::{CacheConfig, QueryConfig};
@@ -34,10 +35,13 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Result cache (the engine's own `CacheConfig`, key for key).
     pub cache: CacheConfig,
-    /// Where queries run and how fresh their snapshot is.
-    pub query: QuerySettings,
-    /// Ingestion batching.
-    pub emitter: EmitterSettings,
+    /// Where queries run and how fresh their snapshot is (the engine's own
+    /// `QueryConfig`; its memory limit and timeout are `[limits]`', its
+    /// cache `[cache]`).
+    pub query: QueryConfig,
+    /// Ingestion batching and event limits (the emitter's own
+    /// `EmitterConfig`, key for key).
+    pub emitter: EmitterConfig,
     /// Background lake maintenance: compaction, manifest merging, snapshot
     /// expiry and cleanup.
     pub maintenance: MaintenanceSettings,
@@ -103,8 +107,14 @@ impl Default for ServerConfig {
             format: None,
             limits: Limits::default(),
             cache: CacheConfig::default(),
-            query: QuerySettings::default(),
-            emitter: EmitterSettings::default(),
+            query: QueryConfig {
+                // A server answers health checks, cache hits and acks on
+                // its HTTP runtime while queries use every core on theirs.
+                cpu_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+                freshness: Duration::from_millis(100),
+                ..QueryConfig::default()
+            },
+            emitter: EmitterConfig::default(),
             maintenance: MaintenanceSettings::default(),
             compaction: CompactionSettings::default(),
             tokens: Vec::new(),
@@ -160,101 +170,37 @@ impl Limits {
     }
 }
 
-/// Where queries run and how fresh the snapshot they pin is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct QuerySettings {
-    /// How old the current snapshot a query pins may be, milliseconds:
-    /// within it the server reuses its last look at the catalog (no lookup
-    /// per request). Commits this server makes (its ingest, its
-    /// maintenance) are seen at once whatever the value; another process's
-    /// commit within this many milliseconds. 0 looks at the catalog for
-    /// every query.
-    pub freshness_ms: u64,
-    /// Worker threads of the runtime queries plan and run on, apart from
-    /// the one that serves HTTP: cache hits, health checks, ingest acks and
-    /// timeouts keep their latency while queries use every core. Default:
-    /// one per core. 0 runs queries on the HTTP runtime.
-    pub cpu_threads: Option<usize>,
-}
-
-impl Default for QuerySettings {
-    fn default() -> Self {
-        Self {
-            freshness_ms: 100,
-            cpu_threads: None,
-        }
-    }
-}
-
-/// Ingestion batching.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EmitterSettings {
-    /// Longest wait before a partial batch is committed, milliseconds: the
-    /// bound on how long a lone request waits for its ack.
-    pub flush_interval_ms: u64,
-    /// Commit once this many events wait.
-    pub max_batch_events: usize,
-    /// Commit at once, without waiting for `flush_interval_ms`, once this
-    /// many events wait: large requests commit as fast as commits go
-    /// (concurrent requests share one), small ones are still gathered.
-    pub eager_commit_events: usize,
-    /// Bytes of events that may wait for a commit; beyond it requests wait
-    /// up to `limits.queue_wait_ms`, then get 429.
-    pub max_queued_bytes: usize,
-    /// Largest payload of one event, bytes.
-    pub max_payload_bytes: usize,
-}
-
-impl Default for EmitterSettings {
-    fn default() -> Self {
-        let e = EmitterConfig::default();
-        Self {
-            flush_interval_ms: e.flush_interval.as_millis() as u64,
-            max_batch_events: e.max_batch_events,
-            eager_commit_events: e.eager_commit_events,
-            max_queued_bytes: e.max_queued_bytes,
-            max_payload_bytes: e.limits.max_payload_bytes,
-        }
-    }
-}
-
 /// Lake maintenance, run in the background while the server serves:
 /// compaction (`[compaction]`), manifest merging, snapshot expiry and
 /// cleanup of unreachable files, so the lake's cost is bounded by these
 /// settings instead of growing with its age (see docs/operations.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+// Unknown keys are refused by `ServerConfig::load` (serde cannot refuse
+// them and flatten too).
+#[serde(default)]
 pub struct MaintenanceSettings {
     /// Run maintenance in the background at all.
     pub enabled: bool,
     /// Seconds between runs.
     pub interval_secs: u64,
-    /// Snapshots replaced longer ago than this are expired (time travel
-    /// reaches back this far).
-    pub snapshot_retention_secs: u64,
-    /// The newest snapshots always kept, whatever their age.
-    pub min_snapshots_to_keep: usize,
-    /// Files younger than this are never deleted (protects commits other
-    /// processes are making).
-    pub orphan_grace_secs: u64,
     /// How long a snapshot handed out by `/v1/replay` (its
     /// `x-shardlake-snapshot`) stays pinned against expiry; each replay at
     /// it renews the lease.
     pub replay_cursor_lease_secs: u64,
+    /// What maintenance keeps (`snapshot_retention_secs`,
+    /// `min_snapshots_to_keep`, `orphan_grace_secs`): the lake's own
+    /// `MaintenanceConfig`.
+    #[serde(flatten)]
+    pub lake: shardlake_lake::MaintenanceConfig,
 }
 
 impl Default for MaintenanceSettings {
     fn default() -> Self {
-        let d = shardlake_lake::MaintenanceConfig::default();
         Self {
             enabled: true,
             interval_secs: 60,
-            snapshot_retention_secs: d.retention.retention.as_secs(),
-            min_snapshots_to_keep: d.retention.min_snapshots_to_keep,
-            orphan_grace_secs: d.orphan_grace.as_secs(),
             replay_cursor_lease_secs: 600,
+            lake: shardlake_lake::MaintenanceConfig::default(),
         }
     }
 }
@@ -269,7 +215,8 @@ impl MaintenanceSettings {
 /// How maintenance compacts: every commit adds small files (one per
 /// namespace touched), which compaction rewrites into large ones.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+// Unknown keys are refused by `ServerConfig::load` (see above).
+#[serde(default)]
 pub struct CompactionSettings {
     /// Compact at all (as part of maintenance).
     pub enabled: bool,
@@ -277,31 +224,19 @@ pub struct CompactionSettings {
     /// rest of maintenance. Refused with that message when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval_secs: Option<u64>,
-    /// Files smaller than this are candidates.
-    pub small_file_bytes: u64,
-    /// A namespace is compacted once it has this many small files.
-    pub min_small_files: usize,
+    /// Which files are small and when a namespace is compacted
+    /// (`small_file_bytes`, `min_small_files`, `max_attempts`): the lake's
+    /// own `CompactionConfig`.
+    #[serde(flatten)]
+    pub lake: shardlake_lake::CompactionConfig,
 }
 
 impl Default for CompactionSettings {
     fn default() -> Self {
-        let c = shardlake_lake::CompactionConfig::default();
         Self {
             enabled: true,
             interval_secs: None,
-            small_file_bytes: c.small_file_bytes,
-            min_small_files: c.min_small_files,
-        }
-    }
-}
-
-impl CompactionSettings {
-    /// The lake's compaction configuration.
-    pub fn config(&self) -> shardlake_lake::CompactionConfig {
-        shardlake_lake::CompactionConfig {
-            small_file_bytes: self.small_file_bytes,
-            min_small_files: self.min_small_files,
-            ..Default::default()
+            lake: shardlake_lake::CompactionConfig::default(),
         }
     }
 }
@@ -336,6 +271,23 @@ pub struct TokenConfig {
     pub permissions: Vec<Permission>,
 }
 
+/// The first key of `given` (dotted path) that `known` lacks, looking into
+/// sections (arrays of tables refuse unknown keys themselves).
+fn unknown_key(given: &Dict, known: &Dict) -> Option<String> {
+    for (key, value) in given {
+        match (value, known.get(key)) {
+            (_, None) => return Some(key.clone()),
+            (Value::Dict(_, inner), Some(Value::Dict(_, known_inner))) => {
+                if let Some(sub) = unknown_key(inner, known_inner) {
+                    return Some(format!("{key}.{sub}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// `SHARDLAKE_TEST_*` (after the prefix): knobs of the test kit and the
 /// benches, which share the environment of any server they spawn.
 fn is_test_knob(key: &str) -> bool {
@@ -351,32 +303,41 @@ impl ServerConfig {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment
-            .merge(
-                Env::prefixed("SHARDLAKE_")
-                    .split("__")
-                    // Variables the CLI reads itself, not settings.
-                    .ignore(&["LOG", "LOG_FORMAT", "CRASH_AT", "CONFIG"])
-                    // Test and bench knobs (`SHARDLAKE_TEST_*`) are never
-                    // settings: a spawned server must not refuse them.
-                    .filter(|key| !is_test_knob(key.as_str())),
-            )
+        let figment = figment.merge(
+            Env::prefixed("SHARDLAKE_")
+                .split("__")
+                // Variables the CLI reads itself, not settings.
+                .ignore(&["LOG", "LOG_FORMAT", "CRASH_AT", "CONFIG"])
+                // Test and bench knobs (`SHARDLAKE_TEST_*`) are never
+                // settings: a spawned server must not refuse them.
+                .filter(|key| !is_test_knob(key.as_str())),
+        );
+        let config: ServerConfig = figment.extract().map_err(Box::new)?;
+        // Sections that nest a library config flatten it (`[emitter]` is
+        // `EmitterConfig` plus its event limits), and serde cannot refuse
+        // unknown keys of flattened structs: a key is known if it lands in
+        // a setting, i.e. if it is still there when the result is written
+        // out again.
+        let given: Dict = figment.extract().map_err(Box::new)?;
+        let known: Dict = Figment::from(Serialized::defaults(&config))
             .extract()
-            .map_err(Box::new)
+            .map_err(Box::new)?;
+        if let Some(key) = unknown_key(&given, &known) {
+            return Err(Box::new(figment::Error::from(format!(
+                "unknown setting `{key}`"
+            ))));
+        }
+        Ok(config)
     }
 
-    /// The engine configuration these settings describe.
+    /// The engine configuration these settings describe: `[query]` with
+    /// the limits of `[limits]` and the cache of `[cache]`.
     pub fn query_config(&self) -> QueryConfig {
         QueryConfig {
             memory_limit: self.limits.memory_limit_bytes,
             default_timeout: Some(self.limits.query_timeout()),
             cache: self.cache.clone(),
-            freshness: Duration::from_millis(self.query.freshness_ms),
-            cpu_threads: self
-                .query
-                .cpu_threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-            ..QueryConfig::default()
+            ..self.query.clone()
         }
     }
 
@@ -398,30 +359,16 @@ impl ServerConfig {
         Ok(())
     }
 
-    /// The lake maintenance these settings describe.
+    /// The lake maintenance these settings describe: `[maintenance]` with
+    /// `[compaction]`, unless compaction is off.
     pub fn maintenance_config(&self) -> shardlake_lake::MaintenanceConfig {
-        let m = &self.maintenance;
-        shardlake_lake::MaintenanceConfig {
-            compaction: self.compaction.enabled.then(|| self.compaction.config()),
-            retention: shardlake_lake::RetentionConfig {
-                retention: Duration::from_secs(m.snapshot_retention_secs),
-                min_snapshots_to_keep: m.min_snapshots_to_keep.max(1),
-            },
-            orphan_grace: Duration::from_secs(m.orphan_grace_secs),
-        }
-    }
-
-    /// The emitter configuration these settings describe.
-    pub fn emitter_config(&self) -> EmitterConfig {
-        let mut c = EmitterConfig {
-            flush_interval: Duration::from_millis(self.emitter.flush_interval_ms),
-            max_batch_events: self.emitter.max_batch_events,
-            eager_commit_events: self.emitter.eager_commit_events,
-            max_queued_bytes: self.emitter.max_queued_bytes,
-            ..EmitterConfig::default()
+        let mut config = shardlake_lake::MaintenanceConfig {
+            compaction: self.compaction.enabled.then_some(self.compaction.lake),
+            ..self.maintenance.lake.clone()
         };
-        c.limits.max_payload_bytes = self.emitter.max_payload_bytes;
-        c
+        // The current snapshot is always kept.
+        config.retention.min_snapshots_to_keep = config.retention.min_snapshots_to_keep.max(1);
+        config
     }
 }
 
@@ -492,11 +439,28 @@ min_small_files = 4
         assert_eq!(m.retention.min_snapshots_to_keep, 3);
         assert_eq!(m.orphan_grace, Duration::from_secs(30));
         assert_eq!(m.compaction.map(|c| c.min_small_files), Some(4));
-        let defaults = ServerConfig::default();
-        assert_eq!(defaults.maintenance.interval_secs, 60);
-        assert_eq!(defaults.maintenance.snapshot_retention_secs, 3600);
-        assert_eq!(defaults.maintenance.min_snapshots_to_keep, 10);
-        assert_eq!(defaults.maintenance.orphan_grace_secs, 3600);
+        let defaults = ServerConfig::default().maintenance_config();
+        assert_eq!(ServerConfig::default().maintenance.interval_secs, 60);
+        assert_eq!(defaults.retention.retention, Duration::from_secs(3600));
+        assert_eq!(defaults.retention.min_snapshots_to_keep, 10);
+        assert_eq!(defaults.orphan_grace, Duration::from_secs(3600));
+
+        // Typos in the sections the library configs make are refused too.
+        for typo in [
+            "[maintenance]\norphan_grace_sec = 1\n",
+            "[compaction]\nmin_small_file = 1\n",
+            "[emitter]\nflush_interval = 1\n",
+            "[query]\nfreshness = 1\n",
+        ] {
+            std::fs::write(&file, typo).expect("write");
+            let err = ServerConfig::load(Some(&file)).expect_err(typo);
+            let key = typo
+                .lines()
+                .nth(1)
+                .and_then(|l| l.split(' ').next())
+                .unwrap_or("");
+            assert!(err.to_string().contains(key), "{typo}: {err}");
+        }
 
         std::fs::write(&file, "[compaction]\ninterval_secs = 300\n").expect("write");
         let old = ServerConfig::load(Some(&file)).expect("parses");

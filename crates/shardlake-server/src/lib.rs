@@ -36,8 +36,8 @@ mod server;
 mod state;
 
 pub use config::{
-    CompactionSettings, EmitterSettings, Limits, MaintenanceSettings, MigrationSettings,
-    Permission, ServerConfig, ShardEndpoint, TokenConfig,
+    CompactionSettings, Limits, MaintenanceSettings, MigrationSettings, Permission, ServerConfig,
+    ShardEndpoint, TokenConfig,
 };
 pub use error::ApiError;
 pub use routes::app;

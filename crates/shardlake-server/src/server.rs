@@ -95,7 +95,7 @@ impl Server {
         // Commits (sorting, encoding) run where queries run, off the
         // runtime that answers requests.
         let emitter = lake
-            .emitter_on(config.emitter_config(), engine.cpu_runtime())
+            .emitter_on(config.emitter.clone(), engine.cpu_runtime())
             .await?;
         let listener = TcpListener::bind(config.listen)
             .await

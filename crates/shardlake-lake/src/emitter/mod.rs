@@ -38,8 +38,15 @@ use crate::commit::TableCommitter;
 use crate::error::{Error, ErrorKind, Result};
 use crate::executor::CpuRuntime;
 
-/// How the emitter batches, bounds and retries.
-#[derive(Debug, Clone, PartialEq)]
+/// How the emitter batches, bounds and retries. Also the server's
+/// `[emitter]` section, key for key (`flush_interval` is
+/// `flush_interval_ms` there; the validation limits sit in the section
+/// itself: `max_payload_bytes`, `max_field_bytes`); the retry policy and the
+/// dead-letter directory are not settings of the file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+// No `deny_unknown_fields`: serde cannot refuse unknown keys and flatten
+// too (the server refuses keys that land in no setting).
+#[serde(default)]
 pub struct EmitterConfig {
     /// Commit once this many events are waiting.
     pub max_batch_events: usize,
@@ -52,15 +59,22 @@ pub struct EmitterConfig {
     pub max_batch_bytes: usize,
     /// Commit at the latest this long after the first event of a batch
     /// arrived: the bound on how long a lone request waits for its ack.
+    #[serde(
+        rename = "flush_interval_ms",
+        with = "shardlake_core::serde_duration::millis"
+    )]
     pub flush_interval: Duration,
     /// Bytes of events that may wait for a commit (queued plus in flight);
     /// beyond it `emit` waits and `try_emit` refuses.
     pub max_queued_bytes: usize,
     /// Validation limits for incoming events.
+    #[serde(flatten)]
     pub limits: EventLimits,
     /// Retries of transient storage and catalog errors.
+    #[serde(skip)]
     pub retry: RetryPolicy,
     /// Directory receiving dead-letter records; `None` keeps them only in metrics and acks.
+    #[serde(skip)]
     pub dead_letter_dir: Option<PathBuf>,
 }
 

@@ -39,15 +39,27 @@ use crate::error::Result;
 use crate::format::EventsTable;
 pub(crate) use lease::MaintenanceLease;
 
-/// What maintenance does, and how much it keeps.
-#[derive(Debug, Clone, PartialEq)]
+/// What maintenance does, and how much it keeps. Also the lake's part of
+/// the server's `[maintenance]` section (`snapshot_retention_secs`,
+/// `min_snapshots_to_keep`, `orphan_grace_secs`); compaction is the
+/// `[compaction]` section's.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+// No `deny_unknown_fields`: serde cannot refuse unknown keys and flatten
+// too (the server refuses keys that land in no setting).
+#[serde(default)]
 pub struct MaintenanceConfig {
     /// Compaction settings; `None` skips compaction.
+    #[serde(skip)]
     pub compaction: Option<CompactionConfig>,
-    /// Which snapshots expiry keeps.
-    pub retention: RetentionConfig,
     /// Files younger than this are never deleted by cleanup.
+    #[serde(
+        rename = "orphan_grace_secs",
+        with = "shardlake_core::serde_duration::secs"
+    )]
     pub orphan_grace: Duration,
+    /// Which snapshots expiry keeps.
+    #[serde(flatten)]
+    pub retention: RetentionConfig,
 }
 
 impl Default for MaintenanceConfig {
@@ -60,8 +72,10 @@ impl Default for MaintenanceConfig {
     }
 }
 
-/// When and how much to compact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// When and how much to compact (also the server's `[compaction]`
+/// section, key for key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CompactionConfig {
     /// Files smaller than this are candidates.
     pub small_file_bytes: u64,
@@ -141,9 +155,14 @@ pub struct CompactionReport {
 }
 
 /// What to keep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
     /// Keep snapshots replaced less than this long ago.
+    #[serde(
+        rename = "snapshot_retention_secs",
+        with = "shardlake_core::serde_duration::secs"
+    )]
     pub retention: Duration,
     /// Always keep this many of the newest snapshots (at least 1: the
     /// current one).

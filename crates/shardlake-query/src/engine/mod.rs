@@ -39,24 +39,34 @@ mod stream;
 pub use query::{PreparedQuery, QueryResult, SqlQuery};
 pub use stream::QueryStream;
 
-/// Engine settings.
-#[derive(Debug, Clone, PartialEq)]
+/// Engine settings. Also the server's `[query]` section (`freshness` is
+/// `freshness_ms` there); the memory limit and the timeout are the server's
+/// `[limits]`, the cache its `[cache]` section.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct QueryConfig {
     /// Partitions (parallel streams) per query; defaults to the core count.
     pub target_partitions: usize,
     /// Bytes of memory all running queries may use together; operators that
     /// can spill (sorts, aggregations, joins) spill to disk beyond it, the
     /// rest fail with `resources_exhausted`.
+    #[serde(skip)]
     pub memory_limit: usize,
     /// Timeout of a query that does not set its own (`None`: no limit).
+    #[serde(skip)]
     pub default_timeout: Option<Duration>,
     /// Result cache.
+    #[serde(skip)]
     pub cache: CacheConfig,
     /// Parsed manifests kept in memory.
     pub manifest_cache_entries: u64,
     /// How old the current snapshot a query pins may be: within it, the
     /// last look at the catalog is reused (this process's own commits are
     /// seen at once regardless). Zero looks at the catalog for every query.
+    #[serde(
+        rename = "freshness_ms",
+        with = "shardlake_core::serde_duration::millis"
+    )]
     pub freshness: Duration,
     /// Worker threads of the runtime queries plan and run on, apart from
     /// the caller's (a server's HTTP runtime keeps answering while queries

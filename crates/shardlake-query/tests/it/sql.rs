@@ -268,3 +268,127 @@ async fn streaming_yields_batches_and_then_stats() {
     assert_eq!(stats.rows_returned, rows as u64);
     assert_eq!(stats.partitions_scanned, 1);
 }
+
+/// `things` checked against a fold of the events done here, at every
+/// snapshot a query can pin: after each commit (pinned by id after later
+/// commits), and after compaction rewrote every file (same events, new
+/// files, a `replace` snapshot).
+#[tokio::test]
+async fn things_is_the_fold_of_the_events_at_every_snapshot() {
+    use shardlake_lake::{CompactionConfig, EmitInput, EmitterConfig};
+
+    /// Latest event and event count per entity, deleted ones excluded.
+    fn fold(events: &[shardlake_core::Event]) -> BTreeMap<(String, String, String), (i64, i64)> {
+        let mut state: BTreeMap<(String, String, String), (i64, i64, bool)> = BTreeMap::new();
+        for e in events {
+            if let (Some(t), Some(id)) = (&e.entity_type, &e.entity_id) {
+                let entry = state
+                    .entry((e.namespace.clone(), t.clone(), id.clone()))
+                    .or_insert((0, 0, false));
+                *entry = (
+                    e.version.unwrap_or_default(),
+                    entry.1 + 1,
+                    e.event_type == "thing.deleted",
+                );
+            }
+        }
+        state
+            .into_iter()
+            .filter(|(_, (_, _, deleted))| !deleted)
+            .map(|(k, (version, events, _))| (k, (version, events)))
+            .collect()
+    }
+
+    let fixture = Fixture::build(0).await;
+    let text = std::fs::read(crate::fixture::EVENTS_FILE).expect("fixture");
+    let lines: Vec<&[u8]> = text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let emitter = fixture
+        .lake
+        .emitter(EmitterConfig {
+            flush_interval: std::time::Duration::from_millis(1),
+            ..EmitterConfig::default()
+        })
+        .await
+        .expect("emitter");
+    let engine = fixture.engine(config()).await;
+    let sql = "SELECT namespace, \"type\", id, version, events FROM things";
+    let answer = |r: &shardlake_query::QueryResult| {
+        let mut out = BTreeMap::new();
+        for b in &r.batches {
+            let (ns, t, id) = (
+                b.column(0).as_string::<i32>(),
+                b.column(1).as_string::<i32>(),
+                b.column(2).as_string::<i32>(),
+            );
+            let (v, n) = (
+                b.column(3).as_primitive::<Int64Type>(),
+                b.column(4).as_primitive::<Int64Type>(),
+            );
+            for i in 0..b.num_rows() {
+                out.insert(
+                    (
+                        ns.value(i).to_owned(),
+                        t.value(i).to_owned(),
+                        id.value(i).to_owned(),
+                    ),
+                    (v.value(i), n.value(i)),
+                );
+            }
+        }
+        out
+    };
+
+    // Commit by commit; remember each snapshot and what it holds.
+    let mut pinned = Vec::new();
+    let mut committed = 0;
+    for chunk in lines.chunks(lines.len().div_ceil(3)) {
+        emitter
+            .emit(EmitInput::Ndjson(&chunk.join(&b'\n')))
+            .await
+            .expect("emit");
+        committed += chunk.len();
+        let now = engine.sql(sql).latest().await.expect("things");
+        assert_eq!(
+            answer(&now),
+            fold(&fixture.events[..committed]),
+            "after {committed} events"
+        );
+        pinned.push((now.stats.snapshot_ids[0], committed));
+    }
+    emitter.close().await.expect("close");
+    let report = fixture
+        .lake
+        .compact(&CompactionConfig {
+            small_file_bytes: u64::MAX,
+            min_small_files: 2,
+            max_attempts: 10,
+        })
+        .await
+        .expect("compact");
+    assert!(report.files_removed > 0, "{report:?}");
+
+    let compacted = engine
+        .sql(sql)
+        .latest()
+        .without_cache()
+        .await
+        .expect("things");
+    assert_ne!(compacted.stats.snapshot_ids[0], pinned[2].0);
+    assert_eq!(answer(&compacted), fold(&fixture.events));
+    for (snapshot, committed) in pinned {
+        let then = engine
+            .sql(sql)
+            .at_snapshot(snapshot)
+            .without_cache()
+            .await
+            .expect("pinned things");
+        assert_eq!(
+            answer(&then),
+            fold(&fixture.events[..committed]),
+            "at {snapshot}"
+        );
+    }
+}

@@ -30,8 +30,8 @@ pub async fn snapshots(
     Ok(Json(json!({
         "snapshots": snapshots,
         "retention": {
-            "snapshot_retention_secs": m.snapshot_retention_secs,
-            "min_snapshots_to_keep": m.min_snapshots_to_keep,
+            "snapshot_retention_secs": m.lake.retention.retention.as_secs(),
+            "min_snapshots_to_keep": m.lake.retention.min_snapshots_to_keep,
         },
     })))
 }

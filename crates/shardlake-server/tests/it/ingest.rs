@@ -121,7 +121,7 @@ async fn oversized_bodies_get_413_and_a_full_queue_429() {
         c.limits.queue_wait_ms = 100;
         // One request fills the queue, and its commit waits a while.
         c.emitter.max_queued_bytes = 1;
-        c.emitter.flush_interval_ms = 10_000;
+        c.emitter.flush_interval = Duration::from_millis(10_000);
         c.emitter.max_batch_events = 1_000_000;
     })
     .await;
@@ -165,7 +165,7 @@ async fn oversized_bodies_get_413_and_a_full_queue_429() {
 async fn background_compaction_folds_small_commits_while_serving() {
     let server = TestServer::start(|c| {
         c.maintenance.interval_secs = 1;
-        c.compaction.min_small_files = 4;
+        c.compaction.lake.min_small_files = 4;
         c.tokens = crate::support::tokens();
     })
     .await;

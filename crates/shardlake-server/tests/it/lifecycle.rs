@@ -150,10 +150,10 @@ async fn a_replay_cursor_is_leased_and_background_maintenance_expires_the_rest()
     let server = TestServer::start(|c| {
         c.tokens = tokens();
         c.maintenance.interval_secs = 1;
-        c.maintenance.snapshot_retention_secs = 0;
-        c.maintenance.min_snapshots_to_keep = 1;
-        c.maintenance.orphan_grace_secs = 0;
-        c.compaction.min_small_files = 2;
+        c.maintenance.lake.retention.retention = std::time::Duration::ZERO;
+        c.maintenance.lake.retention.min_snapshots_to_keep = 1;
+        c.maintenance.lake.orphan_grace = std::time::Duration::ZERO;
+        c.compaction.lake.min_small_files = 2;
     })
     .await;
     let ids = three_commits(&server).await;

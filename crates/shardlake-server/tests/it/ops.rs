@@ -104,7 +104,7 @@ async fn shutdown_finishes_in_flight_requests_and_commits() {
     // Commits wait for a long flush interval, so the ingest below is still
     // waiting for its commit when shutdown starts.
     let server = TestServer::start(|c| {
-        c.emitter.flush_interval_ms = 60_000;
+        c.emitter.flush_interval = Duration::from_millis(60_000);
         c.emitter.max_batch_events = 1_000_000;
     })
     .await;

@@ -72,7 +72,7 @@ impl TestServer {
             warehouse: dir.path().join("lake"),
             ..ServerConfig::default()
         };
-        config.emitter.flush_interval_ms = 20;
+        config.emitter.flush_interval = std::time::Duration::from_millis(20);
         tweak(&mut config);
         let warehouse = config.warehouse.clone();
         let server = Server::bind(config).await.expect("binds");
