@@ -17,6 +17,7 @@
 //! plan is left as it is and the files are scanned.
 
 use std::any::Any;
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -111,12 +112,14 @@ fn answer(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPla
             return Ok(None);
         }
     }
-    let Some(scan) = through_row_movers(raw.input())
-        .and_then(|n| n.as_any().downcast_ref::<DataSourceExec>().cloned())
-    else {
+    let Some(scan_node) = through_row_movers(raw.input()) else {
         return Ok(None);
     };
-    let Some(files) = scan.data_source().as_any().downcast_ref::<FileScanConfig>() else {
+    let Some(files) = scan_node
+        .as_any()
+        .downcast_ref::<DataSourceExec>()
+        .and_then(|scan| scan.data_source().as_any().downcast_ref::<FileScanConfig>())
+    else {
         return Ok(None);
     };
     // What the partial phase outputs: `raw` itself, or the partial phase
@@ -160,13 +163,13 @@ fn answer(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPla
 }
 
 /// Descends from `node` through nodes that pass every row on unchanged
-/// (repartitions, coalesces) to the first that does not.
+/// (repartitions, coalesces; DataFusion 53 no longer plans batch
+/// coalescing as a node) to the first that does not.
 fn through_row_movers(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
     let mut node = Arc::clone(node);
     loop {
-        let passes_rows = node.as_any().is::<RepartitionExec>()
-            || node.as_any().is::<CoalescePartitionsExec>()
-            || node.name() == "CoalesceBatchesExec";
+        let passes_rows =
+            node.as_any().is::<RepartitionExec>() || node.as_any().is::<CoalescePartitionsExec>();
         if !passes_rows {
             return Some(node);
         }
@@ -210,7 +213,9 @@ fn partial_states(
     };
     let mut read: Vec<bool> = vec![false; sources.len()];
     for &column in &group_columns {
-        read[column] = true;
+        if let Some(r) = read.get_mut(column) {
+            *r = true;
+        }
     }
     for aggregate in partial.aggr_expr() {
         for e in aggregate.expressions() {
@@ -224,7 +229,14 @@ fn partial_states(
     let predicate = scan.file_source().filter();
     let mut values: Vec<Vec<ScalarValue>> = vec![Vec::new(); partial.schema().fields().len()];
     let (mut files, mut rows) = (0usize, 0usize);
+    // DataFusion splits large files into byte ranges over several groups
+    // for parallelism; a file's statistics are the whole file's, so each
+    // file counts once however many ranges it was cut into.
+    let mut counted: HashSet<&object_store::path::Path> = HashSet::new();
     for file in scan.file_groups.iter().flat_map(|g| g.files()) {
+        if !counted.insert(&file.object_meta.location) {
+            continue;
+        }
         let Some(table_stats) = &file.statistics else {
             return Ok(None);
         };
@@ -417,5 +429,107 @@ impl ExecutionPlan for FileStatisticsExec {
             self.batch.schema(),
             None,
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Int64Type};
+    use datafusion::datasource::listing::PartitionedFile;
+    use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+    use datafusion::datasource::table_schema::TableSchema;
+    use datafusion::execution::object_store::ObjectStoreUrl;
+    use datafusion::functions_aggregate::count::count_udaf;
+    use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+    use datafusion::physical_plan::aggregates::PhysicalGroupBy;
+    use datafusion::physical_plan::expressions::{col, lit};
+
+    use super::*;
+
+    /// A file of namespace `ns` holding `rows` rows, whole or one byte range.
+    fn file(path: &str, ns: &str, rows: usize, range: Option<(i64, i64)>) -> PartitionedFile {
+        let stats = Statistics {
+            num_rows: Precision::Exact(rows),
+            total_byte_size: Precision::Inexact(1000),
+            column_statistics: vec![
+                ColumnStatistics {
+                    null_count: Precision::Exact(0),
+                    min_value: Precision::Exact(ScalarValue::from(ns)),
+                    max_value: Precision::Exact(ScalarValue::from(ns)),
+                    ..ColumnStatistics::new_unknown()
+                },
+                ColumnStatistics::new_unknown(),
+            ],
+        };
+        let f = PartitionedFile::new(path, 1000).with_statistics(Arc::new(stats));
+        match range {
+            Some((start, end)) => f.with_range(start, end),
+            None => f,
+        }
+    }
+
+    /// Counts per namespace from the statistics of `groups`.
+    fn counts(groups: Vec<FileGroup>) -> Vec<(String, i64)> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("namespace", DataType::Utf8, false),
+            Field::new("seq", DataType::Int64, false),
+        ]));
+        let scan = FileScanConfigBuilder::new(
+            ObjectStoreUrl::local_filesystem(),
+            Arc::new(ParquetSource::new(TableSchema::new(
+                Arc::clone(&schema),
+                vec![],
+            ))),
+        )
+        .with_file_groups(groups)
+        .build();
+        let input = DataSourceExec::from_data_source(scan.clone());
+        let count = AggregateExprBuilder::new(count_udaf(), vec![lit(1i64)])
+            .schema(Arc::clone(&schema))
+            .alias("n")
+            .build()
+            .expect("count");
+        let partial = AggregateExec::try_new(
+            AggregateMode::Partial,
+            PhysicalGroupBy::new_single(vec![(
+                col("namespace", &schema).expect("column"),
+                "namespace".to_owned(),
+            )]),
+            vec![Arc::new(count)],
+            vec![None],
+            input,
+            Arc::clone(&schema),
+        )
+        .expect("aggregate");
+        let states = partial_states(&partial, &scan)
+            .expect("plans")
+            .expect("answerable");
+        let (ns, n) = (
+            states.batch.column(0).as_string::<i32>(),
+            states.batch.column(1).as_primitive::<Int64Type>(),
+        );
+        (0..states.batch.num_rows())
+            .map(|i| (ns.value(i).to_owned(), n.value(i)))
+            .collect()
+    }
+
+    #[test]
+    fn a_file_cut_into_byte_ranges_counts_once() {
+        let whole = counts(vec![FileGroup::new(vec![
+            file("a.parquet", "ns-a", 10, None),
+            file("b.parquet", "ns-b", 7, None),
+        ])]);
+        // What DataFusion makes of it with more partitions than files.
+        let cut = counts(vec![
+            FileGroup::new(vec![file("a.parquet", "ns-a", 10, Some((0, 500)))]),
+            FileGroup::new(vec![
+                file("a.parquet", "ns-a", 10, Some((500, 1000))),
+                file("b.parquet", "ns-b", 7, None),
+            ]),
+        ]);
+        let want = vec![("ns-a".to_owned(), 10), ("ns-b".to_owned(), 7)];
+        assert_eq!(whole, want);
+        assert_eq!(cut, want);
     }
 }
