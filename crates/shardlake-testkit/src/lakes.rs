@@ -5,7 +5,21 @@ use std::path::Path;
 use std::time::Duration;
 
 use shardlake_core::Event;
-use shardlake_lake::{EmitterConfig, Lake};
+use shardlake_lake::{EmitterConfig, Lake, PipelineEmitter};
+
+/// An emitter configuration that commits 1 ms after an event arrives: a
+/// test's events are committed (and acked) at once.
+pub fn quick_emitter_config() -> EmitterConfig {
+    EmitterConfig {
+        flush_interval: Duration::from_millis(1),
+        ..EmitterConfig::default()
+    }
+}
+
+/// An emitter of `lake` with [`quick_emitter_config`].
+pub async fn quick_emitter(lake: &Lake) -> PipelineEmitter {
+    lake.emitter(quick_emitter_config()).await.expect("emitter")
+}
 
 /// A local lake at `dir` holding `keys` keys `Order:o-<k>` over 3
 /// namespaces (`ns-<k % 3>`), with `1 + k % 4` events each (shard 1, seq
@@ -32,13 +46,7 @@ pub async fn lake_with_keys(dir: &Path, keys: u32) -> (Lake, Vec<Event>) {
             );
         }
     }
-    let emitter = lake
-        .emitter(EmitterConfig {
-            flush_interval: Duration::from_millis(1),
-            ..EmitterConfig::default()
-        })
-        .await
-        .expect("emitter");
+    let emitter = quick_emitter(&lake).await;
     emitter.emit(&events).await.expect("commit");
     emitter.close().await.expect("close");
     (lake, events)

@@ -23,7 +23,7 @@ mod stats;
 use std::path::PathBuf;
 
 pub use flaky::{Fault, FlakyS3};
-pub use lakes::lake_with_keys;
+pub use lakes::{lake_with_keys, quick_emitter, quick_emitter_config};
 pub use moto::{ACCESS_KEY_ID, MotoServer, S3Bucket, SECRET_ACCESS_KEY, moto};
 pub use stats::wait_for_stats;
 

@@ -46,13 +46,7 @@ fn ingest_in_commits(wh: &Path, file: &Path, commits: usize, parquet: bool) {
         )
         .await
         .expect("lake");
-        let emitter = lake
-            .emitter(shardlake_lake::EmitterConfig {
-                flush_interval: std::time::Duration::from_millis(1),
-                ..Default::default()
-            })
-            .await
-            .expect("emitter");
+        let emitter = shardlake_testkit::quick_emitter(&lake).await;
         for chunk in lines.chunks(lines.len().div_ceil(commits)) {
             let body = chunk.join(&b'\n');
             let ack = emitter

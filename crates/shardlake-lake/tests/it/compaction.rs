@@ -3,20 +3,14 @@
 //! keeps committing.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use shardlake_core::Event;
 use shardlake_lake::iceberg::{COMPACTION_PROPERTY, current_data_files};
-use shardlake_lake::{CompactionConfig, EmitterConfig, Lake};
+use shardlake_lake::{CompactionConfig, Lake};
 
 use crate::common::{all_rows, assert_exactly, events};
 
-fn quick() -> EmitterConfig {
-    EmitterConfig {
-        flush_interval: Duration::from_millis(1),
-        ..EmitterConfig::default()
-    }
-}
+use shardlake_testkit::quick_emitter_config as quick;
 
 fn eager() -> CompactionConfig {
     CompactionConfig {

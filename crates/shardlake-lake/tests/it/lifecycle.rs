@@ -19,19 +19,14 @@ use shardlake_lake::iceberg::properties;
 use shardlake_lake::maintenance::Progress;
 use shardlake_lake::storage::DurableLocalFileSystem;
 use shardlake_lake::{
-    Action, CompactionConfig, EmitterConfig, Lake, MaintenanceConfig, MaintenanceReport,
-    ObjectStorageConfig, RetentionConfig, TableFormat, Warehouse,
+    Action, CompactionConfig, Lake, MaintenanceConfig, MaintenanceReport, ObjectStorageConfig,
+    RetentionConfig, TableFormat, Warehouse,
 };
 use shardlake_testkit::moto;
 
 use crate::common::{assert_exactly, events};
 
-fn quick() -> EmitterConfig {
-    EmitterConfig {
-        flush_interval: Duration::from_millis(1),
-        ..EmitterConfig::default()
-    }
-}
+use shardlake_testkit::quick_emitter_config as quick;
 
 /// Maintenance that keeps nothing it may drop: every small file compacted,
 /// every snapshot but the current one expired, no grace period.

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use shardlake_core::Event;
-use shardlake_lake::EmitterConfig;
 use shardlake_query::{CacheConfig, QueryConfig, Scope};
 
 use crate::fixture::{Fixture, config};
@@ -48,14 +47,7 @@ async fn cached_until_a_commit(fixture: Fixture) {
     assert_eq!(scoped.num_rows(), 1);
 
     // A commit moves the snapshot: the next identical query misses.
-    let emitter = fixture
-        .lake
-        .emitter(EmitterConfig {
-            flush_interval: Duration::from_millis(1),
-            ..EmitterConfig::default()
-        })
-        .await
-        .expect("emitter");
+    let emitter = shardlake_testkit::quick_emitter(&fixture.lake).await;
     let event = Event::new(
         "tenant-009",
         99,

@@ -1,12 +1,9 @@
 //! A fixture lake built from `testdata/`, with ground truth to check against.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use shardlake_core::Event;
-use shardlake_lake::{
-    EmitInput, EmitterConfig, Lake, ObjectStorageConfig, TableFormat, WriterConfig,
-};
+use shardlake_lake::{EmitInput, Lake, ObjectStorageConfig, TableFormat, WriterConfig};
 use shardlake_query::{CrossShardQuery, QueryConfig};
 use shardlake_testkit::moto;
 
@@ -90,13 +87,7 @@ impl Fixture {
             .iter()
             .map(|l| serde_json::from_slice(l).expect("fixture event"))
             .collect();
-        let emitter = lake
-            .emitter(EmitterConfig {
-                flush_interval: Duration::from_millis(1),
-                ..EmitterConfig::default()
-            })
-            .await
-            .expect("emitter");
+        let emitter = shardlake_testkit::quick_emitter(&lake).await;
         // 0 commits: an empty lake (the events are parsed for the test to commit).
         let per_commit = lines.len().div_ceil(commits.max(1));
         for chunk in lines.chunks(per_commit).take(commits) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use shardlake_core::Event;
-use shardlake_lake::{EmitterConfig, Lake, ObjectStorageConfig, TableFormat};
+use shardlake_lake::{Lake, ObjectStorageConfig, TableFormat};
 use shardlake_query::{CrossShardQuery, QueryConfig, SqlQuery};
 
 use crate::fixture::{Fixture, config};
@@ -36,13 +36,7 @@ fn events(shard: i32, n: i64) -> Vec<Event> {
 }
 
 async fn emit(lake: &Lake, shard: i32, n: i64) {
-    let emitter = lake
-        .emitter(EmitterConfig {
-            flush_interval: Duration::from_millis(1),
-            ..EmitterConfig::default()
-        })
-        .await
-        .expect("emitter");
+    let emitter = shardlake_testkit::quick_emitter(lake).await;
     let ack = emitter.emit(&events(shard, n)).await.expect("emit");
     assert_eq!(ack.accepted, n as usize);
     emitter.close().await.expect("close");

@@ -275,7 +275,7 @@ async fn streaming_yields_batches_and_then_stats() {
 /// files, a `replace` snapshot).
 #[tokio::test]
 async fn things_is_the_fold_of_the_events_at_every_snapshot() {
-    use shardlake_lake::{CompactionConfig, EmitInput, EmitterConfig};
+    use shardlake_lake::CompactionConfig;
 
     /// Latest event and event count per entity, deleted ones excluded.
     fn fold(events: &[shardlake_core::Event]) -> BTreeMap<(String, String, String), (i64, i64)> {
@@ -300,19 +300,7 @@ async fn things_is_the_fold_of_the_events_at_every_snapshot() {
     }
 
     let fixture = Fixture::build(0).await;
-    let text = std::fs::read(crate::fixture::EVENTS_FILE).expect("fixture");
-    let lines: Vec<&[u8]> = text
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
-    let emitter = fixture
-        .lake
-        .emitter(EmitterConfig {
-            flush_interval: std::time::Duration::from_millis(1),
-            ..EmitterConfig::default()
-        })
-        .await
-        .expect("emitter");
+    let emitter = shardlake_testkit::quick_emitter(&fixture.lake).await;
     let engine = fixture.engine(config()).await;
     let sql = "SELECT namespace, \"type\", id, version, events FROM things";
     let answer = |r: &shardlake_query::QueryResult| {
@@ -344,11 +332,8 @@ async fn things_is_the_fold_of_the_events_at_every_snapshot() {
     // Commit by commit; remember each snapshot and what it holds.
     let mut pinned = Vec::new();
     let mut committed = 0;
-    for chunk in lines.chunks(lines.len().div_ceil(3)) {
-        emitter
-            .emit(EmitInput::Ndjson(&chunk.join(&b'\n')))
-            .await
-            .expect("emit");
+    for chunk in fixture.events.chunks(fixture.events.len().div_ceil(3)) {
+        emitter.emit(chunk).await.expect("emit");
         committed += chunk.len();
         let now = engine.sql(sql).latest().await.expect("things");
         assert_eq!(
