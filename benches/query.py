@@ -236,6 +236,17 @@ def main():
           f"shardlake/DuckDB: median {statistics.median(r_duck):.2f}x, geomean {geomean(r_duck):.2f}x, "
           f"worst {worst[0]:.2f}x ({worst[1]}); "
           f"cached repeat speedup: median {statistics.median(speedups):.0f}x, min {min(speedups):.0f}x")
+    maintained = [n for n in queries if "shardlake_derived_ms" in rust[n]]
+    if maintained:
+        print("\n`things`, maintained (median) vs derived from the events on every query "
+              "(things_state_bytes = 0), and the first query on a fresh engine (builds the fold):")
+        print("| query | maintained | derived | derived/maintained | first query | DuckDB |")
+        print("|---|---|---|---|---|---|")
+        for name in maintained:
+            s = rust[name]
+            print(f"| {name} | {s['shardlake_ms']:.1f} | {s['shardlake_derived_ms']:.1f} "
+                  f"| {s['shardlake_derived_ms'] / s['shardlake_ms']:.1f}x | {s['shardlake_first_ms']:.1f} "
+                  f"| {duck[name]:.1f} |")
     if web:
         print("\n| query | shardlake over HTTP | DuckDB | HTTP/DuckDB | rows |")
         print("|---|---|---|---|---|")

@@ -75,13 +75,13 @@ pub async fn run(events_total: usize, batch: usize, runs: usize) -> anyhow::Resu
             let listing = listing_context(&lake).await?;
             let mut with_writer = BTreeMap::new();
             for (name, sql) in QUERIES {
-                let (ours, theirs, _) = side_by_side(&engine, &listing, sql, runs).await?;
+                let (ours, theirs, _, _) = side_by_side(&engine, &listing, sql, runs).await?;
                 with_writer.insert(name.to_owned(), (ours, theirs));
             }
             emitter.close().await?;
             let mut reader_only = BTreeMap::new();
             for (name, sql) in QUERIES {
-                let (ours, theirs, _) = side_by_side(&engine, &listing, sql, runs).await?;
+                let (ours, theirs, _, _) = side_by_side(&engine, &listing, sql, runs).await?;
                 reader_only.insert(name.to_owned(), (ours, theirs));
             }
             eprintln!(

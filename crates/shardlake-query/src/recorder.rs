@@ -40,6 +40,11 @@ struct State {
     shards_of: HashMap<Path, Vec<i32>>,
     data_bytes: HashMap<Path, u64>,
     bytes_fetched: u64,
+    /// Whether `things` was answered from its maintained state.
+    from_state: bool,
+    /// Rows and files read to bring that state up to date.
+    rows_folded: u64,
+    folded: HashSet<Path>,
 }
 
 /// What the scans of one query planned and read.
@@ -71,6 +76,12 @@ pub struct FileFindings {
     /// Footers are read once per file and kept in the metadata cache; they
     /// are not counted.
     pub bytes_scanned: u64,
+    /// Whether `things` was answered from its maintained state.
+    pub from_state: bool,
+    /// Rows read to bring that state up to date (in no scan's metrics).
+    pub rows_folded: u64,
+    /// Files among `files_scanned` that were read only for that.
+    pub files_folded: usize,
 }
 
 impl ScanRecorder {
@@ -86,6 +97,15 @@ impl ScanRecorder {
         self.lock()
             .planned
             .push((Arc::clone(snapshot), scope.clone(), kept));
+    }
+
+    /// `things` was answered from its maintained state, after reading
+    /// `rows` rows of `files` (none when it was up to date) into it.
+    pub fn answered_from_state(&self, files: impl IntoIterator<Item = Path>, rows: u64) {
+        let mut s = self.lock();
+        s.from_state = true;
+        s.rows_folded += rows;
+        s.folded.extend(files);
     }
 
     fn opened(&self, path: &Path, metadata: &ParquetMetaData) {
@@ -156,6 +176,9 @@ impl ScanRecorder {
             partitions_covered: covered.len(),
             shards_queried: shards.len(),
             bytes_scanned: s.bytes_fetched,
+            from_state: s.from_state,
+            rows_folded: s.rows_folded,
+            files_folded: scanned.iter().filter(|p| s.folded.contains(**p)).count(),
         }
     }
 }

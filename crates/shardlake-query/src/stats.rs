@@ -75,6 +75,10 @@ pub enum AnsweredFrom {
     /// columns (`namespace`) came from the snapshot's metadata and the
     /// files' footers (or the query needed no table at all).
     Metadata,
+    /// The maintained current state of `things` (`provider/things`): the
+    /// files read to bring it up to the pinned snapshot, if any, are in
+    /// `files_scanned`, `bytes_scanned` and `rows_scanned`.
+    State,
     /// The result cache.
     Cache,
 }
@@ -98,11 +102,14 @@ impl ScanStats {
             files_scanned: findings.files_scanned,
             files_pruned: findings.files_total - findings.files_scanned,
             bytes_scanned: findings.bytes_scanned,
-            rows_scanned: rows_scanned(plan),
+            rows_scanned: rows_scanned(plan) + findings.rows_folded,
             rows_returned,
             cache_hit: false,
             shared_run: false,
-            answered_from: if findings.files_scanned == 0 && findings.bytes_scanned == 0 {
+            answered_from: if findings.from_state && findings.files_scanned == findings.files_folded
+            {
+                AnsweredFrom::State
+            } else if findings.files_scanned == 0 && findings.bytes_scanned == 0 {
                 AnsweredFrom::Metadata
             } else {
                 AnsweredFrom::Scan
@@ -150,6 +157,18 @@ impl ScanStats {
                 self.partitions_covered,
                 self.partitions_total,
                 self.files_total,
+                self.snapshot_ids,
+            );
+        }
+        if self.answered_from == AnsweredFrom::State {
+            return format!(
+                "{} rows in {:.1} ms from the maintained state of things: {} of {} partitions, {} files ({} rows) read to bring it up to date (snapshot {:?})",
+                self.rows_returned,
+                self.elapsed_ms,
+                self.partitions_covered,
+                self.partitions_total,
+                self.files_scanned,
+                self.rows_scanned,
                 self.snapshot_ids,
             );
         }

@@ -27,7 +27,7 @@ use crate::cache::{CacheConfig, CacheMetrics, ResultCache};
 use crate::context::QueryContext;
 use crate::error::{Error, ErrorKind, Result};
 use crate::optimizer::AnswerFromStatistics;
-use crate::provider::{EventsTable, THINGS_SQL};
+use crate::provider::{EventsTable, THINGS_SQL, ThingsTable};
 use crate::recorder::ScanRecorder;
 use crate::scope::Scope;
 use crate::snapshot::{LakeSnapshots, SnapshotFiles};
@@ -68,6 +68,11 @@ pub struct QueryConfig {
         with = "shardlake_core::serde_duration::millis"
     )]
     pub freshness: Duration,
+    /// Bytes of memory the maintained state of `things` may hold (the
+    /// latest event of every entity, per namespace, folded commit by
+    /// commit; least recently used namespaces are dropped beyond it). Zero
+    /// derives `things` from the events on every query.
+    pub things_state_bytes: u64,
     /// Worker threads of the runtime queries plan and run on, apart from
     /// the caller's (a server's HTTP runtime keeps answering while queries
     /// use every core). Zero runs queries as tasks of the caller's runtime.
@@ -83,6 +88,7 @@ impl Default for QueryConfig {
             cache: CacheConfig::default(),
             manifest_cache_entries: 100_000,
             freshness: Duration::ZERO,
+            things_state_bytes: 256 * 1024 * 1024,
             cpu_threads: 0,
         }
     }
@@ -155,12 +161,13 @@ impl CrossShardQuery {
         datafusion_functions_json::register_all(&mut ctx)?;
         ctx.register_udf(crate::udf::partition_udf());
         ctx.register_udf(crate::udf::date_trunc_udf());
+        let events = Arc::new(EventsTable::new(Arc::clone(&snapshots), store_url));
+        ctx.register_table("events", Arc::clone(&events) as _)?;
+        let view = ctx.sql(THINGS_SQL).await?.into_unoptimized_plan();
         ctx.register_table(
-            "events",
-            Arc::new(EventsTable::new(Arc::clone(&snapshots), store_url)),
+            "things",
+            Arc::new(ThingsTable::new(events, view, config.things_state_bytes)),
         )?;
-        let things = ctx.sql(THINGS_SQL).await?.into_view();
-        ctx.register_table("things", things)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 cache: ResultCache::new(config.cache.clone()),

@@ -144,7 +144,7 @@ impl EventsTable {
 /// largest-first balance does, made `count(DISTINCT entity_id)` 1.4x slower
 /// than a ListingTable over the same files: the partial aggregate emitted
 /// 4.0 M rows instead of 2.6 M.) Groups differ by at most about one file.
-fn balance(mut files: Vec<Arc<LakeFile>>, n: usize) -> Vec<Vec<Arc<LakeFile>>> {
+pub(super) fn balance(mut files: Vec<Arc<LakeFile>>, n: usize) -> Vec<Vec<Arc<LakeFile>>> {
     let n = n.clamp(1, files.len().max(1));
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let mut remaining: u64 = files.iter().map(|f| f.size).sum();
@@ -242,7 +242,7 @@ fn on_namespace_only(filter: &Expr) -> bool {
 /// `filters` is true, evaluated by DataFusion itself on the namespace
 /// values (SQL semantics: NULL is not true); `None` when no filter is on
 /// the namespace alone.
-fn matching_namespaces(
+pub(super) fn matching_namespaces(
     state: &dyn Session,
     filters: &[Expr],
     namespaces: &std::collections::BTreeSet<String>,
@@ -373,6 +373,34 @@ impl TableProvider for EventsTable {
         let plan = self.file_plan(&snapshot, &keep, &kept, state.config().target_partitions())?;
 
         // 3. DataFusion's Parquet scan, reading through the recorder.
+        self.parquet_scan(
+            state,
+            plan.groups.clone(),
+            Some(plan.statistics.clone()),
+            projection.cloned(),
+            limit,
+            recorder,
+            &scope,
+        )
+    }
+}
+
+impl EventsTable {
+    /// DataFusion's Parquet scan of `groups`, reading through `recorder`,
+    /// with filter pushdown and the page index; a restricted `scope` is
+    /// also a row filter. `things` folds files through it too.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn parquet_scan(
+        &self,
+        state: &dyn Session,
+        groups: Vec<FileGroup>,
+        statistics: Option<Statistics>,
+        projection: Option<Vec<usize>>,
+        limit: Option<usize>,
+        recorder: Arc<ScanRecorder>,
+        scope: &Scope,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = event_schema();
         let store = state.runtime_env().object_store(&self.store_url)?;
         let reader = CachedParquetFileReaderFactory::new(
             store,
@@ -387,18 +415,20 @@ impl TableProvider for EventsTable {
                 Arc::new(reader),
                 recorder,
             )));
-        if let Scope::Namespaces(allowed) = &scope {
+        if let Scope::Namespaces(allowed) = scope {
+            let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
             let list: Vec<Expr> = allowed.iter().map(|ns| lit(ns.as_str())).collect();
             let guard = col(columns::NAMESPACE).in_list(list, false);
             source = source.with_predicate(state.create_physical_expr(guard, &df_schema)?);
         }
-        let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
-            .with_file_groups(plan.groups.clone())
-            .with_statistics(plan.statistics.clone())
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
-        Ok(DataSourceExec::from_data_source(config))
+        let mut config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
+            .with_file_groups(groups)
+            .with_projection_indices(projection)?
+            .with_limit(limit);
+        if let Some(statistics) = statistics {
+            config = config.with_statistics(statistics);
+        }
+        Ok(DataSourceExec::from_data_source(config.build()))
     }
 }
 

@@ -7,8 +7,8 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
 use futures::StreamExt;
 use shardlake_query::{
-    AggregateFunction, AggregateQuery, Aggregation, Condition, ErrorKind, EventsQuery, Op, OrderBy,
-    ThingsQuery,
+    AggregateFunction, AggregateQuery, Aggregation, AnsweredFrom, Condition, ErrorKind,
+    EventsQuery, Op, OrderBy, ThingsQuery,
 };
 
 use crate::fixture::{Fixture, config};
@@ -341,6 +341,32 @@ async fn things_is_the_fold_of_the_events_at_every_snapshot() {
             fold(&fixture.events[..committed]),
             "after {committed} events"
         );
+        // Answered from the maintained fold, which read only what the
+        // commit added (everything, the first time).
+        assert_eq!(
+            now.stats.answered_from,
+            AnsweredFrom::State,
+            "{:?}",
+            now.stats
+        );
+        let read = if committed == chunk.len() {
+            committed
+        } else {
+            chunk.len()
+        };
+        assert_eq!(now.stats.rows_scanned, read as u64, "{:?}", now.stats);
+        let again = engine
+            .sql(sql)
+            .latest()
+            .without_cache()
+            .await
+            .expect("things");
+        assert_eq!(answer(&again), answer(&now));
+        assert_eq!(
+            (again.stats.rows_scanned, again.stats.files_scanned),
+            (0, 0)
+        );
+        assert_eq!(again.stats.answered_from, AnsweredFrom::State);
         pinned.push((now.stats.snapshot_ids[0], committed));
     }
     emitter.close().await.expect("close");
@@ -363,6 +389,10 @@ async fn things_is_the_fold_of_the_events_at_every_snapshot() {
         .expect("things");
     assert_ne!(compacted.stats.snapshot_ids[0], pinned[2].0);
     assert_eq!(answer(&compacted), fold(&fixture.events));
+    // The compaction moved the same events into new files: the fold
+    // carried over without reading them.
+    assert_eq!(compacted.stats.answered_from, AnsweredFrom::State);
+    assert_eq!(compacted.stats.rows_scanned, 0, "{:?}", compacted.stats);
     for (snapshot, committed) in pinned {
         let then = engine
             .sql(sql)
@@ -375,5 +405,12 @@ async fn things_is_the_fold_of_the_events_at_every_snapshot() {
             fold(&fixture.events[..committed]),
             "at {snapshot}"
         );
+        // Older than the fold: derived from the events of that snapshot;
+        // the last one before the compaction holds the fold's events.
+        let expected = match committed == fixture.events.len() {
+            true => AnsweredFrom::State,
+            false => AnsweredFrom::Scan,
+        };
+        assert_eq!(then.stats.answered_from, expected, "at {snapshot}");
     }
 }
