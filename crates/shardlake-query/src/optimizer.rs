@@ -49,8 +49,22 @@ use datafusion::physical_plan::{
 
 /// The physical optimizer rule (see the module documentation). Runs last
 /// before DataFusion's sanity check, which then checks what it made.
-#[derive(Debug, Default)]
-pub struct AnswerFromStatistics;
+#[derive(Debug)]
+pub struct AnswerFromStatistics {
+    /// Answers already made, by what determines them (the aggregate, the
+    /// scan's filter and columns, its files: a file never changes): a
+    /// repeated query on the same snapshot does not walk every file's
+    /// statistics again (~1 µs per file, 0.7 ms on 672 files).
+    answers: moka::sync::Cache<u128, Arc<FileStatisticsExec>>,
+}
+
+impl Default for AnswerFromStatistics {
+    fn default() -> Self {
+        Self {
+            answers: moka::sync::Cache::new(1_000),
+        }
+    }
+}
 
 impl PhysicalOptimizerRule for AnswerFromStatistics {
     fn optimize(
@@ -58,7 +72,7 @@ impl PhysicalOptimizerRule for AnswerFromStatistics {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        plan.transform_down(|node| match answer(&node)? {
+        plan.transform_down(|node| match answer(&node, &self.answers)? {
             // Nothing below a replaced aggregate needs visiting.
             Some(answer) => Ok(Transformed::new(answer, true, TreeNodeRecursion::Jump)),
             None => Ok(Transformed::no(node)),
@@ -77,7 +91,10 @@ impl PhysicalOptimizerRule for AnswerFromStatistics {
 
 /// `node` answered from statistics, if it is a grouped aggregate whose
 /// every value the statistics of the files below it give exactly.
-fn answer(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+fn answer(
+    node: &Arc<dyn ExecutionPlan>,
+    answers: &moka::sync::Cache<u128, Arc<FileStatisticsExec>>,
+) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
     let Some(top) = node.as_any().downcast_ref::<AggregateExec>() else {
         return Ok(None);
     };
@@ -135,8 +152,17 @@ fn answer(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPla
             raw.input_schema(),
         )?,
     };
-    let Some(states) = partial_states(&partial, files)? else {
-        return Ok(None);
+    let key = answer_key(&partial, files);
+    let states = match answers.get(&key) {
+        Some(states) => states,
+        None => {
+            let Some(states) = partial_states(&partial, files)? else {
+                return Ok(None);
+            };
+            let states = Arc::new(states);
+            answers.insert(key, Arc::clone(&states));
+            states
+        }
     };
 
     // The final phase over the files' states, given the partitioning and
@@ -146,7 +172,7 @@ fn answer(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPla
         partial.group_expr().as_final(),
         partial.aggr_expr().to_vec(),
         partial.filter_expr().to_vec(),
-        Arc::new(states),
+        states,
         partial.input_schema(),
     )?);
     let mut answer = match node.output_partitioning() {
@@ -160,6 +186,43 @@ fn answer(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPla
         );
     }
     Ok(Some(answer))
+}
+
+/// What the answer of `partial` over `scan` depends on: the aggregate
+/// (groups, functions, arguments, output types), the scan's columns and
+/// filter, and its files (their statistics never change). Only answers are
+/// cached, so a key that cannot be answered costs nothing but its hashing.
+fn answer_key(partial: &AggregateExec, scan: &FileScanConfig) -> u128 {
+    use std::hash::Hasher;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut text = format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|",
+        partial.group_expr(),
+        partial.schema(),
+        scan.file_source().projection(),
+        scan.file_source().filter(),
+        scan.limit,
+    );
+    for aggregate in partial.aggr_expr() {
+        use std::fmt::Write;
+        let _ = write!(
+            text,
+            "{}:{}:{}:{:?}|",
+            aggregate.fun().name(),
+            aggregate.name(),
+            aggregate.is_distinct(),
+            aggregate.expressions()
+        );
+    }
+    hasher.write(text.as_bytes());
+    let mut seen: HashSet<&object_store::path::Path> = HashSet::new();
+    for file in scan.file_groups.iter().flat_map(|g| g.files()) {
+        if seen.insert(&file.object_meta.location) {
+            hasher.write(file.object_meta.location.as_ref().as_bytes());
+            hasher.write_u8(0);
+        }
+    }
+    hasher.digest128()
 }
 
 /// Descends from `node` through nodes that pass every row on unchanged

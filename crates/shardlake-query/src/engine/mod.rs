@@ -247,7 +247,7 @@ fn with_our_rules(state: SessionState) -> SessionState {
         .iter()
         .position(|r| r.name() == "SanityCheckPlan")
         .unwrap_or(rules.len());
-    rules.insert(at, Arc::new(AnswerFromStatistics));
+    rules.insert(at, Arc::new(AnswerFromStatistics::default()));
     SessionStateBuilder::new_from_existing(state)
         .with_physical_optimizer_rules(rules)
         .build()

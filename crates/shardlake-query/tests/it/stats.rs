@@ -249,6 +249,30 @@ async fn grouped_counts_come_from_statistics_within_the_scope() {
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
     assert_eq!(got, expected);
+    // Answers are kept per aggregate and files: the same query again gives
+    // the same answer, the same aggregate over other files (another scope)
+    // its own.
+    let again = engine
+        .sql(sql)
+        .with_scope(Scope::namespaces(["tenant-001", "tenant-003"]))
+        .without_cache()
+        .await
+        .expect("again");
+    assert_eq!(again.batches, scoped.batches);
+    let other = engine
+        .sql(sql)
+        .with_scope(Scope::namespaces(["tenant-002"]))
+        .without_cache()
+        .await
+        .expect("other scope");
+    let other_count = other.batches[0]
+        .column(1)
+        .as_primitive::<Int64Type>()
+        .value(0);
+    assert_eq!(
+        other_count as usize,
+        fixture.in_namespace("tenant-002").len()
+    );
     // A filter the statistics cannot decide turns the same query into a scan.
     let scanned = engine
         .sql(

@@ -17,8 +17,10 @@
 //! exactly the fold of its events.
 //!
 //! The state is built lazily, namespace by namespace, by the first query
-//! that needs it, and bounded by `things_state_bytes` (least recently used
-//! namespaces are dropped first).
+//! that needs it, and bounded by `things_state_bytes`: least recently used
+//! namespaces are dropped first, and a query whose folds would not fit
+//! together (estimated from the last fold's bytes per event) is planned
+//! from SQL rather than building folds that evict each other.
 
 mod exec;
 mod state;
@@ -121,10 +123,31 @@ struct ThingsState {
     budget: u64,
     /// Namespace to its fold; weighed in KiB.
     slots: moka::sync::Cache<String, Arc<Slot>>,
-    /// Namespaces whose fold outgrew the budget, with the rows it had:
-    /// they are planned from SQL until they have fewer rows (after
-    /// retention), instead of being folded and dropped on every query.
-    too_large: moka::sync::Cache<String, u64>,
+    /// Bytes a fold holds per event folded, in thousandths, as the last
+    /// fold measured it: how large a fold not yet built will be.
+    bytes_per_row_milli: AtomicU64,
+}
+
+/// What a fold is assumed to hold per event before one was measured.
+const DEFAULT_BYTES_PER_ROW: u64 = 64;
+
+impl ThingsState {
+    /// Whether folds of `namespaces` (with the rows of their files) fit the
+    /// budget together: the folds kept weigh what they weigh, the others
+    /// what their rows make at the last measured bytes per row. A query
+    /// whose folds would not fit is planned from SQL, instead of building
+    /// folds that evict each other on every query.
+    fn fits<'a>(&self, namespaces: impl Iterator<Item = (&'a str, u64)>) -> bool {
+        let per_row = self.bytes_per_row_milli.load(Ordering::Relaxed);
+        let mut total = 0u64;
+        for (namespace, rows) in namespaces {
+            total += match self.slots.get(namespace) {
+                Some(slot) => slot.bytes.load(Ordering::Relaxed),
+                None => rows.saturating_mul(per_row) / 1000,
+            };
+        }
+        total <= self.budget
+    }
 }
 
 /// What answering one namespace from its fold took.
@@ -155,7 +178,7 @@ impl ThingsTable {
                         u32::try_from(kib.max(1)).unwrap_or(u32::MAX)
                     })
                     .build(),
-                too_large: moka::sync::Cache::new(10_000),
+                bytes_per_row_milli: AtomicU64::new(DEFAULT_BYTES_PER_ROW * 1000),
             },
         }
     }
@@ -191,15 +214,6 @@ impl ThingsTable {
         files: &[Arc<LakeFile>],
         recorder: &Arc<ScanRecorder>,
     ) -> DfResult<Option<Answered>> {
-        let rows: u64 = files.iter().map(|f| f.rows).sum();
-        if self
-            .state
-            .too_large
-            .get(namespace)
-            .is_some_and(|r| rows >= r)
-        {
-            return Ok(None);
-        }
         let slot = self
             .state
             .slots
@@ -224,14 +238,15 @@ impl ThingsTable {
         let batches = fold.batches(namespace, &self.schema, session.config().batch_size())?;
         let bytes = fold.bytes() as u64;
         slot.bytes.store(bytes, Ordering::Relaxed);
-        drop(fold);
-        if bytes > self.state.budget {
-            self.state.too_large.insert(namespace.to_owned(), rows);
-            self.state.slots.invalidate(namespace);
-        } else {
-            // Weigh it again at its new size.
-            self.state.slots.insert(namespace.to_owned(), slot);
+        if fold.rows > 0 {
+            let per_row = bytes.saturating_mul(1000) / fold.rows;
+            self.state
+                .bytes_per_row_milli
+                .store(per_row.max(1), Ordering::Relaxed);
         }
+        drop(fold);
+        // Weigh it again at its new size (one over the budget is dropped).
+        self.state.slots.insert(namespace.to_owned(), slot);
         Ok(Some(Answered {
             batches,
             read,
@@ -425,6 +440,13 @@ impl TableProvider for ThingsTable {
                     .or_default()
                     .push(Arc::clone(f));
             }
+        }
+        let rows_of = |files: &[Arc<LakeFile>]| files.iter().map(|f| f.rows).sum::<u64>();
+        if !self
+            .state
+            .fits(by_namespace.iter().map(|(ns, files)| (*ns, rows_of(files))))
+        {
+            return self.planned_from_sql(session, projection, filters).await;
         }
         let mut namespaces: Vec<&str> = by_namespace.keys().copied().collect();
         namespaces.sort_unstable();
