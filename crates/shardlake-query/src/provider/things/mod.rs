@@ -238,8 +238,7 @@ impl ThingsTable {
         let batches = fold.batches(namespace, &self.schema, session.config().batch_size())?;
         let bytes = fold.bytes() as u64;
         slot.bytes.store(bytes, Ordering::Relaxed);
-        if fold.rows > 0 {
-            let per_row = bytes.saturating_mul(1000) / fold.rows;
+        if let Some(per_row) = bytes.saturating_mul(1000).checked_div(fold.rows) {
             self.state
                 .bytes_per_row_milli
                 .store(per_row.max(1), Ordering::Relaxed);
