@@ -47,8 +47,9 @@ use datafusion::physical_plan::{
     PlanProperties,
 };
 
-/// The physical optimizer rule (see the module documentation). Runs last
-/// before DataFusion's sanity check, which then checks what it made.
+/// The physical optimizer rule (see the module documentation). Runs right
+/// after DataFusion's `aggregate_statistics`; its sanity check at the end
+/// checks what this made.
 #[derive(Debug)]
 pub struct AnswerFromStatistics {
     /// Answers already made, by what determines them (the aggregate, the

@@ -239,14 +239,18 @@ impl CrossShardQuery {
 }
 
 /// `state` with shardlake's own physical optimizer rule: grouped aggregates
-/// answered from file statistics, placed just before DataFusion's sanity
-/// check so that the check covers what it makes.
+/// answered from file statistics, placed right after DataFusion's own
+/// answers from statistics (`aggregate_statistics`, ungrouped ones). The
+/// rules after it then never see the scan it removed (each of them copied
+/// its hundreds of files: q4 planned in ~1 ms on 672 files when the rule
+/// ran last), nor plan a repartition and merge of its few rows; the
+/// sanity check at the end still covers what it made.
 fn with_our_rules(state: SessionState) -> SessionState {
     let mut rules = state.physical_optimizers().to_vec();
     let at = rules
         .iter()
-        .position(|r| r.name() == "SanityCheckPlan")
-        .unwrap_or(rules.len());
+        .position(|r| r.name() == "aggregate_statistics")
+        .map_or(rules.len(), |i| i + 1);
     rules.insert(at, Arc::new(AnswerFromStatistics::default()));
     SessionStateBuilder::new_from_existing(state)
         .with_physical_optimizer_rules(rules)
