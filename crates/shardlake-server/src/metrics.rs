@@ -288,7 +288,7 @@ impl ServerMetrics {
         for (name, help, value) in counters {
             scrape.register(name, help, ConstCounter::new(value));
         }
-        let gauges: [(&str, &str, i64); 7] = [
+        let gauges: [(&str, &str, i64); 9] = [
             (
                 "cache_entries",
                 "Results held in the cache",
@@ -308,6 +308,16 @@ impl ServerMetrics {
                 "memory_limit_bytes",
                 "The query memory pool's limit",
                 engine.memory_limit as i64,
+            ),
+            (
+                "things_state_bytes",
+                "Bytes the maintained state of `things` holds (estimated)",
+                engine.things_state_bytes as i64,
+            ),
+            (
+                "things_state_namespaces",
+                "Namespaces whose `things` state is kept",
+                engine.things_state_namespaces as i64,
             ),
             (
                 "emitter_queued_bytes",

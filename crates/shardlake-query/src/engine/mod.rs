@@ -106,6 +106,11 @@ pub struct EngineMetrics {
     pub memory_reserved: usize,
     /// The memory pool's limit.
     pub memory_limit: usize,
+    /// Bytes the maintained state of `things` holds (estimated), within
+    /// `things_state_bytes`.
+    pub things_state_bytes: u64,
+    /// Namespaces whose `things` state is kept.
+    pub things_state_namespaces: u64,
 }
 
 struct Inner {
@@ -122,6 +127,8 @@ struct Inner {
     plans: moka::sync::Cache<String, LogicalPlan>,
     /// Where queries run (`None`: on the caller's runtime).
     cpu: Option<CpuRuntime>,
+    /// The `things` table, for the size of its state.
+    things: Arc<ThingsTable>,
 }
 
 /// Global SQL over all shards' events. Cheap to clone; share one per process.
@@ -164,10 +171,8 @@ impl CrossShardQuery {
         let events = Arc::new(EventsTable::new(Arc::clone(&snapshots), store_url));
         ctx.register_table("events", Arc::clone(&events) as _)?;
         let view = ctx.sql(THINGS_SQL).await?.into_unoptimized_plan();
-        ctx.register_table(
-            "things",
-            Arc::new(ThingsTable::new(events, view, config.things_state_bytes)),
-        )?;
+        let things = Arc::new(ThingsTable::new(events, view, config.things_state_bytes));
+        ctx.register_table("things", Arc::clone(&things) as _)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 cache: ResultCache::new(config.cache.clone()),
@@ -177,6 +182,7 @@ impl CrossShardQuery {
                 snapshots,
                 base: ctx.state(),
                 cpu,
+                things,
             }),
         })
     }
@@ -194,10 +200,13 @@ impl CrossShardQuery {
 
     /// Cache and memory counters.
     pub async fn metrics(&self) -> EngineMetrics {
+        let (things_state_bytes, things_state_namespaces) = self.inner.things.state_size();
         EngineMetrics {
             cache: self.inner.cache.metrics().await,
             memory_reserved: self.inner.base.runtime_env().memory_pool.reserved(),
             memory_limit: self.inner.config.memory_limit,
+            things_state_bytes,
+            things_state_namespaces,
         }
     }
 

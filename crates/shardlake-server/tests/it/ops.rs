@@ -73,6 +73,42 @@ async fn health_stats_and_metrics_report_what_happened() {
     assert!(text.trim_end().ends_with("# EOF"));
 }
 
+/// The maintained state of `things` shows in `/metrics` once a query
+/// built it, and a query of one namespace keeps that namespace alone.
+#[tokio::test]
+async fn the_things_state_is_in_the_metrics() {
+    let server = TestServer::start(|c| c.tokens = tokens()).await;
+    server.ingest_fixture(Some(ADMIN)).await;
+    let gauge = |text: &str, name: &str| -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    let metrics = || async {
+        server
+            .get("/metrics", Some(ADMIN))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("text")
+    };
+    let before = metrics().await;
+    assert_eq!(gauge(&before, "shardlake_things_state_namespaces"), 0);
+    let answer = server
+        .query(
+            Some(ADMIN),
+            "SELECT count(*) FROM things WHERE namespace = 'tenant-001'",
+        )
+        .await;
+    assert_eq!(answer["stats"]["answered_from"], "state", "{answer}");
+    let after = metrics().await;
+    assert_eq!(gauge(&after, "shardlake_things_state_namespaces"), 1);
+    assert!(gauge(&after, "shardlake_things_state_bytes") > 0, "{after}");
+}
+
 #[tokio::test]
 async fn every_response_carries_a_request_id_and_keeps_the_callers() {
     let server = TestServer::start(|_| {}).await;

@@ -183,6 +183,18 @@ impl ThingsTable {
         }
     }
 
+    /// Bytes the kept folds hold (an estimate: entities and materialized
+    /// batches), and how many namespaces they cover.
+    pub fn state_size(&self) -> (u64, u64) {
+        self.state.slots.run_pending_tasks();
+        self.state
+            .slots
+            .iter()
+            .fold((0, 0), |(bytes, n), (_, slot)| {
+                (bytes + slot.bytes.load(Ordering::Relaxed), n + 1)
+            })
+    }
+
     /// The plan of [`THINGS_SQL`] with `filters` and `projection` applied.
     async fn planned_from_sql(
         &self,
