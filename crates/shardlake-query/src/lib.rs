@@ -30,6 +30,7 @@ mod engine;
 mod error;
 pub mod format;
 mod optimizer;
+mod precomputed;
 mod provider;
 mod recorder;
 mod scope;

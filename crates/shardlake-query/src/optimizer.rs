@@ -10,15 +10,13 @@
 //! for `min`/`max`), merged by the aggregate's own final phase.
 //!
 //! [`AnswerFromStatistics`] rewrites such an aggregate into its final phase
-//! over a [`FileStatisticsExec`], which reads no data and shows as such in
+//! over a `FileStatisticsExec` ([`PrecomputedExec`]), which reads no data and shows as such in
 //! `EXPLAIN`. Exact only: when any file lacks an exact value for any of the
 //! aggregates (a string bound that may be truncated, a column with nulls
 //! whose bounds are absent, a row filter that may drop rows of a file), the
 //! plan is left as it is and the files are scanned.
 
-use std::any::Any;
 use std::collections::HashSet;
-use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
@@ -30,22 +28,17 @@ use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, Tr
 use datafusion::common::{ColumnStatistics, Result as DfResult, ScalarValue, Statistics};
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::utils::reassign_expr_columns;
-use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateInputMode, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::expressions::Column;
-use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::udaf::StatisticsArgs;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PhysicalExpr,
-    PlanProperties,
-};
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, PhysicalExpr};
+
+use crate::precomputed::PrecomputedExec;
 
 /// The physical optimizer rule (see the module documentation). Runs right
 /// after DataFusion's `aggregate_statistics`; its sanity check at the end
@@ -56,7 +49,7 @@ pub struct AnswerFromStatistics {
     /// scan's filter and columns, its files: a file never changes): a
     /// repeated query on the same snapshot does not walk every file's
     /// statistics again (~1 µs per file, 0.7 ms on 672 files).
-    answers: moka::sync::Cache<u128, Arc<FileStatisticsExec>>,
+    answers: moka::sync::Cache<u128, Arc<PrecomputedExec>>,
 }
 
 impl Default for AnswerFromStatistics {
@@ -94,7 +87,7 @@ impl PhysicalOptimizerRule for AnswerFromStatistics {
 /// every value the statistics of the files below it give exactly.
 fn answer(
     node: &Arc<dyn ExecutionPlan>,
-    answers: &moka::sync::Cache<u128, Arc<FileStatisticsExec>>,
+    answers: &moka::sync::Cache<u128, Arc<PrecomputedExec>>,
 ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
     let Some(top) = node.as_any().downcast_ref::<AggregateExec>() else {
         return Ok(None);
@@ -250,7 +243,7 @@ fn through_row_movers(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn Execution
 fn partial_states(
     partial: &AggregateExec,
     scan: &FileScanConfig,
-) -> DfResult<Option<FileStatisticsExec>> {
+) -> DfResult<Option<PrecomputedExec>> {
     if scan.limit.is_some() {
         return Ok(None);
     }
@@ -360,7 +353,12 @@ fn partial_states(
         .map(|(column, field)| to_array(column, field))
         .collect::<DfResult<Vec<_>>>()?;
     let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
-    Ok(Some(FileStatisticsExec::new(batch, files, rows)))
+    Ok(Some(PrecomputedExec::new(
+        "FileStatisticsExec",
+        format!("answered from the statistics of {files} files ({rows} rows), no data read"),
+        batch.schema(),
+        vec![vec![batch]],
+    )))
 }
 
 /// The value of a column that is the same in every row of a file (exact
@@ -420,80 +418,6 @@ fn to_array(values: Vec<ScalarValue>, field: &Field) -> DfResult<ArrayRef> {
         true => array,
         false => cast(&array, field.data_type())?,
     })
-}
-
-/// The partial states of an aggregate, one row per file, made from the
-/// files' statistics: no data is read.
-#[derive(Debug)]
-pub struct FileStatisticsExec {
-    batch: RecordBatch,
-    files: usize,
-    rows: usize,
-    properties: Arc<PlanProperties>,
-}
-
-impl FileStatisticsExec {
-    fn new(batch: RecordBatch, files: usize, rows: usize) -> Self {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(batch.schema()),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        Self {
-            batch,
-            files,
-            rows,
-            properties: Arc::new(properties),
-        }
-    }
-}
-
-impl DisplayAs for FileStatisticsExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "FileStatisticsExec: answered from the statistics of {} files ({} rows), no data read",
-            self.files, self.rows
-        )
-    }
-}
-
-impl ExecutionPlan for FileStatisticsExec {
-    fn name(&self) -> &str {
-        "FileStatisticsExec"
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
-
-    fn execute(
-        &self,
-        _partition: usize,
-        _context: Arc<TaskContext>,
-    ) -> DfResult<SendableRecordBatchStream> {
-        Ok(Box::pin(MemoryStream::try_new(
-            vec![self.batch.clone()],
-            self.batch.schema(),
-            None,
-        )?))
-    }
 }
 
 #[cfg(test)]
@@ -569,11 +493,12 @@ mod tests {
         let states = partial_states(&partial, &scan)
             .expect("plans")
             .expect("answerable");
+        let batch = states.batches().next().expect("one batch");
         let (ns, n) = (
-            states.batch.column(0).as_string::<i32>(),
-            states.batch.column(1).as_primitive::<Int64Type>(),
+            batch.column(0).as_string::<i32>(),
+            batch.column(1).as_primitive::<Int64Type>(),
         );
-        (0..states.batch.num_rows())
+        (0..batch.num_rows())
             .map(|i| (ns.value(i).to_owned(), n.value(i)))
             .collect()
     }

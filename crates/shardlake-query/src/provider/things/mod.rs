@@ -49,7 +49,7 @@ use object_store::path::Path;
 use shardlake_core::event_schema;
 use shardlake_core::schema::columns;
 
-use self::exec::ThingsStateExec;
+use self::exec::things_state_exec;
 use self::state::{FOLD_COLUMNS, Fold};
 use super::events::{EventsTable, balance, matching_namespaces};
 use crate::context::QueryContext;
@@ -479,7 +479,7 @@ impl TableProvider for ThingsTable {
         let kept: Vec<Arc<LakeFile>> = by_namespace.into_values().flatten().collect();
         context.recorder.planned(&context.snapshot, scope, kept);
         context.recorder.answered_from_state(read, rows);
-        Ok(Arc::new(ThingsStateExec::new(
+        Ok(Arc::new(things_state_exec(
             &batches,
             &self.schema,
             projection,
