@@ -61,6 +61,13 @@ QUERIES = {
                               "ON e.namespace = t.namespace AND e.entity_id = t.id "
                               "WHERE t.namespace = '{ns2}' AND e.namespace = '{ns2}' AND e.event_type = 'thing.updated' "
                               "GROUP BY 1 ORDER BY 1",
+    # Shapes that want the rows in the files' own order, (partition_key,
+    # position): a page of the replay stream, and a window over each
+    # entity's events in order.
+    "q14_replay_page": "SELECT partition_key, position, seq, event_type FROM events WHERE namespace = '{ns1}' "
+                       "ORDER BY partition_key, position LIMIT 1000",
+    "q15_entity_gaps": "SELECT count(*) FROM (SELECT seq - lag(seq) OVER (PARTITION BY partition_key ORDER BY position) "
+                       "AS gap FROM events WHERE namespace = '{ns1}') WHERE gap <> 1",
 }
 
 DUCK_THINGS = """

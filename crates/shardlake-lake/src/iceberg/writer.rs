@@ -13,19 +13,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::RecordBatch;
-use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey, Struct};
+use iceberg::spec::{DataContentType, DataFile, DataFileFormat, Literal, PartitionKey, Struct};
 use iceberg::table::Table;
-use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{
     DefaultLocationGenerator, FileNameGenerator,
 };
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
-use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::file::metadata::KeyValue;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::schema::sort_order;
 use crate::commit::CommitPlan;
 use crate::data_file::{EXPECTED_COMPRESSION, WriterConfig, content_digest, cut, sorted_namespace};
 use crate::error::{Error, ErrorKind, Result};
@@ -128,17 +127,35 @@ pub(crate) async fn write_file(
         DefaultLocationGenerator::new(metadata)?,
         name,
     );
-    let mut writer = DataFileWriterBuilder::new(rolling)
-        .build(Some(partition))
-        .await?;
+    let mut writer = rolling.build();
+    let partition = Some(partition);
     let step = config.row_group_rows.max(1);
     let mut offset = 0;
     while offset < rows.num_rows() {
         let len = step.min(rows.num_rows() - offset);
-        writer.write(rows.slice(offset, len)).await?;
+        writer.write(&partition, &rows.slice(offset, len)).await?;
         offset += len;
     }
-    let mut files = writer.close().await?;
+    // What iceberg's DataFileWriter does, plus the sort order: the rows
+    // are sorted in the table's order, and saying so lets readers (Spark,
+    // Trino, DataFusion via shardlake) rely on it.
+    let sorted = table_sort_order_id(table);
+    let mut files = Vec::new();
+    for mut file in writer.close().await? {
+        file.content(DataContentType::Data);
+        if let Some(key) = &partition {
+            file.partition(key.data().clone());
+            file.partition_spec_id(key.spec().spec_id());
+        }
+        if let Some(id) = sorted {
+            file.sort_order_id(id);
+        }
+        files.push(
+            file.build().map_err(|e| {
+                Error::new(ErrorKind::Unexpected, format!("data file metadata: {e}"))
+            })?,
+        );
+    }
     match (files.pop(), files.is_empty()) {
         (Some(file), true) => Ok(file),
         _ => Err(Error::new(
@@ -146,4 +163,17 @@ pub(crate) async fn write_file(
             "a data file writer produced other than one file",
         )),
     }
+}
+
+/// The id under which `table` declares shardlake's sort order,
+/// `(partition_key, position)`, which every data file is written in; `None`
+/// for a table that does not declare it (files are then written unsorted
+/// as far as Iceberg knows).
+fn table_sort_order_id(table: &Table) -> Option<i32> {
+    let ours = sort_order().ok()?;
+    table
+        .metadata()
+        .sort_orders_iter()
+        .find(|order| order.fields == ours.fields)
+        .and_then(|order| i32::try_from(order.order_id).ok())
 }

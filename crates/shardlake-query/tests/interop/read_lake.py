@@ -131,6 +131,9 @@ def main():
         "partition_spec": str(table.spec()),
         "schema_field_ids": {f.name: f.field_id for f in table.schema().fields},
         "sort_order": str(table.sort_order()),
+        "sort_order_id": table.sort_order().order_id,
+        # Every data file says it is written in the table's sort order.
+        "file_sort_order_ids": sorted({f["sort_order_id"] for f in files_meta}, key=str),
         "summary_operation": str(snapshot.summary.operation.value),
         "added_records": int(snapshot.summary.get("added-records") or 0),
         "total_records": int(snapshot.summary.get("total-records") or -1),

@@ -158,6 +158,8 @@ async fn pyiceberg_and_duckdb_read_what_shardlake_wrote() {
         sort.contains("partition_key") || sort.contains(" 4 "),
         "{sort}"
     );
+    assert_eq!(theirs["sort_order_id"], 1);
+    assert_eq!(theirs["file_sort_order_ids"], serde_json::json!([1]));
     let ids = as_map(&theirs["schema_field_ids"]);
     assert_eq!(ids.len(), 12, "{ids:?}");
     assert_eq!(ids["namespace"], 1);
