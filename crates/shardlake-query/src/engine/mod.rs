@@ -36,7 +36,7 @@ mod guard;
 mod query;
 mod stream;
 
-pub use query::{PreparedQuery, QueryResult, SqlQuery};
+pub use query::{Description, PreparedQuery, QueryResult, SqlQuery};
 pub use stream::QueryStream;
 
 /// Engine settings. Also the server's `[query]` section (`freshness` is

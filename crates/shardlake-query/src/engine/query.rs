@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::{SessionState, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
@@ -115,6 +116,7 @@ impl CrossShardQuery {
             as_of_ms: None,
             latest: false,
             render_json: false,
+            parameters: Arc::new([]),
             guard: None,
         }
     }
@@ -139,6 +141,8 @@ pub struct SqlQuery {
     latest: bool,
     /// Render the JSON form of the rows with the result.
     render_json: bool,
+    /// Values of the SQL text's `$1`, `$2`, ... placeholders.
+    parameters: Arc<[ScalarValue]>,
     /// Kept until the query's work has ended (see [`PreparedQuery::holding`]).
     pub(super) guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
@@ -193,6 +197,14 @@ impl SqlQuery {
         self
     }
 
+    /// Binds the SQL text's placeholders: `values[0]` is `$1`, and so on.
+    /// Each value is cast to the type its use asks for; a missing or
+    /// uncastable value fails the query as invalid.
+    pub fn with_parameters(mut self, values: Vec<ScalarValue>) -> Self {
+        self.parameters = values.into();
+        self
+    }
+
     /// Restricts the query to `scope`'s namespaces.
     pub fn with_scope(mut self, scope: Scope) -> Self {
         self.scope = scope;
@@ -236,17 +248,23 @@ impl SqlQuery {
             return Ok(state.optimize(&self.plan(&ctx).await?)?);
         };
         let plans = &self.engine.inner.plans;
-        if let Some(plan) = plans.get(sql.as_str()) {
+        let bound = !self.parameters.is_empty();
+        if !bound && let Some(plan) = plans.get(sql.as_str()) {
             return Ok(plan);
         }
-        let plan = state.create_logical_plan(sql).await?;
+        let mut plan = state.create_logical_plan(sql).await?;
         // Every refusal of the read-only options is a statement that is not
         // allowed here (decided by type, not by text).
-        read_only().verify_plan(&plan).map_err(|refusal| {
-            Error::new(ErrorKind::NotAllowed, refusal.message().into_owned()).with_source(refusal)
-        })?;
+        verify_read_only(&plan)?;
+        if bound {
+            // Bound before optimizing, so pruning and filter pushdown see
+            // the values, not placeholders.
+            plan = plan
+                .with_param_values(self.parameters.to_vec())
+                .map_err(|e| Error::new(ErrorKind::InvalidQuery, e.to_string()))?;
+        }
         let optimized = state.optimize(&plan)?;
-        if reusable(&plan) {
+        if !bound && reusable(&plan) {
             plans.insert(sql.clone(), optimized.clone());
         }
         Ok(optimized)
@@ -283,6 +301,16 @@ impl SqlQuery {
             Ok(format!("{kind}:{json}").into())
         }
         match &self.request {
+            Request::Sql(sql) if !self.parameters.is_empty() => {
+                // The values are part of the question: typed, so `1` and
+                // `'1'` are different answers.
+                let mut text = self.engine.normalize(sql)?.to_string();
+                for (i, value) in self.parameters.iter().enumerate() {
+                    use std::fmt::Write;
+                    let _ = write!(text, "\n${}: {}", i + 1, describe_value(value));
+                }
+                Ok(text.into())
+            }
             Request::Sql(sql) => self.engine.normalize(sql),
             Request::Things(q) => typed("things", q),
             Request::Events(q) => typed("events", q),
@@ -540,5 +568,60 @@ impl IntoFuture for SqlQuery {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.execute())
+    }
+}
+
+/// A bound value as the cache key sees it: its type and its value.
+fn describe_value(value: &ScalarValue) -> String {
+    format!("{}={value}", value.data_type())
+}
+
+/// Fails unless `plan` is one the read-only options allow.
+fn verify_read_only(plan: &LogicalPlan) -> Result<()> {
+    read_only().verify_plan(plan).map_err(|refusal| {
+        Error::new(ErrorKind::NotAllowed, refusal.message().into_owned()).with_source(refusal)
+    })
+}
+
+/// What a SQL text takes and returns, found by planning it without
+/// running it ([`CrossShardQuery::describe`]).
+#[derive(Debug, Clone)]
+pub struct Description {
+    /// The type of each placeholder (`$1` first), where its use decides
+    /// one; `None` where it does not (`SELECT $1`).
+    pub parameters: Vec<Option<arrow::datatypes::DataType>>,
+    /// The result's columns.
+    pub schema: SchemaRef,
+}
+
+impl CrossShardQuery {
+    /// Plans `sql` (which may hold `$1`, `$2`, ... placeholders) without
+    /// pinning a snapshot or running anything, and says what it takes and
+    /// returns: what a Postgres client's Parse and Describe ask. A statement
+    /// that is not allowed or does not plan fails as it would when run.
+    pub async fn describe(&self, sql: &str) -> Result<Description> {
+        self.normalize(sql)?;
+        let state = &self.inner.base;
+        let plan = state.create_logical_plan(sql).await?;
+        verify_read_only(&plan)?;
+        let mut by_name = plan.get_parameter_types()?;
+        let count = by_name.len();
+        let mut parameters = Vec::with_capacity(count);
+        // `$1` .. `$n` by number (not as text: `$10` comes after `$9`).
+        for n in 1..=count {
+            match by_name.remove(&format!("${n}")) {
+                Some(data_type) => parameters.push(data_type),
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidQuery,
+                        format!("placeholders must be numbered $1 to ${count}; ${n} is missing"),
+                    ));
+                }
+            }
+        }
+        Ok(Description {
+            parameters,
+            schema: Arc::new(plan.schema().as_arrow().clone()),
+        })
     }
 }
