@@ -222,6 +222,10 @@ enum Command {
         /// Address to listen on (default 127.0.0.1:8080).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Also serve the Postgres wire protocol on this address (psql,
+        /// drivers, BI tools); `[postgres] listen` in the configuration.
+        #[arg(long)]
+        pg_listen: Option<std::net::SocketAddr>,
     },
 }
 
@@ -520,10 +524,15 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
                     hydrate,
                 },
         } => migrate::serve_shard(&cli.lake, id, listen, hydrate).await,
-        Command::Serve { config, listen } => {
+        Command::Serve {
+            config,
+            listen,
+            pg_listen,
+        } => {
             serve::run(
                 config.as_deref(),
                 listen,
+                pg_listen,
                 warehouse_flag.then_some(cli.lake.warehouse.clone()),
                 &cli.lake,
             )

@@ -1,4 +1,5 @@
-//! `shardlake serve`: the HTTP API until SIGTERM or SIGINT.
+//! `shardlake serve`: the HTTP API (and the Postgres wire protocol, when
+//! asked) until SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,12 +15,16 @@ use crate::lake_args::LakeArgs;
 pub async fn run(
     config: Option<&Path>,
     listen: Option<SocketAddr>,
+    pg_listen: Option<SocketAddr>,
     warehouse: Option<PathBuf>,
     lake_args: &LakeArgs,
 ) -> anyhow::Result<()> {
     let mut config = ServerConfig::load(config).context("loading the configuration")?;
     if let Some(listen) = listen {
         config.listen = listen;
+    }
+    if let Some(pg_listen) = pg_listen {
+        config.postgres.listen = Some(pg_listen);
     }
     if let Some(warehouse) = warehouse {
         config.warehouse = warehouse;
@@ -39,6 +44,9 @@ pub async fn run(
         "shardlake listening on http://{} ({auth})",
         server.local_addr()
     );
+    if let Some(pg) = server.postgres_addr() {
+        println!("shardlake listening for Postgres on postgres://{pg}");
+    }
     server.serve(shutdown_signal()).await?;
     Ok(())
 }

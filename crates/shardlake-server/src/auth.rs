@@ -159,10 +159,21 @@ impl Authenticator {
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header is not `Bearer <token>`")
             })?;
-        self.by_digest
-            .get(&digest(token.as_bytes()))
-            .cloned()
+        self.token(token)
             .ok_or_else(|| ApiError::unauthorized("unknown token"))
+    }
+
+    /// The caller holding `token` (presented some other way than a header:
+    /// the Postgres password), looked up by its digest.
+    pub fn token(&self, token: &str) -> Option<Arc<Caller>> {
+        self.by_digest.get(&digest(token.as_bytes())).cloned()
+    }
+}
+
+impl Caller {
+    /// Whether the caller holds `permission`.
+    pub fn may(&self, permission: Permission) -> bool {
+        self.permissions.contains(&permission)
     }
 }
 

@@ -54,6 +54,28 @@ pub struct ServerConfig {
     /// The shards' HTTP endpoints (the shard protocol of
     /// `shardlake-migrate`), for migrations.
     pub shards: Vec<ShardEndpoint>,
+    /// The Postgres wire protocol listener (off unless `listen` is set).
+    pub postgres: PostgresSettings,
+}
+
+/// `[postgres]`: psql, BI tools and Postgres drivers on a second socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// Address of the Postgres listener, e.g. `127.0.0.1:5432`; none: off.
+    /// Without tokens only loopback addresses are accepted, as for HTTP.
+    pub listen: Option<SocketAddr>,
+    /// Connections served at once; more are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_connections: 64,
+        }
+    }
 }
 
 /// How migrations started over HTTP run.
@@ -120,6 +142,7 @@ impl Default for ServerConfig {
             tokens: Vec::new(),
             migration: MigrationSettings::default(),
             shards: Vec::new(),
+            postgres: PostgresSettings::default(),
         }
     }
 }

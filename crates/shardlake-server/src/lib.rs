@@ -31,6 +31,7 @@ mod encode;
 mod error;
 pub mod maintenance;
 pub mod metrics;
+mod postgres;
 pub mod routes;
 mod server;
 mod state;

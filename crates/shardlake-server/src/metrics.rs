@@ -37,6 +37,13 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+/// Labels of a failed query, by shardlake's stable error code.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The error code (`statement_not_allowed`, `query_timeout`, ...).
+    pub code: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. ~65 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 18))
@@ -78,6 +85,16 @@ pub struct ServerMetrics {
     pub maintenance_last_duration: Gauge<f64, AtomicU64>,
     /// When the last run finished, Unix seconds.
     pub maintenance_last_run: Gauge<f64, AtomicU64>,
+    /// Postgres connections open now.
+    pub pg_connections: Gauge,
+    /// Postgres connections accepted.
+    pub pg_connections_total: Counter,
+    /// Postgres connections closed at once: `max_connections` reached.
+    pub pg_refused: Counter,
+    /// Queries run over the Postgres protocol.
+    pub pg_queries: Counter,
+    /// Postgres queries that failed before sending rows, by error code.
+    pub pg_errors: Family<ErrorLabels, Counter>,
 }
 
 impl ServerMetrics {
@@ -102,6 +119,11 @@ impl ServerMetrics {
         let maintenance_snapshots_expired = Counter::default();
         let maintenance_last_duration = Gauge::<f64, AtomicU64>::default();
         let maintenance_last_run = Gauge::<f64, AtomicU64>::default();
+        let pg_connections = Gauge::default();
+        let pg_connections_total = Counter::default();
+        let pg_refused = Counter::default();
+        let pg_queries = Counter::default();
+        let pg_errors = Family::<ErrorLabels, Counter>::default();
         let r = registry.sub_registry_with_prefix("shardlake");
         r.register("http_requests", "HTTP requests answered", requests.clone());
         r.register(
@@ -179,6 +201,31 @@ impl ServerMetrics {
             "When the last maintenance run finished (Unix time)",
             maintenance_last_run.clone(),
         );
+        r.register(
+            "pg_connections_open",
+            "Postgres protocol connections open now",
+            pg_connections.clone(),
+        );
+        r.register(
+            "pg_connections",
+            "Postgres protocol connections accepted",
+            pg_connections_total.clone(),
+        );
+        r.register(
+            "pg_connections_refused",
+            "Postgres protocol connections closed at once: [postgres] max_connections reached",
+            pg_refused.clone(),
+        );
+        r.register(
+            "pg_queries",
+            "Queries run over the Postgres protocol",
+            pg_queries.clone(),
+        );
+        r.register(
+            "pg_errors",
+            "Postgres protocol queries that failed before sending rows, by error code",
+            pg_errors.clone(),
+        );
         Self {
             registry,
             requests,
@@ -197,6 +244,11 @@ impl ServerMetrics {
             maintenance_snapshots_expired,
             maintenance_last_duration,
             maintenance_last_run,
+            pg_connections,
+            pg_connections_total,
+            pg_refused,
+            pg_queries,
+            pg_errors,
         }
     }
 

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
+use crate::postgres::PgListener;
 use crate::routes::app;
 use crate::state::AppState;
 
@@ -62,6 +63,8 @@ impl From<std::io::Error> for ServerError {
 pub struct Server {
     state: AppState,
     listener: TcpListener,
+    /// The Postgres wire protocol listener, when `[postgres] listen` is set.
+    postgres: Option<(PgListener, SocketAddr)>,
 }
 
 impl Server {
@@ -91,6 +94,16 @@ impl Server {
                 "created a new lake"
             );
         }
+        if let Some(pg) = config.postgres.listen
+            && !auth.is_enabled()
+            && !pg.ip().is_loopback()
+        {
+            return Err(ServerError::Config(format!(
+                "no tokens are configured, so authentication is off and the Postgres listener \
+                 may only listen on a loopback address, not {pg}; add [[tokens]] to \
+                 shardlake.toml or listen on 127.0.0.1"
+            )));
+        }
         let engine = CrossShardQuery::open(&lake, config.query_config()).await?;
         // Commits (sorting, encoding) run where queries run, off the
         // runtime that answers requests.
@@ -101,6 +114,17 @@ impl Server {
             .await
             .map_err(|e| ServerError::Bind(config.listen, e))?;
         let addr = listener.local_addr()?;
+        let postgres = match config.postgres.listen {
+            Some(pg) => {
+                let pg_listener = PgListener::bind(pg)
+                    .await
+                    .map_err(|e| ServerError::Bind(pg, e))?;
+                let bound = pg_listener.local_addr()?;
+                tracing::info!(addr = %bound, "listening for the Postgres wire protocol");
+                Some((pg_listener, bound))
+            }
+            None => None,
+        };
         if auth.is_enabled() {
             tracing::info!(%addr, tokens = config.tokens.len(), "listening");
         } else {
@@ -112,6 +136,7 @@ impl Server {
         Ok(Self {
             state: AppState::new(config, lake, engine, emitter, auth),
             listener,
+            postgres,
         })
     }
 
@@ -120,6 +145,11 @@ impl Server {
         self.listener
             .local_addr()
             .expect("a bound TCP listener has an address")
+    }
+
+    /// The bound address of the Postgres listener, if it listens.
+    pub fn postgres_addr(&self) -> Option<SocketAddr> {
+        self.postgres.as_ref().map(|(_, addr)| *addr)
     }
 
     /// Whether requests must carry a token.
@@ -143,9 +173,15 @@ impl Server {
         let draining = self.state.clone();
         let maintainer = crate::maintenance::spawn(&self.state);
         let (flusher_tx, flusher_rx) = tokio::sync::oneshot::channel();
+        let (stop_pg, pg_stopped) = tokio::sync::watch::channel(false);
+        let postgres = self
+            .postgres
+            .map(|(pg, _)| tokio::spawn(pg.serve(self.state.clone(), pg_stopped)));
         axum::serve(self.listener, app(self.state))
             .with_graceful_shutdown(async move {
                 shutdown.await;
+                // Postgres sessions are read-only: ending them loses nothing.
+                let _ = stop_pg.send(true);
                 draining.start_draining();
                 tracing::info!("shutting down: finishing in-flight requests");
                 // In-flight ingest requests wait for their commit: commit
@@ -160,6 +196,9 @@ impl Server {
                 }));
             })
             .await?;
+        if let Some(postgres) = postgres {
+            let _ = postgres.await;
+        }
         if let Ok(flusher) = flusher_rx.await {
             flusher.abort();
         }

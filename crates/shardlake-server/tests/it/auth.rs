@@ -10,7 +10,7 @@ use crate::support::{ACME, ADMIN, TestServer, WRITER, assert_error, tokens};
 /// SQL shapes a tenant might try, each run with the `acme` token (scope
 /// `tenant-001`). Each must answer exactly what the admin gets when
 /// `events` and `things` are replaced by their `tenant-001` rows.
-const SHAPES: &[&str] = &[
+pub(crate) const SHAPES: &[&str] = &[
     "SELECT count(*) FROM events",
     "SELECT DISTINCT namespace FROM events ORDER BY 1",
     "SELECT namespace, count(*) FROM events GROUP BY namespace ORDER BY 1",
@@ -36,7 +36,7 @@ const SHAPES: &[&str] = &[
 
 /// What the admin runs to get the answer `shape` must give the acme token:
 /// the shape over CTEs that shadow both tables with tenant-001's rows.
-fn as_admin(shape: &str) -> String {
+pub(crate) fn as_admin(shape: &str) -> String {
     format!(
         "WITH events AS (SELECT * FROM events WHERE namespace = 'tenant-001'), \
          things AS (SELECT * FROM things WHERE namespace = 'tenant-001') {shape}"

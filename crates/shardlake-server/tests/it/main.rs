@@ -6,6 +6,7 @@ mod ingest;
 mod lifecycle;
 mod migrations;
 mod ops;
+mod postgres;
 mod query;
 mod serving;
 mod support;

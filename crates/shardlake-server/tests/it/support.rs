@@ -56,6 +56,8 @@ pub fn tokens() -> Vec<TokenConfig> {
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The Postgres listener's address, when the config asked for one.
+    pub pg: Option<SocketAddr>,
     pub client: Client,
     pub warehouse: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
@@ -77,12 +79,14 @@ impl TestServer {
         let warehouse = config.warehouse.clone();
         let server = Server::bind(config).await.expect("binds");
         let addr = server.local_addr();
+        let pg = server.postgres_addr();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.serve(async move {
             let _ = rx.await;
         }));
         Self {
             addr,
+            pg,
             client: Client::new(),
             warehouse,
             shutdown: Some(tx),

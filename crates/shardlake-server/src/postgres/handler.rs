@@ -1,0 +1,431 @@
+//! The query handlers: the simple protocol (`Query`: text in, rows out) and
+//! the extended one (`Parse`, `Bind`, `Describe`, `Execute`: prepared
+//! statements with `$n` parameters and portals fetched in pieces).
+//!
+//! Every query runs as an HTTP query does: the caller's scope inside the
+//! engine, the same timeout, result limits, query slots and memory pool,
+//! answers from the result cache when it holds one; otherwise the rows
+//! stream from the engine as it produces them, so a large result never
+//! sits in memory. A whole-result `Execute` (fetch size 0, what most
+//! drivers send) streams too, instead of pgwire's default of collecting
+//! the portal first; a fetch size above 0 (a server-side cursor) keeps the
+//! portal suspended between fetches, holding its query slot.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion_common::ScalarValue;
+use futures::stream::BoxStream;
+use futures::{Sink, SinkExt, StreamExt};
+use pgwire::api::portal::{Format, Portal, PortalExecutionState};
+use pgwire::api::query::{
+    ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_query_response,
+};
+use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, DEFAULT_NAME, PgWireConnectionState, Type};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::extendedquery::Execute;
+use pgwire::messages::response::EmptyQueryResponse;
+use shardlake_query::{Description, QueryResult, QueryStream, ResultLimit};
+
+use super::session::{self, Command, Statement, statement_timeout_ms};
+use super::types;
+use super::{Session, errors};
+use crate::error::ApiError;
+use crate::metrics::ErrorLabels;
+use crate::state::AppState;
+
+/// A statement of the extended protocol, parsed and described.
+#[derive(Debug, Clone)]
+pub(super) enum PgStatement {
+    /// Nothing to run.
+    Empty,
+    /// A session statement (`SET`, `BEGIN`, `SHOW` ...).
+    Command(Command),
+    /// A query, planned once at `Parse` to describe it.
+    Query {
+        sql: Arc<str>,
+        description: Arc<Description>,
+    },
+}
+
+/// The query handlers of every connection (they keep no per-connection
+/// state: that is in the connection's [`Session`]).
+pub(super) struct Queries {
+    state: AppState,
+    parser: Arc<Parser>,
+}
+
+impl Queries {
+    pub(super) fn new(state: AppState) -> Self {
+        Self {
+            parser: Arc::new(Parser {
+                state: state.clone(),
+            }),
+            state,
+        }
+    }
+
+    /// Runs `sql` for the connection's caller: the rows, described in
+    /// `format`, as a stream the protocol sends as it comes.
+    async fn run(
+        &self,
+        session: &Session,
+        sql: &str,
+        parameters: Vec<ScalarValue>,
+        format: &Format,
+        statement_timeout: Option<Duration>,
+    ) -> PgWireResult<QueryResponse> {
+        let metrics = self.state.metrics();
+        metrics.pg_queries.inc();
+        let cancel = session.cancel.query.start();
+        let limits = &self.state.config().limits;
+        let longest = limits.query_timeout();
+        let mut query = self
+            .state
+            .engine()
+            .sql(sql)
+            .with_scope(session.caller.scope.clone())
+            .with_timeout(statement_timeout.map_or(longest, |t| t.min(longest)))
+            .with_result_limit(ResultLimit {
+                max_rows: limits.max_rows as u64,
+                max_bytes: limits.max_response_bytes as u64,
+            });
+        if !parameters.is_empty() {
+            query = query.with_parameters(parameters);
+        }
+        let state = self.state.clone();
+        let started = async move {
+            let prepared = query.prepare().await?;
+            // A cache hit costs no query slot, as over HTTP.
+            if let Some(hit) = prepared.cached().await? {
+                return Ok::<_, ApiError>(Answer::Cached(hit));
+            }
+            let slot = state.query_slot().await?;
+            Ok(Answer::Streaming(prepared.holding(slot).stream().await?))
+        };
+        let answer = tokio::select! {
+            answer = started => answer.map_err(|e| self.failed(&e))?,
+            () = cancel.cancelled() => return Err(errors::cancelled()),
+        };
+        let (schema, batches): (SchemaRef, BoxStream<'static, Result<RecordBatch, ApiError>>) =
+            match answer {
+                Answer::Cached(hit) => {
+                    metrics.cached_queries.inc();
+                    metrics.rows_returned.inc_by(hit.num_rows() as u64);
+                    (
+                        Arc::clone(&hit.schema),
+                        futures::stream::iter(hit.batches.into_iter().map(Ok)).boxed(),
+                    )
+                }
+                Answer::Streaming(stream) => (
+                    stream.schema(),
+                    stream.map(|b| b.map_err(ApiError::from)).boxed(),
+                ),
+            };
+        let fields = Arc::new(types::fields(&schema, format)?);
+        Ok(QueryResponse::new(
+            Arc::clone(&fields),
+            types::rows(fields, batches, cancel),
+        ))
+    }
+
+    /// Counts `e` by its code and turns it into a Postgres error.
+    fn failed(&self, e: &ApiError) -> PgWireError {
+        self.state
+            .metrics()
+            .pg_errors
+            .get_or_create(&ErrorLabels {
+                code: e.code().to_owned(),
+            })
+            .inc();
+        errors::from_api(e)
+    }
+
+    /// Answers a session statement.
+    fn command<C: ClientInfo>(&self, client: &mut C, command: Command) -> PgWireResult<Response> {
+        Ok(match command {
+            Command::Set { name, value } => {
+                client.metadata_mut().insert(name, value);
+                Response::Execution(Tag::new("SET"))
+            }
+            Command::SetTransaction => Response::Execution(Tag::new("SET")),
+            Command::Reset(Some(name)) => {
+                client.metadata_mut().remove(&name);
+                Response::Execution(Tag::new("RESET"))
+            }
+            Command::Reset(None) => {
+                for name in session::settable() {
+                    client.metadata_mut().remove(name);
+                }
+                Response::Execution(Tag::new("RESET"))
+            }
+            Command::Begin => Response::TransactionStart(Tag::new("BEGIN")),
+            Command::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
+            Command::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
+            Command::Show(name) => {
+                let value = setting(client, &name);
+                let fields = Arc::new(show_fields(&name, FieldFormat::Text));
+                let mut row = DataRowEncoder::new(Arc::clone(&fields));
+                row.encode_field(&value)?;
+                let row = row.take_row();
+                Response::Query(QueryResponse::new(fields, futures::stream::iter([Ok(row)])))
+            }
+        })
+    }
+}
+
+/// An answer being sent: whole from the cache, or streaming.
+enum Answer {
+    Cached(QueryResult),
+    Streaming(QueryStream),
+}
+
+/// The connection's session (its caller and cancel registration), put
+/// there when it authenticated.
+fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<Session>> {
+    client.session_extensions().get::<Session>().ok_or_else(|| {
+        errors::error(
+            "08P01",
+            "unauthorized",
+            "the connection has not authenticated",
+        )
+    })
+}
+
+/// The value of setting `name` on the connection: what it set, what its
+/// startup message said, or the default.
+fn setting<C: ClientInfo>(client: &C, name: &str) -> String {
+    let metadata = client.metadata();
+    metadata
+        .get(name)
+        .or_else(|| {
+            metadata
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        })
+        .cloned()
+        .or_else(|| session::default_value(name).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The connection's `statement_timeout`, if it set one.
+fn statement_timeout<C: ClientInfo>(client: &C) -> Option<Duration> {
+    match statement_timeout_ms(&setting(client, "statement_timeout")) {
+        Some(0) | None => None,
+        Some(ms) => Some(Duration::from_millis(ms)),
+    }
+}
+
+/// The one column `SHOW name` answers.
+fn show_fields(name: &str, format: FieldFormat) -> Vec<FieldInfo> {
+    vec![FieldInfo::new(
+        name.to_owned(),
+        None,
+        None,
+        Type::TEXT,
+        format,
+    )]
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Queries {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client)?;
+        match session::classify(query)? {
+            Statement::Empty => Ok(vec![Response::EmptyQuery]),
+            Statement::Command(command) => Ok(vec![self.command(client, command)?]),
+            Statement::Query => {
+                if shardlake_query::split_statements(query).is_ok_and(|s| s.len() > 1) {
+                    return Err(errors::error(
+                        "0A000",
+                        "statement_not_allowed",
+                        "send one statement at a time: several statements in one query are not supported",
+                    ));
+                }
+                let timeout = statement_timeout(client);
+                let rows = self
+                    .run(&session, query, Vec::new(), &Format::UnifiedText, timeout)
+                    .await?;
+                Ok(vec![Response::Query(rows)])
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Queries {
+    type Statement = PgStatement;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Parser> {
+        Arc::clone(&self.parser)
+    }
+
+    /// A whole-result `Execute` streams its rows; a fetch size (or a
+    /// portal already started) goes through pgwire's portal, which sends
+    /// at most that many rows and keeps the rest for the next `Execute`.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let Some(portal) = client.portal_store().get_portal(name) else {
+            return Err(PgWireError::PortalNotFound(name.to_owned()));
+        };
+        let fresh = matches!(*portal.state().lock().await, PortalExecutionState::Initial);
+        if message.max_rows != 0 || !fresh {
+            return self._on_execute(client, message).await;
+        }
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        let mut status = client.transaction_status();
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let sent = match ExtendedQueryHandler::do_query(self, client, &portal, 0).await? {
+            Response::Query(rows) => send_query_response(client, rows, false).await,
+            Response::EmptyQuery => client
+                .feed(PgWireBackendMessage::EmptyQueryResponse(
+                    EmptyQueryResponse::new(),
+                ))
+                .await
+                .map_err(PgWireError::from),
+            Response::Execution(tag) => send_execution_response(client, tag).await,
+            Response::TransactionStart(tag) => {
+                status = status.to_in_transaction_state();
+                send_execution_response(client, tag).await
+            }
+            Response::TransactionEnd(tag) => {
+                status = status.to_idle_state();
+                send_execution_response(client, tag).await
+            }
+            _ => Err(errors::error(
+                "XX000",
+                "internal_error",
+                "unexpected response to Execute",
+            )),
+        };
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(status);
+        sent
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client)?;
+        match &portal.statement.statement {
+            PgStatement::Empty => Ok(Response::EmptyQuery),
+            PgStatement::Command(command) => self.command(client, command.clone()),
+            PgStatement::Query { sql, description } => {
+                let parameters = types::parameters(portal, description)?;
+                let timeout = statement_timeout(client);
+                let rows = self
+                    .run(
+                        &session,
+                        sql,
+                        parameters,
+                        &portal.result_column_format,
+                        timeout,
+                    )
+                    .await?;
+                Ok(Response::Query(rows))
+            }
+        }
+    }
+}
+
+/// Parses and describes statements of the extended protocol.
+pub(super) struct Parser {
+    state: AppState,
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = PgStatement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<PgStatement>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        session_of(client)?;
+        match session::classify(sql)? {
+            Statement::Empty => Ok(PgStatement::Empty),
+            Statement::Command(command) => Ok(PgStatement::Command(command)),
+            Statement::Query => {
+                let description = self.state.engine().describe(sql).await.map_err(|e| {
+                    let e = ApiError::from(e);
+                    self.state
+                        .metrics()
+                        .pg_errors
+                        .get_or_create(&ErrorLabels {
+                            code: e.code().to_owned(),
+                        })
+                        .inc();
+                    errors::from_api(&e)
+                })?;
+                Ok(PgStatement::Query {
+                    sql: sql.into(),
+                    description: Arc::new(description),
+                })
+            }
+        }
+    }
+
+    fn get_parameter_types(&self, statement: &PgStatement) -> PgWireResult<Vec<Type>> {
+        match statement {
+            PgStatement::Query { description, .. } => description
+                .parameters
+                .iter()
+                .map(|t| types::parameter_type(t.as_ref()))
+                .collect(),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn get_result_schema(
+        &self,
+        statement: &PgStatement,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        let format = format.unwrap_or(&Format::UnifiedText);
+        match statement {
+            PgStatement::Query { description, .. } => types::fields(&description.schema, format),
+            PgStatement::Command(Command::Show(name)) => {
+                Ok(show_fields(name, format.format_for(0)))
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+}

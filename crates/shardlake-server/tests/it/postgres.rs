@@ -1,0 +1,408 @@
+//! The Postgres wire protocol through a real driver (tokio-postgres) over
+//! a real socket: simple and extended protocol, parameters, types, portals,
+//! refusals, auth, tenant scope and cancel.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use crate::auth::{SHAPES, as_admin};
+use crate::support::{ACME, ADMIN, TestServer, WRITER, tokens};
+
+/// A server with tokens and the Postgres listener on a free loopback port,
+/// holding the fixture.
+async fn start() -> TestServer {
+    let server = TestServer::start(|c| {
+        c.tokens = tokens();
+        c.postgres.listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    server.ingest_fixture(Some(ADMIN)).await;
+    server
+}
+
+/// Connects with `password` (a token).
+async fn connect(server: &TestServer, password: &str) -> Result<Client, tokio_postgres::Error> {
+    let pg = server.pg.expect("the Postgres listener is on");
+    let (client, connection) = tokio_postgres::Config::new()
+        .host(pg.ip().to_string())
+        .port(pg.port())
+        .user("analyst")
+        .dbname("shardlake")
+        .password(password)
+        .connect(NoTls)
+        .await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The SQLSTATE of a failed call.
+fn state_of(e: &tokio_postgres::Error) -> SqlState {
+    e.code()
+        .cloned()
+        .unwrap_or_else(|| panic!("not a server error: {e}"))
+}
+
+/// The rows of a simple-protocol query, as text.
+async fn text_rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether a Postgres text value is the value HTTP answered as JSON.
+fn same_value(http: &Value, pg: Option<&str>) -> bool {
+    match (http, pg) {
+        (Value::Null, None) => true,
+        (Value::Number(n), Some(text)) => text.parse::<f64>().ok() == n.as_f64(),
+        (Value::Bool(b), Some(text)) => text == if *b { "t" } else { "f" },
+        (Value::String(s), Some(text)) if s == text => true,
+        // Timestamps: RFC 3339 over HTTP, `2026-01-01 00:00:00+00` here.
+        (Value::String(s), Some(text)) => {
+            let http = chrono::DateTime::parse_from_rfc3339(s).ok();
+            let pg = chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z").ok();
+            http.is_some() && http == pg
+        }
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn queries_types_parameters_and_refusals_over_the_wire() {
+    let server = start().await;
+    let mut client = connect(&server, ADMIN).await.expect("connects");
+
+    // Simple protocol.
+    assert_eq!(
+        text_rows(&client, "SELECT count(*) FROM events").await,
+        vec![vec![Some("3000".to_owned())]]
+    );
+    // Extended protocol, a parameter of each kind the SQL gives a type.
+    let row = client
+        .query_one(
+            "SELECT count(*) AS n FROM events WHERE namespace = $1 AND seq > $2",
+            &[&"tenant-001", &0i64],
+        )
+        .await
+        .expect("query");
+    assert_eq!(row.get::<_, i64>("n"), 724);
+    let http = server
+        .rows(
+            Some(ADMIN),
+            "SELECT count(*) AS n FROM events WHERE namespace = 'tenant-002' AND seq > 10",
+        )
+        .await;
+    let ours = client
+        .query_one(
+            "SELECT count(*) AS n FROM events WHERE namespace = $1 AND seq > $2",
+            &[&"tenant-002", &10i64],
+        )
+        .await
+        .expect("query");
+    assert_eq!(serde_json::json!(ours.get::<_, i64>("n")), http[0][0]);
+
+    // Every column of `events` with its Postgres type; values as HTTP has them.
+    let sql = "SELECT namespace, shard_id, seq, partition_key, event_type, ts, payload, entity_id, version, position \
+               FROM events ORDER BY position LIMIT 20";
+    let statement = client.prepare(sql).await.expect("prepares");
+    let types: Vec<&Type> = statement.columns().iter().map(|c| c.type_()).collect();
+    assert_eq!(
+        types,
+        vec![
+            &Type::TEXT,
+            &Type::INT4,
+            &Type::INT8,
+            &Type::TEXT,
+            &Type::TEXT,
+            &Type::TIMESTAMPTZ,
+            &Type::JSON,
+            &Type::TEXT,
+            &Type::INT8,
+            &Type::INT8
+        ]
+    );
+    let rows = client.query(&statement, &[]).await.expect("rows");
+    let expected = server.rows(Some(ADMIN), sql).await;
+    assert_eq!(rows.len(), expected.len());
+    for (row, want) in rows.iter().zip(&expected) {
+        // HTTP rows are arrays in the statement's column order.
+        let want = want.as_array().expect("row as array");
+        assert_eq!(
+            row.get::<_, String>("namespace"),
+            want[0].as_str().expect("ns")
+        );
+        assert_eq!(
+            i64::from(row.get::<_, i32>("shard_id")),
+            want[1].as_i64().expect("shard")
+        );
+        assert_eq!(row.get::<_, i64>("seq"), want[2].as_i64().expect("seq"));
+        let ts: chrono::DateTime<chrono::Utc> = row.get("ts");
+        let http_ts =
+            chrono::DateTime::parse_from_rfc3339(want[5].as_str().expect("ts")).expect("rfc3339");
+        assert_eq!(ts, http_ts);
+        let payload: Option<Value> = row.get("payload");
+        let http_payload = match &want[6] {
+            Value::Null => None,
+            Value::String(s) => Some(serde_json::from_str::<Value>(s).expect("json payload")),
+            other => Some(other.clone()),
+        };
+        assert_eq!(payload, http_payload);
+        assert_eq!(
+            row.get::<_, Option<String>>("entity_id").as_deref(),
+            want[7].as_str()
+        );
+        assert_eq!(row.get::<_, Option<i64>>("version"), want[8].as_i64());
+        assert_eq!(
+            row.get::<_, i64>("position"),
+            want[9].as_i64().expect("position")
+        );
+    }
+    // NULLs and aggregate types: avg is float8, as in Postgres.
+    let row = client
+        .query_one(
+            "SELECT CAST(NULL AS BIGINT) AS nothing, avg(seq) AS mean FROM events",
+            &[],
+        )
+        .await
+        .expect("query");
+    assert_eq!(row.get::<_, Option<i64>>("nothing"), None);
+    assert!(row.get::<_, f64>("mean") > 0.0);
+    // A timestamp parameter.
+    let row = client
+        .query_one(
+            "SELECT count(*) AS n FROM events WHERE ts >= $1",
+            &[
+                &chrono::DateTime::parse_from_rfc3339("2000-01-01T00:00:00Z")
+                    .expect("ts")
+                    .with_timezone(&chrono::Utc),
+            ],
+        )
+        .await
+        .expect("query");
+    assert_eq!(row.get::<_, i64>("n"), 3000);
+
+    // Refusals keep the session usable; the detail carries the code.
+    let err = client
+        .simple_query("DROP TABLE events")
+        .await
+        .expect_err("refused");
+    assert_eq!(state_of(&err), SqlState::INSUFFICIENT_PRIVILEGE);
+    let detail = err
+        .as_db_error()
+        .and_then(|e| e.detail())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("statement_not_allowed"), "{detail}");
+    let err = client
+        .execute("INSERT INTO events (namespace) VALUES ('x')", &[])
+        .await
+        .expect_err("refused");
+    assert_eq!(state_of(&err), SqlState::INSUFFICIENT_PRIVILEGE);
+    let err = client
+        .simple_query("SET datafusion.execution.target_partitions = 1")
+        .await
+        .expect_err("refused");
+    assert_eq!(state_of(&err), SqlState::INSUFFICIENT_PRIVILEGE);
+    let err = client
+        .simple_query("COPY events TO STDOUT")
+        .await
+        .expect_err("refused");
+    assert_eq!(state_of(&err), SqlState::FEATURE_NOT_SUPPORTED);
+    let err = client
+        .simple_query("SELECT 1; SELECT 2")
+        .await
+        .expect_err("refused");
+    assert_eq!(state_of(&err), SqlState::FEATURE_NOT_SUPPORTED);
+    let err = client.simple_query("SELEC 1").await.expect_err("syntax");
+    assert_eq!(state_of(&err), SqlState::SYNTAX_ERROR);
+    let err = client
+        .query("SELECT * FROM nowhere", &[])
+        .await
+        .expect_err("no table");
+    assert_eq!(state_of(&err), SqlState::UNDEFINED_TABLE);
+    // What drivers send on connect is accepted, and SHOW says it back.
+    client
+        .batch_execute("SET application_name = 'reports'")
+        .await
+        .expect("set");
+    client
+        .batch_execute("SET extra_float_digits = 3")
+        .await
+        .expect("set");
+    client
+        .batch_execute("SET search_path TO public")
+        .await
+        .expect("set");
+    assert_eq!(
+        text_rows(&client, "SHOW application_name").await,
+        vec![vec![Some("reports".to_owned())]]
+    );
+    let version = client
+        .query_one("SHOW server_version", &[])
+        .await
+        .expect("show");
+    assert!(version.get::<_, String>(0).contains("shardlake"));
+    // Transactions are accepted (every query is read-only).
+    let transaction = client.transaction().await.expect("begin");
+    let n: i64 = transaction
+        .query_one("SELECT count(*) FROM things", &[])
+        .await
+        .expect("things")
+        .get(0);
+    assert!(n > 0);
+    transaction.commit().await.expect("commit");
+    assert_eq!(
+        text_rows(&client, "SELECT 1").await,
+        vec![vec![Some("1".to_owned())]]
+    );
+
+    // Counted in /metrics, errors by code.
+    let metrics = server
+        .get("/metrics", Some(ADMIN))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("shardlake_pg_queries_total"), "{metrics}");
+    assert!(
+        metrics.contains("shardlake_pg_errors_total{code=\"statement_not_allowed\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("shardlake_pg_connections_open 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_portal_streams_in_fetches() {
+    let server = start().await;
+    let mut client = connect(&server, ADMIN).await.expect("connects");
+    let transaction = client.transaction().await.expect("begin");
+    let statement = transaction
+        .prepare("SELECT position FROM events ORDER BY position")
+        .await
+        .expect("prepare");
+    let portal = transaction.bind(&statement, &[]).await.expect("bind");
+    let mut positions = Vec::new();
+    let mut fetches = 0;
+    loop {
+        let rows = transaction
+            .query_portal(&portal, 1000)
+            .await
+            .expect("fetch");
+        fetches += 1;
+        if rows.is_empty() {
+            break;
+        }
+        assert!(rows.len() <= 1000);
+        positions.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
+    }
+    assert_eq!(positions.len(), 3000);
+    assert!(fetches >= 3, "{fetches}");
+    assert!(positions.windows(2).all(|w| w[0] < w[1]));
+    transaction.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn passwords_are_tokens_and_scope_holds_over_the_wire() {
+    let server = start().await;
+    let err = connect(&server, "not-a-token-at-all")
+        .await
+        .expect_err("refused");
+    assert_eq!(state_of(&err), SqlState::INVALID_PASSWORD);
+    let err = connect(&server, WRITER)
+        .await
+        .expect_err("no query permission");
+    assert_eq!(state_of(&err), SqlState::INSUFFICIENT_PRIVILEGE);
+
+    // The HTTP tenant shapes: the acme token sees only tenant-001.
+    let acme = connect(&server, ACME).await.expect("connects");
+    for shape in SHAPES {
+        let ours = text_rows(&acme, shape).await;
+        let expected = server.rows(Some(ADMIN), &as_admin(shape)).await;
+        assert_eq!(ours.len(), expected.len(), "shape: {shape}");
+        for (row, want) in ours.iter().zip(&expected) {
+            let want = want.as_array().expect("row as array");
+            assert_eq!(row.len(), want.len(), "shape: {shape}");
+            for (cell, value) in row.iter().zip(want) {
+                assert!(
+                    same_value(value, cell.as_deref()),
+                    "shape: {shape}: {cell:?} vs {value}"
+                );
+            }
+        }
+        for row in &ours {
+            for other in ["tenant-000", "tenant-002", "tenant-003"] {
+                assert!(
+                    !row.iter().flatten().any(|c| c.contains(other)),
+                    "{shape} leaked {other}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_cancel_request_stops_the_running_query() {
+    let server = start().await;
+    let client = connect(&server, ADMIN).await.expect("connects");
+    let cancel = client.cancel_token();
+    // 9 M rows streaming: cancelled after the first ones arrive, the
+    // rest never come and the error says why.
+    let rows = client
+        .query_raw(
+            "SELECT a.seq, b.position FROM events a, events b",
+            std::iter::empty::<i64>(),
+        )
+        .await
+        .expect("starts");
+    futures::pin_mut!(rows);
+    let mut received = 0u64;
+    while received < 10 {
+        rows.next().await.expect("a row").expect("a row");
+        received += 1;
+    }
+    cancel.cancel_query(NoTls).await.expect("cancel sent");
+    let err = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match rows.next().await {
+                Some(Ok(_)) => received += 1,
+                Some(Err(e)) => break e,
+                None => panic!("the result ended without an error after {received} rows"),
+            }
+        }
+    })
+    .await
+    .expect("the query stops");
+    assert_eq!(state_of(&err), SqlState::QUERY_CANCELED);
+    // Cancelled, not timed out (which has the same SQLSTATE).
+    let detail = err.as_db_error().and_then(|e| e.detail()).unwrap_or_default();
+    assert!(detail.contains("query_cancelled"), "{detail}");
+    assert!(received < 9_000_000, "{received}");
+    // The connection goes on, and the cancelled query gave back its slot.
+    assert_eq!(
+        text_rows(&client, "SELECT 2").await,
+        vec![vec![Some("2".to_owned())]]
+    );
+}
