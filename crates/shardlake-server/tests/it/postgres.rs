@@ -397,7 +397,10 @@ async fn a_cancel_request_stops_the_running_query() {
     .expect("the query stops");
     assert_eq!(state_of(&err), SqlState::QUERY_CANCELED);
     // Cancelled, not timed out (which has the same SQLSTATE).
-    let detail = err.as_db_error().and_then(|e| e.detail()).unwrap_or_default();
+    let detail = err
+        .as_db_error()
+        .and_then(|e| e.detail())
+        .unwrap_or_default();
     assert!(detail.contains("query_cancelled"), "{detail}");
     assert!(received < 9_000_000, "{received}");
     // The connection goes on, and the cancelled query gave back its slot.
