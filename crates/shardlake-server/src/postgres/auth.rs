@@ -66,7 +66,7 @@ impl TokenStartup {
         tracing::debug!(caller = %caller.name, pid, "postgres connection authenticated");
         client.session_extensions().insert(Session {
             caller,
-            cancel: self.cancels.register(pid, secret),
+            cancel: self.cancels.register(pid, &secret),
         });
         finish_authentication(client, &self.parameters).await
     }

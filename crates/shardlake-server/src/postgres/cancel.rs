@@ -16,10 +16,13 @@ use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::startup::SecretKey;
 use tokio_util::sync::CancellationToken;
 
+/// A connection's process id and secret key (as bytes).
+type Key = (i32, Vec<u8>);
+
 /// The connections that may be cancelled, by process id and secret key.
 #[derive(Debug, Default)]
 pub(super) struct Cancels {
-    connections: Mutex<HashMap<(i32, Vec<u8>), Arc<RunningQuery>>>,
+    connections: Mutex<HashMap<Key, Arc<RunningQuery>>>,
 }
 
 /// The query a connection runs now (the token of the latest one).
@@ -48,16 +51,16 @@ impl RunningQuery {
 /// (it lives in the connection's session extensions).
 #[derive(Debug)]
 pub(super) struct Registration {
-    key: (i32, Vec<u8>),
+    key: Key,
     cancels: Arc<Cancels>,
     pub(super) query: Arc<RunningQuery>,
 }
 
 impl Cancels {
     /// Registers the connection given `pid` and `secret`.
-    pub(super) fn register(self: &Arc<Self>, pid: i32, secret: SecretKey) -> Registration {
+    pub(super) fn register(self: &Arc<Self>, pid: i32, secret: &SecretKey) -> Registration {
         let query = Arc::new(RunningQuery::default());
-        let key = (pid, key_bytes(&secret));
+        let key = (pid, key_bytes(secret));
         self.connections
             .lock()
             .unwrap_or_else(|p| p.into_inner())
