@@ -40,6 +40,7 @@ use super::types;
 use super::{Session, errors};
 use crate::error::ApiError;
 use crate::metrics::ErrorLabels;
+use crate::routes::query::record;
 use crate::state::AppState;
 
 /// A statement of the extended protocol, parsed and described.
@@ -112,14 +113,13 @@ impl Queries {
             Ok(Answer::Streaming(prepared.holding(slot).stream().await?))
         };
         let answer = tokio::select! {
-            answer = started => answer.map_err(|e| self.failed(&e))?,
+            answer = started => answer.map_err(|e| failed(&self.state, &e))?,
             () = cancel.cancelled() => return Err(errors::cancelled()),
         };
         let (schema, batches): (SchemaRef, BoxStream<'static, Result<RecordBatch, ApiError>>) =
             match answer {
                 Answer::Cached(hit) => {
-                    metrics.cached_queries.inc();
-                    metrics.rows_returned.inc_by(hit.num_rows() as u64);
+                    record(&self.state, &hit.stats);
                     (
                         Arc::clone(&hit.schema),
                         futures::stream::iter(hit.batches.into_iter().map(Ok)).boxed(),
@@ -127,7 +127,12 @@ impl Queries {
                 }
                 Answer::Streaming(stream) => (
                     stream.schema(),
-                    stream.map(|b| b.map_err(ApiError::from)).boxed(),
+                    Recorded {
+                        stream,
+                        state: self.state.clone(),
+                        recorded: false,
+                    }
+                    .boxed(),
                 ),
             };
         let fields = Arc::new(types::fields(&schema, format)?);
@@ -135,18 +140,6 @@ impl Queries {
             Arc::clone(&fields),
             types::rows(fields, batches, cancel),
         ))
-    }
-
-    /// Counts `e` by its code and turns it into a Postgres error.
-    fn failed(&self, e: &ApiError) -> PgWireError {
-        self.state
-            .metrics()
-            .pg_errors
-            .get_or_create(&ErrorLabels {
-                code: e.code().to_owned(),
-            })
-            .inc();
-        errors::from_api(e)
     }
 
     /// Answers a session statement.
@@ -179,6 +172,45 @@ impl Queries {
                 Response::Query(QueryResponse::new(fields, futures::stream::iter([Ok(row)])))
             }
         })
+    }
+}
+
+/// Counts `e` by its code and turns it into a Postgres error.
+fn failed(state: &AppState, e: &ApiError) -> PgWireError {
+    state
+        .metrics()
+        .pg_errors
+        .get_or_create(&ErrorLabels {
+            code: e.code().to_owned(),
+        })
+        .inc();
+    errors::from_api(e)
+}
+
+/// A query's batches, counted in the server's metrics when the stream
+/// ends (rows returned, bytes scanned), as an HTTP stream is.
+struct Recorded {
+    stream: QueryStream,
+    state: AppState,
+    recorded: bool,
+}
+
+impl futures::Stream for Recorded {
+    type Item = Result<RecordBatch, ApiError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let next = self.stream.poll_next_unpin(cx);
+        if let std::task::Poll::Ready(None) = &next
+            && !self.recorded
+            && let Some(stats) = self.stream.stats()
+        {
+            record(&self.state, stats);
+            self.recorded = true;
+        }
+        next.map(|b| b.map(|b| b.map_err(ApiError::from)))
     }
 }
 
@@ -384,17 +416,12 @@ impl QueryParser for Parser {
             Statement::Empty => Ok(PgStatement::Empty),
             Statement::Command(command) => Ok(PgStatement::Command(command)),
             Statement::Query => {
-                let description = self.state.engine().describe(sql).await.map_err(|e| {
-                    let e = ApiError::from(e);
-                    self.state
-                        .metrics()
-                        .pg_errors
-                        .get_or_create(&ErrorLabels {
-                            code: e.code().to_owned(),
-                        })
-                        .inc();
-                    errors::from_api(&e)
-                })?;
+                let description = self
+                    .state
+                    .engine()
+                    .describe(sql)
+                    .await
+                    .map_err(|e| failed(&self.state, &ApiError::from(e)))?;
                 Ok(PgStatement::Query {
                     sql: sql.into(),
                     description: Arc::new(description),

@@ -299,8 +299,8 @@ fn opaque(tag: &str) -> &str {
     tag.strip_prefix("W/").unwrap_or(tag)
 }
 
-/// Logs and counts a finished query.
-fn record(state: &AppState, stats: &ScanStats) {
+/// Logs and counts a finished query (over HTTP or the Postgres protocol).
+pub(crate) fn record(state: &AppState, stats: &ScanStats) {
     let span = Span::current();
     span.record("rows", stats.rows_returned);
     span.record("bytes_scanned", stats.bytes_scanned);

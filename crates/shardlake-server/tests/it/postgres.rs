@@ -322,6 +322,19 @@ async fn a_portal_streams_in_fetches() {
     assert!(fetches >= 3, "{fetches}");
     assert!(positions.windows(2).all(|w| w[0] < w[1]));
     transaction.commit().await.expect("commit");
+    // The streamed rows are counted as HTTP's are.
+    let metrics = server
+        .get("/metrics", Some(ADMIN))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("shardlake_query_rows_returned_total 3000"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
