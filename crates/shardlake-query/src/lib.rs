@@ -43,8 +43,8 @@ pub mod udf;
 
 pub use cache::{CacheConfig, CacheMetrics};
 pub use engine::{
-    CrossShardQuery, Description, EngineMetrics, PreparedQuery, QueryConfig, QueryResult,
-    QueryStream, ResultLimit, SqlQuery,
+    CrossShardQuery, Description, EngineMetrics, POSTGRES_VERSION, PreparedQuery, QueryConfig,
+    QueryResult, QueryStream, ResultLimit, SqlDialect, SqlQuery,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use provider::THINGS_SQL;

@@ -3,14 +3,14 @@
 //! result cache's key, memoized per SQL text), and its logical plan again by
 //! DataFusion's own `SQLOptions` when it is planned.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use datafusion::config::Dialect;
-use datafusion::execution::SessionState;
 use datafusion::prelude::SQLOptions;
 use datafusion::sql::parser::Statement;
 
-use super::CrossShardQuery;
+use super::{CrossShardQuery, SqlDialect};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The longest SQL text whose normalized form is memoized.
@@ -18,17 +18,34 @@ const MEMOIZED_SQL_BYTES: usize = 16 * 1024;
 
 impl CrossShardQuery {
     /// `sql` in normalized form, checked to be read-only (memoized).
-    pub(super) fn normalize(&self, sql: &str) -> Result<Arc<str>> {
-        if let Some(known) = self.inner.normalized.get(sql) {
+    ///
+    /// A query of another dialect than the engine's own is prefixed with
+    /// the dialect's name, in the memo's key and in the normalized form (the
+    /// result cache's key).
+    pub(super) fn normalize(&self, sql: &str, dialect: SqlDialect) -> Result<Arc<str>> {
+        let key = match dialect {
+            SqlDialect::DataFusion => Cow::Borrowed(sql),
+            dialect => Cow::Owned(format!("{}{sql}", dialect.key_prefix())),
+        };
+        if let Some(known) = self.inner.normalized.get(key.as_ref()) {
             return Ok(known);
         }
-        let normalized: Arc<str> = normalize_read_only(&self.inner.base, sql)?.into();
+        let statement = match dialect {
+            SqlDialect::DataFusion => self.inner.base.sql_to_statement(sql, &Dialect::Generic)?,
+            SqlDialect::Postgres => super::dialect::parse_postgres(sql)?,
+        };
+        let normalized: Arc<str> = format!(
+            "{}{}",
+            dialect.key_prefix(),
+            normalize_read_only(statement)?
+        )
+        .into();
         // Entries are counted, not weighed: only texts of a sane size are
         // kept (a generated 10 MB IN-list is parsed each time instead).
         if sql.len() <= MEMOIZED_SQL_BYTES {
             self.inner
                 .normalized
-                .insert(sql.to_owned(), Arc::clone(&normalized));
+                .insert(key.into_owned(), Arc::clone(&normalized));
         }
         Ok(normalized)
     }
@@ -43,8 +60,7 @@ impl CrossShardQuery {
 /// keywords and whitespace as the parser prints them, and unquoted
 /// identifiers and function names in lower case, which is how DataFusion
 /// resolves them anyway.
-fn normalize_read_only(state: &SessionState, sql: &str) -> Result<String> {
-    let mut statement = state.sql_to_statement(sql, &Dialect::Generic)?;
+fn normalize_read_only(mut statement: Statement) -> Result<String> {
     let allowed = match &statement {
         Statement::Statement(s) => {
             use datafusion::sql::sqlparser::ast::Statement as S;

@@ -5,10 +5,11 @@
 //! This module holds the engine handle: its settings, how it is built, how a
 //! query pins its snapshot and gets a session of its own, and its counters.
 //! What happens to a query lives in the children: `guard` decides which
-//! SQL may run, `query` prepares, plans and runs a query (through the
-//! result cache), and `stream` runs one as a stream of record batches.
+//! SQL may run, `dialect` holds the Postgres dialect's parser and session
+//! template, `query` prepares, plans and runs a query (through the result
+//! cache), and `stream` runs one as a stream of record batches.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -32,10 +33,12 @@ use crate::recorder::ScanRecorder;
 use crate::scope::Scope;
 use crate::snapshot::{LakeSnapshots, SnapshotFiles};
 
+mod dialect;
 mod guard;
 mod query;
 mod stream;
 
+pub use dialect::{POSTGRES_VERSION, SqlDialect};
 pub use query::{Description, PreparedQuery, QueryResult, SqlQuery};
 pub use stream::QueryStream;
 
@@ -117,6 +120,9 @@ struct Inner {
     config: QueryConfig,
     snapshots: Arc<LakeSnapshots>,
     base: SessionState,
+    /// The Postgres dialect's session template ([`dialect`]), made when a
+    /// query first asks for it.
+    postgres: OnceLock<SessionState>,
     cache: ResultCache,
     /// SQL text as sent to its normalized form (the cache key's query), so
     /// a repeated query is not parsed again to find its cache entry.
@@ -129,6 +135,8 @@ struct Inner {
     cpu: Option<CpuRuntime>,
     /// The `things` table, for the size of its state.
     things: Arc<ThingsTable>,
+    /// The `events` table (for the Postgres dialect's template).
+    events: Arc<EventsTable>,
 }
 
 /// Global SQL over all shards' events. Cheap to clone; share one per process.
@@ -178,7 +186,11 @@ impl CrossShardQuery {
         let events = Arc::new(EventsTable::new(Arc::clone(&snapshots), store_url));
         ctx.register_table("events", Arc::clone(&events) as _)?;
         let view = ctx.sql(THINGS_SQL).await?.into_unoptimized_plan();
-        let things = Arc::new(ThingsTable::new(events, view, config.things_state_bytes));
+        let things = Arc::new(ThingsTable::new(
+            Arc::clone(&events),
+            view,
+            config.things_state_bytes,
+        ));
         ctx.register_table("things", Arc::clone(&things) as _)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -188,8 +200,10 @@ impl CrossShardQuery {
                 config,
                 snapshots,
                 base: ctx.state(),
+                postgres: OnceLock::new(),
                 cpu,
                 things,
+                events,
             }),
         })
     }
@@ -232,16 +246,38 @@ impl CrossShardQuery {
             .await
     }
 
-    /// A session for one query: the engine's template plus the query's
-    /// context (one copy of the template per query: planning and execution
-    /// use it by reference).
+    /// The session template of `dialect`.
+    fn template(&self, dialect: SqlDialect) -> Result<&SessionState> {
+        match dialect {
+            SqlDialect::DataFusion => Ok(&self.inner.base),
+            SqlDialect::Postgres => {
+                if let Some(made) = self.inner.postgres.get() {
+                    return Ok(made);
+                }
+                let made = dialect::postgres_template(
+                    &self.inner.base,
+                    &[
+                        ("events", Arc::clone(&self.inner.events) as _),
+                        ("things", Arc::clone(&self.inner.things) as _),
+                    ],
+                )?;
+                // Two first queries at once both make one; either will do.
+                Ok(self.inner.postgres.get_or_init(|| made))
+            }
+        }
+    }
+
+    /// A session for one query: the template of its dialect plus the
+    /// query's context (one copy of the template per query: planning and
+    /// execution use it by reference).
     fn session(
         &self,
+        dialect: SqlDialect,
         snapshot: &Arc<SnapshotFiles>,
         scope: &Scope,
-    ) -> (SessionState, Arc<ScanRecorder>) {
+    ) -> Result<(SessionState, Arc<ScanRecorder>)> {
         let recorder = Arc::new(ScanRecorder::default());
-        let mut state = self.inner.base.clone();
+        let mut state = self.template(dialect)?.clone();
         state.config_mut().set_extension(Arc::new(QueryContext {
             snapshot: Arc::clone(snapshot),
             recorder: Arc::clone(&recorder),
@@ -250,7 +286,7 @@ impl CrossShardQuery {
         // The query's start: `now()` and friends are this time.
         let options = Arc::clone(state.config().options());
         state.execution_props_mut().mark_start_execution(options);
-        (state, recorder)
+        Ok((state, recorder))
     }
 }
 

@@ -23,7 +23,7 @@ use shardlake_lake::pins::OpenPin;
 
 use super::guard::read_only;
 use super::stream::QueryStream;
-use super::{CrossShardQuery, ResultLimit};
+use super::{CrossShardQuery, ResultLimit, SqlDialect, dialect};
 use crate::cache::{CacheKey, CachedResult, Lookup};
 use crate::error::{Error, ErrorKind, Result};
 use crate::scope::Scope;
@@ -117,6 +117,7 @@ impl CrossShardQuery {
             latest: false,
             render_json: false,
             parameters: Arc::new([]),
+            dialect: SqlDialect::DataFusion,
             guard: None,
         }
     }
@@ -143,6 +144,8 @@ pub struct SqlQuery {
     render_json: bool,
     /// Values of the SQL text's `$1`, `$2`, ... placeholders.
     parameters: Arc<[ScalarValue]>,
+    /// The SQL text's dialect.
+    pub(super) dialect: SqlDialect,
     /// Kept until the query's work has ended (see [`PreparedQuery::holding`]).
     pub(super) guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
@@ -205,6 +208,12 @@ impl SqlQuery {
         self
     }
 
+    /// Reads the SQL text in `dialect` (the engine's own by default).
+    pub fn in_dialect(mut self, dialect: SqlDialect) -> Self {
+        self.dialect = dialect;
+        self
+    }
+
     /// Restricts the query to `scope`'s namespaces.
     pub fn with_scope(mut self, scope: Scope) -> Self {
         self.scope = scope;
@@ -249,10 +258,14 @@ impl SqlQuery {
         };
         let plans = &self.engine.inner.plans;
         let bound = !self.parameters.is_empty();
-        if !bound && let Some(plan) = plans.get(sql.as_str()) {
+        let key = match self.dialect {
+            SqlDialect::DataFusion => std::borrow::Cow::Borrowed(sql.as_str()),
+            dialect => format!("{}{sql}", dialect.key_prefix()).into(),
+        };
+        if !bound && let Some(plan) = plans.get(key.as_ref()) {
             return Ok(plan);
         }
-        let mut plan = state.create_logical_plan(sql).await?;
+        let mut plan = self.engine.logical_plan(state, sql, self.dialect).await?;
         // Every refusal of the read-only options is a statement that is not
         // allowed here (decided by type, not by text).
         verify_read_only(&plan)?;
@@ -265,7 +278,7 @@ impl SqlQuery {
         }
         let optimized = state.optimize(&plan)?;
         if !bound && reusable(&plan) {
-            plans.insert(sql.clone(), optimized.clone());
+            plans.insert(key.into_owned(), optimized.clone());
         }
         Ok(optimized)
     }
@@ -304,14 +317,14 @@ impl SqlQuery {
             Request::Sql(sql) if !self.parameters.is_empty() => {
                 // The values are part of the question: typed, so `1` and
                 // `'1'` are different answers.
-                let mut text = self.engine.normalize(sql)?.to_string();
+                let mut text = self.engine.normalize(sql, self.dialect)?.to_string();
                 for (i, value) in self.parameters.iter().enumerate() {
                     use std::fmt::Write;
                     let _ = write!(text, "\n${}: {}", i + 1, describe_value(value));
                 }
                 Ok(text.into())
             }
-            Request::Sql(sql) => self.engine.normalize(sql),
+            Request::Sql(sql) => self.engine.normalize(sql, self.dialect),
             Request::Things(q) => typed("things", q),
             Request::Events(q) => typed("events", q),
             Request::Aggregate(q) => typed("aggregate", q),
@@ -483,7 +496,9 @@ async fn compute(
     snapshot: &Arc<SnapshotFiles>,
     started: Instant,
 ) -> Result<CachedResult> {
-    let (state, recorder) = query.engine.session(snapshot, &query.scope);
+    let (state, recorder) = query
+        .engine
+        .session(query.dialect, snapshot, &query.scope)?;
     let plan = query.physical(&state).await?;
     let planning_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut stream = execute_stream(Arc::clone(&plan), Arc::new(TaskContext::from(&state)))?;
@@ -571,6 +586,25 @@ impl IntoFuture for SqlQuery {
     }
 }
 
+impl CrossShardQuery {
+    /// The unoptimized plan of `sql`, read in `dialect`, in `state`.
+    async fn logical_plan(
+        &self,
+        state: &SessionState,
+        sql: &str,
+        dialect: SqlDialect,
+    ) -> Result<LogicalPlan> {
+        Ok(match dialect {
+            SqlDialect::DataFusion => state.create_logical_plan(sql).await?,
+            SqlDialect::Postgres => {
+                state
+                    .statement_to_plan(dialect::parse_postgres(sql)?)
+                    .await?
+            }
+        })
+    }
+}
+
 /// A bound value as the cache key sees it: its type and its value.
 fn describe_value(value: &ScalarValue) -> String {
     format!("{}={value}", value.data_type())
@@ -599,10 +633,10 @@ impl CrossShardQuery {
     /// pinning a snapshot or running anything, and says what it takes and
     /// returns: what a Postgres client's Parse and Describe ask. A statement
     /// that is not allowed or does not plan fails as it would when run.
-    pub async fn describe(&self, sql: &str) -> Result<Description> {
-        self.normalize(sql)?;
-        let state = &self.inner.base;
-        let plan = state.create_logical_plan(sql).await?;
+    pub async fn describe(&self, sql: &str, dialect: SqlDialect) -> Result<Description> {
+        self.normalize(sql, dialect)?;
+        let state = self.template(dialect)?;
+        let plan = self.logical_plan(state, sql, dialect).await?;
         verify_read_only(&plan)?;
         let mut by_name = plan.get_parameter_types()?;
         let count = by_name.len();

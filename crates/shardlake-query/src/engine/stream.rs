@@ -43,15 +43,18 @@ impl PreparedQuery {
         // Two batches in flight: the producer stays one ahead of the reader.
         let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(2);
         let task = executor::spawn(engine.inner.cpu.as_ref(), async move {
-            let (state, recorder) = query.engine.session(&snapshot, &query.scope);
-            let planned = match query.physical(&state).await {
-                Ok(plan) => execute_stream(Arc::clone(&plan), Arc::new(TaskContext::from(&state)))
-                    .map(|rows| (plan, rows))
-                    .map_err(Error::from),
-                Err(e) => Err(e),
-            };
+            let planned = async {
+                let (state, recorder) =
+                    query
+                        .engine
+                        .session(query.dialect, &snapshot, &query.scope)?;
+                let plan = query.physical(&state).await?;
+                let rows = execute_stream(Arc::clone(&plan), Arc::new(TaskContext::from(&state)))?;
+                Ok::<_, Error>((plan, rows, recorder))
+            }
+            .await;
             let mut rows = match planned {
-                Ok((plan, rows)) => {
+                Ok((plan, rows, recorder)) => {
                     if planned_tx.send(Ok((plan, recorder))).is_err() {
                         return;
                     }

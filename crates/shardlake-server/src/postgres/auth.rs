@@ -26,6 +26,7 @@ use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use super::cancel::Cancels;
+use super::cursor::Cursors;
 use super::{SERVER_VERSION, Session};
 use crate::auth::{Authenticator, Caller};
 use crate::config::Permission;
@@ -67,6 +68,7 @@ impl TokenStartup {
         client.session_extensions().insert(Session {
             caller,
             cancel: self.cancels.register(pid, &secret),
+            cursors: Cursors::default(),
         });
         finish_authentication(client, &self.parameters).await
     }

@@ -23,18 +23,26 @@ use futures::stream::BoxStream;
 use futures::{Sink, SinkExt, StreamExt};
 use pgwire::api::portal::{Format, Portal, PortalExecutionState};
 use pgwire::api::query::{
-    ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_query_response,
+    ExtendedQueryHandler, SimpleQueryHandler, send_describe_response, send_execution_response,
+    send_query_response,
 };
-use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{
+    DataRowEncoder, DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo,
+    QueryResponse, Response, Tag,
+};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, DEFAULT_NAME, PgWireConnectionState, Type};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
-use pgwire::messages::extendedquery::Execute;
+use pgwire::messages::extendedquery::{
+    Describe, Execute, TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
+};
 use pgwire::messages::response::EmptyQueryResponse;
-use shardlake_query::{Description, QueryResult, QueryStream, ResultLimit};
+use shardlake_query::{Description, QueryResult, QueryStream, ResultLimit, SqlDialect};
+use tokio_util::sync::CancellationToken;
 
+use super::cursor::{Cursor, CursorStatement};
 use super::session::{self, Command, Statement, statement_timeout_ms};
 use super::types;
 use super::{Session, errors};
@@ -55,6 +63,20 @@ pub(super) enum PgStatement {
         sql: Arc<str>,
         description: Arc<Description>,
     },
+    /// A cursor statement; a `DECLARE`'s query is described at `Parse`
+    /// (its parameters).
+    Cursor {
+        statement: CursorStatement,
+        description: Option<Arc<Description>>,
+    },
+}
+
+/// A query's answer on its way: its columns, its batches as they come and
+/// the token a cancel request fires.
+pub(super) struct Rows {
+    pub(super) schema: SchemaRef,
+    pub(super) batches: BoxStream<'static, Result<RecordBatch, ApiError>>,
+    pub(super) cancel: CancellationToken,
 }
 
 /// The query handlers of every connection (they keep no per-connection
@@ -84,6 +106,25 @@ impl Queries {
         format: &Format,
         statement_timeout: Option<Duration>,
     ) -> PgWireResult<QueryResponse> {
+        let rows = self
+            .start(session, sql, parameters, statement_timeout)
+            .await?;
+        let fields = Arc::new(types::fields(&rows.schema, format)?);
+        Ok(QueryResponse::new(
+            Arc::clone(&fields),
+            types::rows(fields, rows.batches, rows.cancel),
+        ))
+    }
+
+    /// Starts `sql` for the connection's caller, as an HTTP query starts:
+    /// the answer from the cache, or the engine's stream of batches.
+    async fn start(
+        &self,
+        session: &Session,
+        sql: &str,
+        parameters: Vec<ScalarValue>,
+        statement_timeout: Option<Duration>,
+    ) -> PgWireResult<Rows> {
         let metrics = self.state.metrics();
         metrics.pg_queries.inc();
         let cancel = session.cancel.query.start();
@@ -93,6 +134,7 @@ impl Queries {
             .state
             .engine()
             .sql(sql)
+            .in_dialect(SqlDialect::Postgres)
             .with_scope(session.caller.scope.clone())
             .with_timeout(statement_timeout.map_or(longest, |t| t.min(longest)))
             .with_result_limit(ResultLimit {
@@ -135,15 +177,60 @@ impl Queries {
                     .boxed(),
                 ),
             };
-        let fields = Arc::new(types::fields(&schema, format)?);
-        Ok(QueryResponse::new(
-            Arc::clone(&fields),
-            types::rows(fields, batches, cancel),
-        ))
+        Ok(Rows {
+            schema,
+            batches,
+            cancel,
+        })
+    }
+
+    /// Answers a cursor statement. `format` is the result format a FETCH
+    /// of the extended protocol asks for (`None`: the simple protocol's).
+    async fn cursor<C: ClientInfo>(
+        &self,
+        client: &C,
+        session: &Session,
+        statement: CursorStatement,
+        parameters: Vec<ScalarValue>,
+        format: Option<&Format>,
+    ) -> PgWireResult<Response> {
+        Ok(match statement {
+            CursorStatement::Declare {
+                name,
+                binary,
+                hold,
+                query,
+            } => {
+                session.cursors.check_room(&name).await?;
+                let rows = self
+                    .start(session, &query, parameters, statement_timeout(client))
+                    .await?;
+                session
+                    .cursors
+                    .declare(name, Cursor::new(rows, hold, binary))
+                    .await?;
+                Response::Execution(Tag::new("DECLARE CURSOR"))
+            }
+            CursorStatement::Fetch { name, count } => {
+                Response::Query(session.cursors.fetch(&name, count, format).await?)
+            }
+            CursorStatement::Close(name) => {
+                session.cursors.close(name.as_deref()).await?;
+                Response::Execution(Tag::new("CLOSE CURSOR"))
+            }
+        })
     }
 
     /// Answers a session statement.
-    fn command<C: ClientInfo>(&self, client: &mut C, command: Command) -> PgWireResult<Response> {
+    async fn command<C: ClientInfo>(
+        &self,
+        client: &mut C,
+        session: &Session,
+        command: Command,
+    ) -> PgWireResult<Response> {
+        if matches!(command, Command::Commit | Command::Rollback) {
+            session.cursors.end_transaction().await;
+        }
         Ok(match command {
             Command::Set { name, value } => {
                 client.metadata_mut().insert(name, value);
@@ -280,7 +367,11 @@ impl SimpleQueryHandler for Queries {
         let session = session_of(client)?;
         match session::classify(query)? {
             Statement::Empty => Ok(vec![Response::EmptyQuery]),
-            Statement::Command(command) => Ok(vec![self.command(client, command)?]),
+            Statement::Command(command) => Ok(vec![self.command(client, &session, command).await?]),
+            Statement::Cursor(statement) => Ok(vec![
+                self.cursor(client, &session, statement, Vec::new(), None)
+                    .await?,
+            ]),
             Statement::Query => {
                 if shardlake_query::split_statements(query).is_ok_and(|s| s.len() > 1) {
                     return Err(errors::error(
@@ -306,6 +397,63 @@ impl ExtendedQueryHandler for Queries {
 
     fn query_parser(&self) -> Arc<Parser> {
         Arc::clone(&self.parser)
+    }
+
+    /// A cursor is described by its name (psycopg describes the cursor it
+    /// declared, as a portal), and a `FETCH` by its cursor's columns;
+    /// everything else as pgwire does.
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let store = client.portal_store();
+        // (cursor, format, a portal?, the cursor's own name?)
+        let (cursor, format, portal, by_name) = match message.target_type {
+            TARGET_TYPE_BYTE_PORTAL => match store.get_portal(name) {
+                Some(portal) => match fetched_cursor(&portal.statement.statement) {
+                    Some(cursor) => (
+                        cursor,
+                        Some(portal.result_column_format.clone()),
+                        true,
+                        false,
+                    ),
+                    None => return self._on_describe(client, message).await,
+                },
+                None => (name.to_owned(), None, true, true),
+            },
+            TARGET_TYPE_BYTE_STATEMENT => {
+                match store
+                    .get_statement(name)
+                    .and_then(|s| fetched_cursor(&s.statement))
+                {
+                    Some(cursor) => (cursor, None, false, false),
+                    None => return self._on_describe(client, message).await,
+                }
+            }
+            _ => return self._on_describe(client, message).await,
+        };
+        let session = session_of(client)?;
+        let Some(fields) = session.cursors.fields(&cursor, format.as_ref()).await else {
+            return match by_name {
+                true => Err(PgWireError::PortalNotFound(name.to_owned())),
+                false => Err(errors::error(
+                    "34000",
+                    "invalid_query",
+                    format!("cursor \"{cursor}\" does not exist"),
+                )),
+            };
+        };
+        let fields = fields?;
+        if portal {
+            send_describe_response(client, &DescribePortalResponse::new(fields)).await
+        } else {
+            let described = DescribeStatementResponse::new(Vec::new(), fields);
+            send_describe_response(client, &described).await
+        }
     }
 
     /// A whole-result `Execute` streams its rows; a fetch size (or a
@@ -374,7 +522,24 @@ impl ExtendedQueryHandler for Queries {
         let session = session_of(client)?;
         match &portal.statement.statement {
             PgStatement::Empty => Ok(Response::EmptyQuery),
-            PgStatement::Command(command) => self.command(client, command.clone()),
+            PgStatement::Command(command) => self.command(client, &session, command.clone()).await,
+            PgStatement::Cursor {
+                statement,
+                description,
+            } => {
+                let parameters = match description {
+                    Some(description) => types::parameters(portal, description)?,
+                    None => Vec::new(),
+                };
+                self.cursor(
+                    client,
+                    &session,
+                    statement.clone(),
+                    parameters,
+                    Some(&portal.result_column_format),
+                )
+                .await
+            }
             PgStatement::Query { sql, description } => {
                 let parameters = types::parameters(portal, description)?;
                 let timeout = statement_timeout(client);
@@ -393,9 +558,31 @@ impl ExtendedQueryHandler for Queries {
     }
 }
 
+/// The cursor a `FETCH` statement reads.
+fn fetched_cursor(statement: &PgStatement) -> Option<String> {
+    match statement {
+        PgStatement::Cursor {
+            statement: CursorStatement::Fetch { name, .. },
+            ..
+        } => Some(name.clone()),
+        _ => None,
+    }
+}
+
 /// Parses and describes statements of the extended protocol.
 pub(super) struct Parser {
     state: AppState,
+}
+
+impl Parser {
+    /// What `sql` takes and returns.
+    async fn describe(&self, sql: &str) -> PgWireResult<Description> {
+        self.state
+            .engine()
+            .describe(sql, SqlDialect::Postgres)
+            .await
+            .map_err(|e| failed(&self.state, &ApiError::from(e)))
+    }
 }
 
 #[async_trait]
@@ -415,24 +602,32 @@ impl QueryParser for Parser {
         match session::classify(sql)? {
             Statement::Empty => Ok(PgStatement::Empty),
             Statement::Command(command) => Ok(PgStatement::Command(command)),
-            Statement::Query => {
-                let description = self
-                    .state
-                    .engine()
-                    .describe(sql)
-                    .await
-                    .map_err(|e| failed(&self.state, &ApiError::from(e)))?;
-                Ok(PgStatement::Query {
-                    sql: sql.into(),
-                    description: Arc::new(description),
+            Statement::Cursor(statement) => {
+                let description = match &statement {
+                    CursorStatement::Declare { query, .. } => {
+                        Some(Arc::new(self.describe(query).await?))
+                    }
+                    _ => None,
+                };
+                Ok(PgStatement::Cursor {
+                    statement,
+                    description,
                 })
             }
+            Statement::Query => Ok(PgStatement::Query {
+                sql: sql.into(),
+                description: Arc::new(self.describe(sql).await?),
+            }),
         }
     }
 
     fn get_parameter_types(&self, statement: &PgStatement) -> PgWireResult<Vec<Type>> {
         match statement {
-            PgStatement::Query { description, .. } => description
+            PgStatement::Query { description, .. }
+            | PgStatement::Cursor {
+                description: Some(description),
+                ..
+            } => description
                 .parameters
                 .iter()
                 .map(|t| types::parameter_type(t.as_ref()))

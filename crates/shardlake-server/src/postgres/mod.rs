@@ -10,12 +10,14 @@
 //! - [`auth`]: startup, the token as password.
 //! - [`handler`]: simple and extended protocol, streaming, portals.
 //! - [`session`]: `SET`, `SHOW`, transaction control, refusals.
+//! - [`cursor`]: `DECLARE`, `FETCH`, `CLOSE`.
 //! - [`types`]: result columns and parameters.
 //! - [`cancel`]: cancel requests.
 //! - [`errors`]: SQLSTATEs, with shardlake's error code in the detail.
 
 mod auth;
 mod cancel;
+mod cursor;
 mod errors;
 mod handler;
 mod session;
@@ -47,6 +49,8 @@ pub(crate) struct Session {
     caller: Arc<Caller>,
     /// Where a cancel request for this connection lands.
     cancel: cancel::Registration,
+    /// Its open SQL cursors (`DECLARE`).
+    cursors: cursor::Cursors,
 }
 
 /// The handlers pgwire asks for on each connection.

@@ -8,6 +8,7 @@
 
 use pgwire::error::PgWireError;
 
+use super::cursor::{self, CursorStatement};
 use super::errors::error;
 
 /// A session statement, understood.
@@ -37,6 +38,8 @@ pub(super) enum Statement {
     Empty,
     /// A session statement.
     Command(Command),
+    /// A cursor statement.
+    Cursor(CursorStatement),
     /// For the engine.
     Query,
 }
@@ -94,6 +97,9 @@ pub(super) fn classify(sql: &str) -> Result<Statement, PgWireError> {
     {
         return Ok(Statement::Empty);
     }
+    if let Some(cursor) = cursor::parse(text) {
+        return cursor.map(Statement::Cursor);
+    }
     let lower = text.to_ascii_lowercase();
     let words: Vec<&str> = lower.split_whitespace().collect();
     let command = match words.as_slice() {
@@ -140,9 +146,6 @@ pub(super) fn classify(sql: &str) -> Result<Statement, PgWireError> {
         ["prepare", ..]
         | ["execute", ..]
         | ["deallocate", ..]
-        | ["declare", ..]
-        | ["fetch", ..]
-        | ["close", ..]
         | ["listen", ..]
         | ["notify", ..]
         | ["unlisten", ..] => {
@@ -395,7 +398,11 @@ mod tests {
         );
         assert_eq!(sqlstate("SHOW shared_buffers"), "42704");
         assert_eq!(sqlstate("COPY events TO STDOUT"), "0A000");
-        assert_eq!(sqlstate("DECLARE c CURSOR FOR SELECT 1"), "0A000");
+        assert!(matches!(
+            classify("/* psycopg */ DECLARE c CURSOR FOR SELECT 1;"),
+            Ok(Statement::Cursor(CursorStatement::Declare { .. }))
+        ));
+        assert_eq!(sqlstate("PREPARE p AS SELECT 1"), "0A000");
         assert!(matches!(classify("SELECT 1"), Ok(Statement::Query)));
         assert!(matches!(
             classify("-- set x = 1\nSELECT 'set'"),

@@ -422,3 +422,216 @@ async fn a_cancel_request_stops_the_running_query() {
         vec![vec![Some("2".to_owned())]]
     );
 }
+
+/// The `psql` of this machine (Debian's postgresql-client), or a failure
+/// that says how to get it.
+fn psql() -> std::path::PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("psql"))
+            .find(|path| path.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "psql not found: install Debian's postgresql-client \
+             (`bash .ci/test-env` does, or `apt-get install postgresql-client`)"
+        )
+    })
+}
+
+#[tokio::test]
+async fn psql_lists_describes_queries_and_keeps_going_after_errors() {
+    let server = start().await;
+    let pg = server.pg.expect("the Postgres listener is on");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/it/scripts/psql_session.sql"
+    );
+    let output = tokio::process::Command::new(psql())
+        // -X: no ~/.psqlrc; errors do not stop the script (ON_ERROR_STOP off).
+        .args([
+            "-X",
+            "-h",
+            &pg.ip().to_string(),
+            "-p",
+            &pg.port().to_string(),
+        ])
+        .args(["-U", "analyst", "-d", "shardlake", "-f", script])
+        .env("PGPASSWORD", ADMIN)
+        .env("PGSSLMODE", "disable")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .await
+        .expect("runs psql");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let both = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    // \dt: the table; \dv: `things` is a view; \d events: every column
+    // with its Postgres type.
+    assert!(stdout.contains(" public | events | table"), "{both}");
+    assert!(stdout.contains(" public | things | view"), "{both}");
+    assert!(stdout.contains("Table \"public.events\""), "{both}");
+    for (column, pg_type) in [
+        ("namespace", "text"),
+        ("shard_id", "integer"),
+        ("seq", "bigint"),
+        ("ts", "timestamp with time zone"),
+        ("payload", "text"),
+        ("position", "bigint"),
+    ] {
+        let described = stdout.lines().any(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            cells.len() > 1 && cells[0] == column && cells[1] == pg_type
+        });
+        assert!(described, "\\d events: {column} is not {pg_type}\n{both}");
+    }
+    // Queries on both tables answer what HTTP answers.
+    let events = server
+        .rows(Some(ADMIN), "SELECT count(*) FROM events")
+        .await;
+    let things = server
+        .rows(Some(ADMIN), "SELECT count(*) FROM things")
+        .await;
+    let counted = |header: &str, want: &Value| {
+        let mut lines = stdout.lines().skip_while(|l| l.trim() != header);
+        let value = lines.nth(2).map(str::trim).unwrap_or_default().to_owned();
+        assert_eq!(value, want.to_string(), "{header}\n{both}");
+    };
+    counted("events", &events[0][0]);
+    counted("things", &things[0][0]);
+    assert!(stdout.contains(" tenant-001 |"), "{both}");
+    // The unknown table and the DROP fail with their codes, and the
+    // session goes on to the last query.
+    assert!(
+        stderr.contains("no_such_table") && stderr.contains("shardlake error code: invalid_query"),
+        "{both}"
+    );
+    assert!(
+        stderr.contains("ERROR:  only queries can run here")
+            && stderr.contains("shardlake error code: statement_not_allowed"),
+        "{both}"
+    );
+    assert!(stdout.contains(" still here"), "{both}");
+    assert!(
+        output.status.success(),
+        "psql exited with {}\n{both}",
+        output.status
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_parameters_and_a_named_cursor_stream_what_http_answers() {
+    let server = TestServer::start(|c| {
+        c.tokens = tokens();
+        c.postgres.listen = Some("127.0.0.1:0".parse().expect("addr"));
+        // A million rows through a cursor: more than the default row limit,
+        // and a debug build may take a while.
+        c.limits.max_rows = 2_000_000;
+        c.limits.query_timeout_ms = 600_000;
+    })
+    .await;
+    server.ingest_fixture(Some(ADMIN)).await;
+    let pg = server.pg.expect("the Postgres listener is on");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/it/scripts/psycopg_client.py"
+    );
+    let output = tokio::process::Command::new(shardlake_testkit::python())
+        .arg(script)
+        .args([pg.ip().to_string(), pg.port().to_string(), ADMIN.to_owned()])
+        .output()
+        .await
+        .expect("runs python");
+    assert!(
+        output.status.success(),
+        "psycopg_client.py failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let theirs: Value = serde_json::from_slice(&output.stdout).expect("the script prints JSON");
+
+    // Server-side parameters: the rows HTTP answers for the same SQL.
+    let http = server
+        .rows(
+            Some(ADMIN),
+            "SELECT namespace, seq, ts, payload, version FROM events \
+             WHERE namespace = 'tenant-001' AND seq > 5 ORDER BY position LIMIT 50",
+        )
+        .await;
+    let rows = theirs["parameters"].as_array().expect("rows");
+    assert_eq!(rows.len(), http.len());
+    assert_eq!(rows.len(), 50);
+    for (row, want) in rows.iter().zip(&http) {
+        assert_eq!(row[0], want[0]);
+        assert_eq!(row[1].as_str(), Some(want[1].to_string().as_str()));
+        let ts = chrono::DateTime::parse_from_str(
+            row[2].as_str().expect("ts"),
+            "%Y-%m-%d %H:%M:%S%.f%:z",
+        )
+        .expect("psycopg's datetime");
+        let http_ts =
+            chrono::DateTime::parse_from_rfc3339(want[2].as_str().expect("ts")).expect("rfc3339");
+        assert_eq!(ts, http_ts);
+        // psycopg decoded `payload` as JSON (a dict), as `json` says.
+        let payload: Option<Value> = row[3]
+            .as_str()
+            .map(|s| serde_json::from_str(s).expect("json"));
+        let http_payload = want[3]
+            .as_str()
+            .map(|s| serde_json::from_str::<Value>(s).expect("json"));
+        assert_eq!(payload, http_payload);
+        assert_eq!(
+            row[4].as_str().map(str::to_owned),
+            want[4].as_i64().map(|v| v.to_string())
+        );
+    }
+
+    // The named cursor read every row, in batches, and the rows are the
+    // ones HTTP counts and sums for the same SQL.
+    let cursor = &theirs["cursor"];
+    let http = server
+        .rows(
+            Some(ADMIN),
+            "SELECT count(*), sum(CAST(e.position AS DECIMAL(38,0)) * g.value) % 1000000007 \
+             FROM events e CROSS JOIN generate_series(1, 334) AS g(value) WHERE e.seq >= 0",
+        )
+        .await;
+    let count = http[0][0].as_u64().expect("count");
+    assert!(
+        count >= 1_000_000,
+        "{count} rows: the cursor should stream a million"
+    );
+    assert_eq!(cursor["rows"].as_u64(), Some(count));
+    let checksum = match &http[0][1] {
+        Value::String(s) => s.parse::<u64>().expect("decimal"),
+        other => other.as_u64().expect("checksum"),
+    };
+    assert_eq!(cursor["checksum"].as_u64(), Some(checksum));
+    // One FETCH per 10 000 rows, and the last one empty.
+    assert_eq!(cursor["fetches"].as_u64(), Some(count.div_ceil(10_000) + 1));
+    assert_eq!(
+        cursor["types"],
+        serde_json::json!([Type::INT8.oid(), Type::INT8.oid()])
+    );
+
+    // A binary cursor decodes to the same values.
+    let http = server
+        .rows(
+            Some(ADMIN),
+            "SELECT position, ts FROM events WHERE namespace = 'tenant-002' ORDER BY position LIMIT 5",
+        )
+        .await;
+    let binary = theirs["binary_cursor"].as_array().expect("rows");
+    assert_eq!(binary.len(), 5);
+    for (row, want) in binary.iter().zip(&http) {
+        assert_eq!(row[0].as_str(), Some(want[0].to_string().as_str()));
+        let ts = chrono::DateTime::parse_from_str(
+            row[1].as_str().expect("ts"),
+            "%Y-%m-%d %H:%M:%S%.f%:z",
+        )
+        .expect("psycopg's datetime");
+        assert_eq!(
+            ts,
+            chrono::DateTime::parse_from_rfc3339(want[1].as_str().expect("ts")).expect("rfc3339")
+        );
+    }
+}
