@@ -12,12 +12,14 @@
 //! - [`session`]: `SET`, `SHOW`, transaction control, refusals.
 //! - [`cursor`]: `DECLARE`, `FETCH`, `CLOSE`.
 //! - [`types`]: result columns and parameters.
+//! - [`encode`]: record batches as rows, column by column.
 //! - [`cancel`]: cancel requests.
 //! - [`errors`]: SQLSTATEs, with shardlake's error code in the detail.
 
 mod auth;
 mod cancel;
 mod cursor;
+mod encode;
 mod errors;
 mod handler;
 mod session;

@@ -1,7 +1,8 @@
 //! Arrow values as Postgres values, and the other way for parameters.
 //!
-//! Result columns are described and encoded by `arrow-pg` (int8, text,
-//! timestamptz, float8, numeric, ...). The one column it cannot know is
+//! Result columns are described by `arrow-pg` (int8, text, timestamptz,
+//! float8, numeric, ...) and encoded by [`super::encode`] (arrow-pg for
+//! what it does not encode itself). The one column it cannot know is
 //! `payload`: text in Arrow, JSON to a Postgres client, so it is described
 //! as `json` (whose text and binary forms are both the JSON text).
 
@@ -12,7 +13,7 @@ use std::task::{Context, Poll};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Schema};
-use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
+use arrow_pg::datatypes::{arrow_schema_to_pg_fields, into_pg_type};
 use datafusion_common::ScalarValue;
 use futures::{Stream, StreamExt};
 use pgwire::api::Type;
@@ -24,7 +25,7 @@ use shardlake_core::schema::columns;
 use shardlake_query::Description;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::errors;
+use super::{encode, errors};
 use crate::error::ApiError;
 
 /// The Postgres description of `schema`'s columns, each in the format the
@@ -164,7 +165,10 @@ where
 {
     let encoded = batches.flat_map(move |batch| {
         let rows: Vec<PgWireResult<DataRow>> = match batch {
-            Ok(batch) => encode_recordbatch(Arc::clone(&fields), batch).collect(),
+            Ok(batch) => match encode::rows(&fields, batch) {
+                Ok(rows) => rows.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            },
             Err(e) => vec![Err(errors::from_api(&e))],
         };
         futures::stream::iter(rows)
