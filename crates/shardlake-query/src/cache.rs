@@ -242,6 +242,22 @@ impl ResultCache {
         }
     }
 
+    /// Keeps `result`, computed by a query that streamed its answer (a
+    /// miss), unless it weighs more than an entry may.
+    pub(crate) async fn fill(&self, key: CacheKey, result: CachedResult) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        if result.weight() > self.config.max_result_bytes {
+            self.oversize.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.cache.insert(key, Arc::new(result)).await;
+    }
+
+    /// The largest result an entry may hold.
+    pub(crate) fn max_result_bytes(&self) -> u64 {
+        self.config.max_result_bytes
+    }
+
     /// The cached result for `key`, if there is one (counted as a hit);
     /// never runs anything.
     pub async fn peek(&self, key: &CacheKey) -> Option<Arc<CachedResult>> {

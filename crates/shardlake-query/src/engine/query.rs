@@ -131,7 +131,7 @@ pub struct SqlQuery {
     pub(super) engine: CrossShardQuery,
     request: Request,
     pub(super) timeout: Option<Duration>,
-    use_cache: bool,
+    pub(super) use_cache: bool,
     pub(super) scope: Scope,
     pub(super) limit: ResultLimit,
     /// Pinned snapshot; `None`: the current one (or the one of `as_of`).
@@ -390,7 +390,7 @@ pub struct PreparedQuery {
     pub(super) query: SqlQuery,
     pub(super) snapshot: Arc<SnapshotFiles>,
     pub(super) hold: Option<OpenPin>,
-    key: CacheKey,
+    pub(super) key: CacheKey,
     pub(super) started: Instant,
 }
 

@@ -1,7 +1,10 @@
 //! Streaming: a prepared query run on the query runtime by a task of its
 //! own, its record batches handed over as they are produced through a
 //! small channel, and `QueryStream`, which reads them, holds them to the
-//! query's limit and timeout, and reports scan statistics at the end.
+//! query's limit and timeout, and reports scan statistics at the end. A
+//! stream whose answer fits in a cache entry leaves it in the result cache
+//! when it ends, so the next caller (a Postgres client repeating a query,
+//! an NDJSON export) gets a hit.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,21 +22,29 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::ResultLimit;
 use super::query::{PreparedQuery, timeout_error, within};
+use crate::cache::{CacheKey, CachedResult};
 use crate::error::{Error, ErrorKind, Result};
 use crate::recorder::ScanRecorder;
 use crate::stats::ScanStats;
 
 impl PreparedQuery {
     /// Runs the query on the engine's query runtime and streams its
-    /// batches as they are produced. The result cache is not used.
+    /// batches as they are produced. The result cache is not read (look at
+    /// [`PreparedQuery::cached`] first); a complete answer that fits in an
+    /// entry is left in it.
     pub async fn stream(self) -> Result<QueryStream> {
         let Self {
             query,
             snapshot,
             hold,
             started,
-            ..
+            key,
         } = self;
+        let fill = (query.use_cache && query.engine.inner.cache.enabled()).then(|| CacheFill {
+            engine: query.engine.clone(),
+            key,
+            batches: Vec::new(),
+        });
         let deadline = query
             .timeout
             .map(|t| (t, tokio::time::Instant::from_std(started) + t));
@@ -94,9 +105,17 @@ impl PreparedQuery {
             snapshot_id,
             deadline: deadline.map(|(limit, at)| (limit, Box::pin(tokio::time::sleep_until(at)))),
             stats: None,
+            fill,
             _hold: hold,
         })
     }
+}
+
+/// A streamed answer on its way into the result cache.
+struct CacheFill {
+    engine: super::CrossShardQuery,
+    key: CacheKey,
+    batches: Vec<RecordBatch>,
 }
 
 /// Record batches of a running query, in production order. Dropping the
@@ -119,6 +138,9 @@ pub struct QueryStream {
     snapshot_id: Option<i64>,
     deadline: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     stats: Option<ScanStats>,
+    /// The batches so far, for the result cache (`None`: not cached, or
+    /// larger than an entry may be).
+    fill: Option<CacheFill>,
     /// Keeps the snapshot from expiring until the stream is dropped.
     _hold: Option<OpenPin>,
 }
@@ -165,6 +187,13 @@ impl Stream for QueryStream {
                     this._task = None;
                     return Poll::Ready(Some(Err(e)));
                 }
+                if let Some(fill) = this.fill.as_mut() {
+                    if this.bytes > fill.engine.inner.cache.max_result_bytes() {
+                        this.fill = None;
+                    } else {
+                        fill.batches.push(batch.clone());
+                    }
+                }
                 Poll::Ready(Some(Ok(batch)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -174,13 +203,27 @@ impl Stream for QueryStream {
             }
             Poll::Ready(None) => {
                 this.inner = None;
-                this.stats = Some(ScanStats::from_execution(
+                let stats = ScanStats::from_execution(
                     &this.recorder.findings(),
                     &this.plan,
                     this.rows,
                     this.planning_ms,
                     this.started.elapsed().as_secs_f64() * 1e3,
-                ));
+                );
+                if let Some(fill) = this.fill.take() {
+                    let result = CachedResult::new(
+                        Arc::clone(&this.schema),
+                        fill.batches,
+                        stats.clone(),
+                        this.bytes,
+                    );
+                    // Off the reader's path: inserting may wait on the
+                    // cache's housekeeping.
+                    tokio::spawn(async move {
+                        fill.engine.inner.cache.fill(fill.key, result).await;
+                    });
+                }
+                this.stats = Some(stats);
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
