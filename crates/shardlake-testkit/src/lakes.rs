@@ -51,3 +51,36 @@ pub async fn lake_with_keys(dir: &Path, keys: u32) -> (Lake, Vec<Event>) {
     emitter.close().await.expect("close");
     (lake, events)
 }
+
+/// The fixture of the query tests and the sqllogictest suite: 3000 events
+/// over 4 namespaces and 6 shards.
+pub const FIXTURE_EVENTS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../testdata/events-4ns-6shards.ndjson"
+);
+
+/// Commits the fixture events into `lake` in `commits` commits (so each
+/// namespace has `commits` files; 0: none) and returns them.
+pub async fn commit_fixture(lake: &Lake, commits: usize) -> Vec<Event> {
+    let text = std::fs::read(FIXTURE_EVENTS).expect("fixture");
+    let lines: Vec<&[u8]> = text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let events: Vec<Event> = lines
+        .iter()
+        .map(|l| serde_json::from_slice(l).expect("fixture event"))
+        .collect();
+    let emitter = quick_emitter(lake).await;
+    let per_commit = lines.len().div_ceil(commits.max(1));
+    for chunk in lines.chunks(per_commit).take(commits) {
+        let body = chunk.join(&b'\n');
+        let ack = emitter
+            .emit(shardlake_lake::EmitInput::Ndjson(&body))
+            .await
+            .expect("emit");
+        assert_eq!(ack.accepted, chunk.len());
+    }
+    emitter.close().await.expect("close");
+    events
+}

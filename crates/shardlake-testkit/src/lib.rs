@@ -9,7 +9,9 @@
 //! - [`python`]: the interpreter of the test virtualenv (pyiceberg,
 //!   DuckDB);
 //! - [`wait_for_stats`]: waiting for a running server's state instead of
-//!   sleeping.
+//!   sleeping;
+//! - [`slt`]: the sqllogictest harness every backend runs `sql/` through,
+//!   and [`commit_fixture`], the lake it runs over.
 //!
 //! The tools come from `.venv-test/`, which `bash .ci/test-env` creates
 //! (`bash .ci/test` runs it first). A missing tool fails the test with
@@ -18,12 +20,15 @@
 mod flaky;
 mod lakes;
 mod moto;
+pub mod slt;
 mod stats;
 
 use std::path::PathBuf;
 
 pub use flaky::{Fault, FlakyS3};
-pub use lakes::{lake_with_keys, quick_emitter, quick_emitter_config};
+pub use lakes::{
+    FIXTURE_EVENTS, commit_fixture, lake_with_keys, quick_emitter, quick_emitter_config,
+};
 pub use moto::{ACCESS_KEY_ID, MotoServer, S3Bucket, SECRET_ACCESS_KEY, moto};
 pub use stats::wait_for_stats;
 

@@ -26,7 +26,8 @@ use datafusion::catalog::{
 };
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::prelude::SessionContext;
-use datafusion::sql::parser::Statement;
+use datafusion::sql::parser::{DFParser, Statement};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
@@ -65,12 +66,24 @@ static POSTGRES: LazyLock<PostgresCompatibilityParser> =
 
 /// Parses `sql`, one statement in Postgres's dialect, with the rewrites
 /// that let DataFusion plan what Postgres clients send.
+///
+/// What Postgres's grammar does not know but DataFusion's does (`CREATE
+/// EXTERNAL TABLE`, DataFusion's `EXPLAIN` forms) is read by DataFusion's
+/// parser under the same dialect, so a statement that may not run is
+/// refused as such rather than as bad syntax, and DataFusion's own SQL
+/// keeps working.
 pub(super) fn parse_postgres(sql: &str) -> Result<Statement> {
-    let mut statements = POSTGRES
-        .parse(sql)
-        .map_err(|e| Error::new(ErrorKind::InvalidQuery, format!("SQL error: {e}")))?;
+    let mut statements = match POSTGRES.parse(sql) {
+        Ok(statements) => statements
+            .into_iter()
+            .map(|s| Statement::Statement(Box::new(s)))
+            .collect(),
+        Err(postgres) => DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})
+            .map(Vec::from)
+            .map_err(|_| Error::new(ErrorKind::InvalidQuery, format!("SQL error: {postgres}")))?,
+    };
     match statements.len() {
-        1 => Ok(Statement::Statement(Box::new(statements.remove(0)))),
+        1 => Ok(statements.remove(0)),
         0 => Err(Error::new(ErrorKind::InvalidQuery, "no statement to run")),
         n => Err(Error::new(
             ErrorKind::InvalidQuery,
@@ -180,6 +193,18 @@ mod tests {
             panic!("not a string: {value:?}");
         };
         assert!(text.starts_with("PostgreSQL 16.6 (shardlake "), "{text}");
+    }
+
+    #[test]
+    fn datafusion_statements_are_read_too() {
+        let statement = parse_postgres("CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/tmp/x'")
+            .expect("DataFusion's grammar");
+        assert!(
+            matches!(statement, Statement::CreateExternalTable(_)),
+            "{statement}"
+        );
+        let e = parse_postgres("SELEC 1").expect_err("bad syntax");
+        assert_eq!(e.kind(), ErrorKind::InvalidQuery);
     }
 
     #[test]

@@ -194,3 +194,75 @@ async fn plans_are_reused_but_never_with_the_time_folded_in() {
     assert_eq!(count(&all), fixture.events.len() as i64);
     assert_eq!(count(&one), fixture.in_namespace("tenant-001").len() as i64);
 }
+
+/// A streamed answer is left in the cache when it ends complete and fits
+/// (the Postgres listener streams every query); one read partly, or too
+/// large, is not.
+#[tokio::test]
+async fn a_complete_stream_that_fits_fills_the_cache() {
+    use futures::StreamExt;
+    let fixture = Fixture::build(2).await;
+    let engine = fixture
+        .engine(QueryConfig {
+            cache: CacheConfig {
+                max_result_bytes: 64 * 1024,
+                ..CacheConfig::default()
+            },
+            ..config()
+        })
+        .await;
+    async fn drain(engine: &shardlake_query::CrossShardQuery, sql: &str) -> usize {
+        let prepared = engine.sql(sql).prepare().await.expect("prepare");
+        assert!(
+            prepared.cached().await.expect("look").is_none(),
+            "{sql}: a hit before"
+        );
+        let mut stream = prepared.stream().await.expect("stream");
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            rows += batch.expect("batch").num_rows();
+        }
+        rows
+    }
+    let streamed = drain(&engine, SQL).await;
+    // The insert runs off the reader's path: wait for it.
+    let mut hit = None;
+    for _ in 0..100 {
+        let prepared = engine.sql(SQL).prepare().await.expect("prepare");
+        hit = prepared.cached().await.expect("look");
+        if hit.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let hit = hit.expect("the streamed answer was cached");
+    assert!(hit.stats.cache_hit);
+    assert_eq!(hit.num_rows(), streamed);
+    assert_eq!(
+        hit.batches,
+        engine.sql(SQL).without_cache().await.expect("run").batches
+    );
+
+    // Too large for an entry: streamed whole, never cached.
+    let big = "SELECT * FROM events";
+    assert!(drain(&engine, big).await > 1000);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let prepared = engine.sql(big).prepare().await.expect("prepare");
+    assert!(prepared.cached().await.expect("look").is_none());
+
+    // Dropped after its first batch: nothing cached.
+    let partial = "SELECT namespace, seq FROM events WHERE shard_id = 2";
+    let mut stream = engine
+        .sql(partial)
+        .prepare()
+        .await
+        .expect("p")
+        .stream()
+        .await
+        .expect("s");
+    stream.next().await.expect("a batch").expect("ok");
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let prepared = engine.sql(partial).prepare().await.expect("prepare");
+    assert!(prepared.cached().await.expect("look").is_none());
+}

@@ -3,14 +3,9 @@
 use std::collections::BTreeMap;
 
 use shardlake_core::Event;
-use shardlake_lake::{EmitInput, Lake, ObjectStorageConfig, TableFormat, WriterConfig};
+use shardlake_lake::{Lake, ObjectStorageConfig, TableFormat, WriterConfig};
 use shardlake_query::{CrossShardQuery, QueryConfig};
 use shardlake_testkit::moto;
-
-pub const EVENTS_FILE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../testdata/events-4ns-6shards.ndjson"
-);
 
 pub struct Fixture {
     pub dir: tempfile::TempDir,
@@ -78,24 +73,8 @@ impl Fixture {
             .await
             .expect("lake")
             .with_writer_config(writer);
-        let text = std::fs::read(EVENTS_FILE).expect("fixture");
-        let lines: Vec<&[u8]> = text
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .collect();
-        let events: Vec<Event> = lines
-            .iter()
-            .map(|l| serde_json::from_slice(l).expect("fixture event"))
-            .collect();
-        let emitter = shardlake_testkit::quick_emitter(&lake).await;
-        // 0 commits: an empty lake (the events are parsed for the test to commit).
-        let per_commit = lines.len().div_ceil(commits.max(1));
-        for chunk in lines.chunks(per_commit).take(commits) {
-            let body = chunk.join(&b'\n');
-            let ack = emitter.emit(EmitInput::Ndjson(&body)).await.expect("emit");
-            assert_eq!(ack.accepted, chunk.len());
-        }
-        emitter.close().await.expect("close");
+        // 0 commits: an empty lake (the events are returned for the test to commit).
+        let events = shardlake_testkit::commit_fixture(&lake, commits).await;
         Self { dir, lake, events }
     }
 

@@ -1,64 +1,24 @@
-//! The sqllogictest harness: every `sql/**/*.slt` file runs in its own engine
-//! (an isolated session) over the fixture lake.
-//!
-//! Values print as DataFusion displays them (`NULL` for nulls, `(empty)` for
-//! empty strings). `EXPLAIN` plans print one line per row, with the
-//! warehouse path replaced by `<warehouse>` and file lists collapsed to
-//! their group count and required guarantees (printed in hash order)
-//! dropped, so plans are stable across machines and runs.
+//! The sqllogictest suite (`sql/**/*.slt`, harness in
+//! `shardlake_testkit::slt`) through the engine in process: every file in
+//! its own engine (an isolated session) over the fixture lake, on local
+//! disk and S3, in both table formats. The server's tests run the same files
+//! over the Postgres protocol.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::DataType;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
-use regex::Regex;
 use shardlake_lake::TableFormat;
 use shardlake_query::{CrossShardQuery, QueryConfig};
-use sqllogictest::{DBOutput, DefaultColumnType};
+use shardlake_testkit::slt::{self, Answer, Backend};
+use sqllogictest::DefaultColumnType;
 
 use crate::fixture::Fixture;
 
-struct LakeDb {
-    engine: CrossShardQuery,
-    warehouse: String,
-}
-
-#[derive(Debug)]
-struct SltError(String);
-
-impl std::fmt::Display for SltError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for SltError {}
-
-// DataFusion prints required guarantees from a hash map: order varies.
-static GUARANTEES: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r", required_guarantees=\[[^\]]*\]").expect("regex"));
-
-static FILE_GROUPS: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"file_groups=\{(\d+) groups?: \[.*?\]\]\}").expect("regex"));
-
-fn cell(array: &dyn Array, formatter: &ArrayFormatter<'_>, row: usize) -> String {
-    if array.is_null(row) {
-        return "NULL".into();
-    }
-    let text = formatter.value(row).to_string();
-    if text.is_empty() {
-        "(empty)".into()
-    } else {
-        text
-    }
-}
-
-fn is_explain(sql: &str) -> bool {
-    sql.trim_start().to_ascii_uppercase().starts_with("EXPLAIN")
-}
+/// The engine, as a backend of the harness.
+struct Engine(CrossShardQuery);
 
 fn column_type(t: &DataType) -> DefaultColumnType {
     if t.is_integer() {
@@ -70,102 +30,47 @@ fn column_type(t: &DataType) -> DefaultColumnType {
     }
 }
 
-impl LakeDb {
-    fn normalize(&self, text: &str) -> String {
-        let text = text.replace(&self.warehouse, "<warehouse>");
-        let text = GUARANTEES.replace_all(&text, "");
-        FILE_GROUPS
-            .replace_all(&text, "file_groups={$1 groups}")
-            .into_owned()
-    }
-
-    fn rows(&self, sql: &str, batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, SltError> {
-        let options = FormatOptions::default();
-        let explain = is_explain(sql);
-        let mut rows = Vec::new();
-        for batch in batches {
-            let formatters = batch
-                .columns()
-                .iter()
-                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| SltError(e.to_string()))?;
-            for r in 0..batch.num_rows() {
-                let cells: Vec<String> = batch
+fn rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, String> {
+    let options = FormatOptions::default();
+    let mut rows = Vec::new();
+    for batch in batches {
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        for r in 0..batch.num_rows() {
+            rows.push(
+                batch
                     .columns()
                     .iter()
                     .zip(&formatters)
-                    .map(|(c, f)| cell(c.as_ref(), f, r))
-                    .collect();
-                if explain {
-                    // [plan_type, plan] -> one row per plan line, the first
-                    // line led by its plan type.
-                    for (i, line) in cells[1].lines().enumerate() {
-                        let line = self.normalize(line);
-                        rows.push(vec![if i == 0 {
-                            format!("{} {line}", cells[0])
-                        } else {
-                            line
-                        }]);
-                    }
-                } else {
-                    rows.push(cells);
-                }
-            }
+                    .map(|(c, f)| {
+                        let text = (!c.is_null(r)).then(|| f.value(r).to_string());
+                        slt::cell(text.as_deref())
+                    })
+                    .collect(),
+            );
         }
-        Ok(rows)
     }
+    Ok(rows)
 }
 
 #[async_trait]
-impl sqllogictest::AsyncDB for LakeDb {
-    type Error = SltError;
-    type ColumnType = DefaultColumnType;
-
-    async fn run(&mut self, sql: &str) -> Result<DBOutput<Self::ColumnType>, Self::Error> {
-        let result = self
-            .engine
-            .sql(sql)
-            .await
-            .map_err(|e| SltError(e.to_string()))?;
-        let types = if is_explain(sql) {
-            vec![DefaultColumnType::Text]
-        } else {
-            result
+impl Backend for Engine {
+    async fn run(&mut self, sql: &str) -> Result<Answer, String> {
+        let result = self.0.sql(sql).await.map_err(|e| e.to_string())?;
+        Ok(Answer {
+            types: result
                 .schema
                 .fields()
                 .iter()
                 .map(|f| column_type(f.data_type()))
-                .collect()
-        };
-        Ok(DBOutput::Rows {
-            types,
-            rows: self.rows(sql, &result.batches)?,
+                .collect(),
+            rows: rows(&result.batches)?,
         })
     }
-
-    async fn shutdown(&mut self) {}
-
-    fn engine_name(&self) -> &str {
-        "shardlake"
-    }
-}
-
-fn slt_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return files;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(slt_files(&path));
-        } else if path.extension().is_some_and(|e| e == "slt") {
-            files.push(path);
-        }
-    }
-    files.sort();
-    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,9 +102,6 @@ async fn sqllogictest_suite_parquet_on_s3() {
 
 async fn run_suite(fixture: Fixture) {
     let fixture = Arc::new(fixture);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sql");
-    let files = slt_files(&dir);
-    assert!(!files.is_empty(), "no .slt files under {}", dir.display());
     // Plans print files by their path inside the store.
     let root = fixture.lake.warehouse().root().as_str().to_owned();
     let warehouse = fixture
@@ -209,7 +111,7 @@ async fn run_suite(fixture: Fixture) {
         .expect("root inside the store")
         .to_string();
     let mut failures = Vec::new();
-    for file in &files {
+    for file in &slt::slt_files() {
         let engine = CrossShardQuery::open(
             &fixture.lake,
             QueryConfig {
@@ -219,29 +121,12 @@ async fn run_suite(fixture: Fixture) {
         )
         .await
         .expect("engine");
-        let warehouse = warehouse.clone();
-        let mut runner = sqllogictest::Runner::new(move || {
-            let db = LakeDb {
-                engine: engine.clone(),
-                warehouse: warehouse.clone(),
-            };
-            async move { Ok::<_, SltError>(db) }
-        });
-        // SHARDLAKE_TEST_SLT_COMPLETE=1 rewrites the expected results with what
-        // the engine returns (review the diff before committing it).
-        if std::env::var_os("SHARDLAKE_TEST_SLT_COMPLETE").is_some() {
-            runner
-                .update_test_file(
-                    file,
-                    " ",
-                    sqllogictest::default_validator,
-                    sqllogictest::default_normalizer,
-                    sqllogictest::default_column_validator,
-                )
-                .await
-                .expect("complete");
-        } else if let Err(e) = runner.run_file_async(file).await {
-            failures.push(format!("{}:\n{e}", file.display()));
+        let connect = move || {
+            let engine = engine.clone();
+            async move { Engine(engine) }
+        };
+        if let Err(e) = slt::run_file(file, &warehouse, connect).await {
+            failures.push(e);
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

@@ -152,7 +152,9 @@ impl Queries {
                 return Ok::<_, ApiError>(Answer::Cached(hit));
             }
             let slot = state.query_slot().await?;
-            Ok(Answer::Streaming(prepared.holding(slot).stream().await?))
+            Ok(Answer::Streaming(Box::new(
+                prepared.holding(slot).stream().await?,
+            )))
         };
         let answer = tokio::select! {
             answer = started => answer.map_err(|e| failed(&self.state, &e))?,
@@ -170,7 +172,7 @@ impl Queries {
                 Answer::Streaming(stream) => (
                     stream.schema(),
                     Recorded {
-                        stream,
+                        stream: *stream,
                         state: self.state.clone(),
                         recorded: false,
                     }
@@ -304,7 +306,7 @@ impl futures::Stream for Recorded {
 /// An answer being sent: whole from the cache, or streaming.
 enum Answer {
     Cached(QueryResult),
-    Streaming(QueryStream),
+    Streaming(Box<QueryStream>),
 }
 
 /// The connection's session (its caller and cancel registration), put

@@ -7,6 +7,8 @@ mod lifecycle;
 mod migrations;
 mod ops;
 mod postgres;
+mod postgres_clients_corpus;
+mod postgres_slt;
 mod query;
 mod serving;
 mod support;

@@ -635,3 +635,44 @@ async fn psycopg_parameters_and_a_named_cursor_stream_what_http_answers() {
         );
     }
 }
+
+#[tokio::test]
+async fn dbeaver_metabase_and_grafana_connect_and_list_tables() {
+    use crate::postgres_clients_corpus::{DBEAVER_QUERIES, GRAFANA_QUERIES, METABASE_QUERIES};
+    let server = start().await;
+    let client = connect(&server, ADMIN).await.expect("connects");
+    let mut failures = Vec::new();
+    for (tool, queries) in [
+        ("DBeaver", DBEAVER_QUERIES),
+        ("Metabase", METABASE_QUERIES),
+        ("Grafana", GRAFANA_QUERIES),
+    ] {
+        for sql in queries {
+            if let Err(e) = client.simple_query(sql).await {
+                failures.push(format!(
+                    "{tool}: {}\n{sql}",
+                    e.as_db_error()
+                        .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    // Metabase's table list names both tables.
+    let listing = METABASE_QUERIES
+        .iter()
+        .find(|q| q.contains("estimated_row_count"))
+        .expect("Metabase's table list");
+    let tables: Vec<Vec<Option<String>>> = text_rows(&client, listing).await;
+    let names: Vec<(&str, &str)> = tables
+        .iter()
+        .map(|r| (r[1].as_deref().unwrap_or(""), r[2].as_deref().unwrap_or("")))
+        .collect();
+    assert!(names.contains(&("events", "TABLE")), "{names:?}");
+    assert!(names.contains(&("things", "VIEW")), "{names:?}");
+}
