@@ -49,9 +49,18 @@ pub enum SqlDialect {
 }
 
 impl SqlDialect {
-    /// What sets a normalized query of this dialect apart in the engine's
-    /// memos and the result cache: the same text may mean something else
-    /// once Postgres's rewrites and functions apply.
+    /// Which of the engine's per-dialect memos is this dialect's.
+    pub(super) fn memo(self) -> usize {
+        match self {
+            SqlDialect::DataFusion => 0,
+            SqlDialect::Postgres => 1,
+        }
+    }
+
+    /// What sets a normalized query of this dialect apart in the result
+    /// cache's key: the same text may mean something else once Postgres's
+    /// rewrites and functions apply. (A normalized statement starts with a
+    /// keyword, never with this prefix.)
     pub(super) fn key_prefix(self) -> &'static str {
         match self {
             SqlDialect::DataFusion => "",

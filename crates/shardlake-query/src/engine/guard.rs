@@ -3,7 +3,6 @@
 //! result cache's key, memoized per SQL text), and its logical plan again by
 //! DataFusion's own `SQLOptions` when it is planned.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use datafusion::config::Dialect;
@@ -19,15 +18,12 @@ const MEMOIZED_SQL_BYTES: usize = 16 * 1024;
 impl CrossShardQuery {
     /// `sql` in normalized form, checked to be read-only (memoized).
     ///
-    /// A query of another dialect than the engine's own is prefixed with
-    /// the dialect's name, in the memo's key and in the normalized form (the
-    /// result cache's key).
+    /// Each dialect has its own memo; a query of another dialect than the
+    /// engine's own is prefixed with the dialect's name in its normalized
+    /// form (the result cache's key).
     pub(super) fn normalize(&self, sql: &str, dialect: SqlDialect) -> Result<Arc<str>> {
-        let key = match dialect {
-            SqlDialect::DataFusion => Cow::Borrowed(sql),
-            dialect => Cow::Owned(format!("{}{sql}", dialect.key_prefix())),
-        };
-        if let Some(known) = self.inner.normalized.get(key.as_ref()) {
+        let memo = &self.inner.normalized[dialect.memo()];
+        if let Some(known) = memo.get(sql) {
             return Ok(known);
         }
         let statement = match dialect {
@@ -43,9 +39,7 @@ impl CrossShardQuery {
         // Entries are counted, not weighed: only texts of a sane size are
         // kept (a generated 10 MB IN-list is parsed each time instead).
         if sql.len() <= MEMOIZED_SQL_BYTES {
-            self.inner
-                .normalized
-                .insert(key.into_owned(), Arc::clone(&normalized));
+            memo.insert(sql.to_owned(), Arc::clone(&normalized));
         }
         Ok(normalized)
     }

@@ -124,13 +124,15 @@ struct Inner {
     /// query first asks for it.
     postgres: OnceLock<SessionState>,
     cache: ResultCache,
-    /// SQL text as sent to its normalized form (the cache key's query), so
-    /// a repeated query is not parsed again to find its cache entry.
-    normalized: moka::sync::Cache<String, Arc<str>>,
-    /// SQL text as sent to its optimized logical plan, for plans that may
-    /// be reused (`SqlQuery::optimized_plan`): a repeated query is neither
-    /// parsed nor optimized again.
-    plans: moka::sync::Cache<String, LogicalPlan>,
+    /// Per dialect ([`SqlDialect::memo`]): SQL text as sent to its
+    /// normalized form (the cache key's query), so a repeated query is not
+    /// parsed again to find its cache entry. One memo per dialect, so no
+    /// text of one is ever taken for the other's.
+    normalized: [moka::sync::Cache<String, Arc<str>>; 2],
+    /// Per dialect: SQL text as sent to its optimized logical plan, for
+    /// plans that may be reused (`SqlQuery::optimized_plan`): a repeated
+    /// query is neither parsed nor optimized again.
+    plans: [moka::sync::Cache<String, LogicalPlan>; 2],
     /// Where queries run (`None`: on the caller's runtime).
     cpu: Option<CpuRuntime>,
     /// The `things` table, for the size of its state.
@@ -195,8 +197,10 @@ impl CrossShardQuery {
         Ok(Self {
             inner: Arc::new(Inner {
                 cache: ResultCache::new(config.cache.clone()),
-                normalized: moka::sync::Cache::new(config.cache.max_entries.max(1_000)),
-                plans: moka::sync::Cache::new(PLANS_KEPT),
+                normalized: std::array::from_fn(|_| {
+                    moka::sync::Cache::new(config.cache.max_entries.max(1_000))
+                }),
+                plans: std::array::from_fn(|_| moka::sync::Cache::new(PLANS_KEPT)),
                 config,
                 snapshots,
                 base: ctx.state(),

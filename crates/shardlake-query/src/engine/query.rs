@@ -256,13 +256,10 @@ impl SqlQuery {
             let ctx = SessionContext::new_with_state(state.clone());
             return Ok(state.optimize(&self.plan(&ctx).await?)?);
         };
-        let plans = &self.engine.inner.plans;
+        // One memo per dialect: a text is never taken for another's.
+        let plans = &self.engine.inner.plans[self.dialect.memo()];
         let bound = !self.parameters.is_empty();
-        let key = match self.dialect {
-            SqlDialect::DataFusion => std::borrow::Cow::Borrowed(sql.as_str()),
-            dialect => format!("{}{sql}", dialect.key_prefix()).into(),
-        };
-        if !bound && let Some(plan) = plans.get(key.as_ref()) {
+        if !bound && let Some(plan) = plans.get(sql.as_str()) {
             return Ok(plan);
         }
         let mut plan = self.engine.logical_plan(state, sql, self.dialect).await?;
@@ -278,7 +275,7 @@ impl SqlQuery {
         }
         let optimized = state.optimize(&plan)?;
         if !bound && reusable(&plan) {
-            plans.insert(key.into_owned(), optimized.clone());
+            plans.insert(sql.clone(), optimized.clone());
         }
         Ok(optimized)
     }
@@ -356,8 +353,9 @@ impl SqlQuery {
     }
 
     /// Runs the query and streams record batches as they are produced. The
-    /// result cache is not used. Statistics are available from the stream
-    /// once it has ended.
+    /// result cache is not read; a complete answer that fits in an entry is
+    /// left in it. Statistics are available from the stream once it has
+    /// ended.
     pub async fn stream(self) -> Result<QueryStream> {
         let deadline = self.deadline();
         let prepared = within(deadline, self.prepare()).await?;

@@ -266,3 +266,33 @@ async fn a_complete_stream_that_fits_fills_the_cache() {
     let prepared = engine.sql(partial).prepare().await.expect("prepare");
     assert!(prepared.cached().await.expect("look").is_none());
 }
+
+/// A query in one dialect is never answered from the other's memos or
+/// cache entries, whatever its text looks like.
+#[tokio::test]
+async fn a_dialect_never_answers_for_the_other() {
+    use shardlake_query::SqlDialect;
+    let fixture = Fixture::build(1).await;
+    let engine = fixture.engine(config()).await;
+    let catalog = "SELECT relname FROM pg_catalog.pg_class WHERE relname = 'events'";
+    let listed = engine
+        .sql(catalog)
+        .in_dialect(SqlDialect::Postgres)
+        .await
+        .expect("pg_catalog in the Postgres dialect");
+    assert_eq!(listed.num_rows(), 1);
+    // The engine's own SQL has no pg_catalog, even for a text that looks
+    // like the Postgres dialect's memo key or cache key.
+    assert!(engine.sql(catalog).await.is_err());
+    assert!(engine.sql(format!("postgres\n{catalog}")).await.is_err());
+    // A text both can answer: one entry each, the same rows.
+    let sql = "SELECT count(*) FROM events";
+    let ours = engine.sql(sql).await.expect("datafusion");
+    let theirs = engine
+        .sql(sql)
+        .in_dialect(SqlDialect::Postgres)
+        .await
+        .expect("postgres");
+    assert!(!theirs.stats.cache_hit);
+    assert_eq!(ours.batches, theirs.batches);
+}

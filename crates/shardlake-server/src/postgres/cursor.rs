@@ -5,20 +5,28 @@
 //! A cursor is the query's row stream, kept on the connection: `FETCH n`
 //! takes the next `n` rows from it, so memory stays bounded by the fetch
 //! size however large the result (the engine's stream stays one batch
-//! ahead). Cursors only move forward (as Postgres's `NO SCROLL`); one
-//! declared `WITHOUT HOLD` (the default) closes when its transaction ends,
-//! as in Postgres. A cursor holds its query's slot and snapshot pin until it
-//! is closed, so a connection may keep a few open at a time.
+//! ahead; `FETCH ALL` streams). Cursors only move forward (as Postgres's
+//! `NO SCROLL`). One declared `WITHOUT HOLD` (the default) may only be
+//! declared in a transaction block and closes when it ends, as in Postgres;
+//! `DISCARD ALL` closes every cursor. A cursor holds its query's slot and
+//! snapshot pin until it is closed, its transaction ends or its query's
+//! timeout passes (a timer fails it then, read or not), so a connection
+//! keeps at most a few open, and none for longer than a query may run. A
+//! FETCH is the connection's running query: a cancel request stops it.
+//! After an error, a cancel or the timeout, every FETCH fails the same way.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{FieldInfo, QueryResponse};
-use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use tokio_util::sync::CancellationToken;
 
 use super::errors::{self, error};
 use super::handler::Rows;
@@ -51,11 +59,17 @@ pub(super) struct Cursor {
     rows: Rows,
     /// Rows of a batch read past the last fetch.
     pending: Option<RecordBatch>,
-    /// The last row was fetched.
+    /// The last row was fetched (or the cursor failed).
     done: bool,
+    /// Why it failed (an error of its query, a cancel, its timeout): every
+    /// later FETCH fails the same way, never as an empty end of rows.
+    failure: Option<Failure>,
     hold: bool,
     /// Declared `BINARY`: a simple-protocol FETCH answers in binary.
     binary: bool,
+    /// Which declaration this is (a timer closes this one, not a later
+    /// cursor of the same name).
+    id: u64,
 }
 
 impl Cursor {
@@ -65,8 +79,10 @@ impl Cursor {
             rows,
             pending: None,
             done: false,
+            failure: None,
             hold,
             binary,
+            id: 0,
         }
     }
 
@@ -85,19 +101,46 @@ impl Cursor {
         types::fields(&self.rows.schema, format)
     }
 
+    /// Ends the cursor with `e`: its query stops (its slot and snapshot
+    /// are let go) and every later FETCH fails with `e`.
+    fn fail(&mut self, e: &PgWireError) -> PgWireError {
+        let failure = match e {
+            PgWireError::UserError(info) => Failure {
+                sqlstate: info.code.clone(),
+                message: info.message.clone(),
+                detail: info.detail.clone(),
+            },
+            other => Failure {
+                sqlstate: "XX000".into(),
+                message: other.to_string(),
+                detail: None,
+            },
+        };
+        self.rows.batches = futures::stream::empty().boxed();
+        self.pending = None;
+        self.done = true;
+        let error = failure.error();
+        self.failure = Some(failure);
+        error
+    }
+
     /// The next `count` rows (`None`: all that remain, streamed as they
     /// come) in `format` (`None`: as declared), tagged `FETCH n` as
-    /// Postgres does.
+    /// Postgres does. `cancel` is the FETCH's own: a cancel request stops
+    /// it while it collects rows or sends them, and ends the cursor.
     pub(super) async fn fetch(
         &mut self,
         count: Option<u64>,
         format: Option<&Format>,
+        cancel: CancellationToken,
     ) -> PgWireResult<QueryResponse> {
+        if let Some(failure) = &self.failure {
+            return Err(failure.error());
+        }
         let fields = Arc::new(match format {
             Some(format) => self.fields(format)?,
             None => self.fields(&self.declared_format())?,
         });
-        let cancel = self.rows.cancel.clone();
         let batches: BoxStream<'static, Result<RecordBatch, ApiError>> = match count {
             _ if self.done => futures::stream::empty().boxed(),
             None => {
@@ -114,13 +157,21 @@ impl Cursor {
                 while wanted > 0 {
                     let batch = match self.pending.take() {
                         Some(batch) => batch,
-                        None => match self.rows.batches.next().await {
-                            Some(batch) => batch.map_err(|e| errors::from_api(&e))?,
-                            None => {
-                                self.done = true;
-                                break;
+                        None => {
+                            let next = tokio::select! {
+                                biased;
+                                () = cancel.cancelled() => return Err(self.fail(&errors::cancelled())),
+                                next = self.rows.batches.next() => next,
+                            };
+                            match next {
+                                Some(Ok(batch)) => batch,
+                                Some(Err(e)) => return Err(self.fail(&errors::from_api(&e))),
+                                None => {
+                                    self.done = true;
+                                    break;
+                                }
                             }
-                        },
+                        }
                     };
                     if batch.num_rows() > wanted {
                         self.pending = Some(batch.slice(wanted, batch.num_rows() - wanted));
@@ -141,11 +192,27 @@ impl Cursor {
     }
 }
 
+/// Why a cursor failed, kept to fail every later FETCH the same way.
+struct Failure {
+    sqlstate: String,
+    message: String,
+    detail: Option<String>,
+}
+
+impl Failure {
+    fn error(&self) -> PgWireError {
+        let mut info = ErrorInfo::new("ERROR".into(), self.sqlstate.clone(), self.message.clone());
+        info.detail = self.detail.clone();
+        PgWireError::UserError(Box::new(info))
+    }
+}
+
 impl std::fmt::Debug for Cursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cursor")
             .field("columns", &self.rows.schema.fields().len())
             .field("done", &self.done)
+            .field("failed", &self.failure.is_some())
             .field("hold", &self.hold)
             .finish()
     }
@@ -154,7 +221,8 @@ impl std::fmt::Debug for Cursor {
 /// A connection's open cursors.
 #[derive(Debug, Default)]
 pub(super) struct Cursors {
-    open: tokio::sync::Mutex<HashMap<String, Cursor>>,
+    open: Arc<tokio::sync::Mutex<HashMap<String, Cursor>>>,
+    declared: AtomicU64,
 }
 
 impl Cursors {
@@ -178,10 +246,41 @@ impl Cursors {
         Ok(())
     }
 
-    /// Keeps `cursor` as `name`.
-    pub(super) async fn declare(&self, name: String, cursor: Cursor) -> Result<(), PgWireError> {
+    /// Keeps `cursor` as `name` until it is closed, its transaction ends
+    /// (unless it holds) or its query's timeout passes: a cursor nobody
+    /// reads from does not keep its query slot past the timeout.
+    pub(super) async fn declare(
+        &self,
+        name: String,
+        mut cursor: Cursor,
+        timeout: Duration,
+    ) -> Result<(), PgWireError> {
         self.check_room(&name).await?;
-        self.open.lock().await.insert(name, cursor);
+        let id = self.declared.fetch_add(1, Ordering::Relaxed);
+        cursor.id = id;
+        self.open.lock().await.insert(name.clone(), cursor);
+        let open = Arc::downgrade(&self.open);
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let Some(open) = open.upgrade() else {
+                return; // the connection is gone
+            };
+            let mut open = open.lock().await;
+            if let Some(cursor) = open.get_mut(&name)
+                && cursor.id == id
+                && cursor.failure.is_none()
+                && !cursor.done
+            {
+                cursor.fail(&error(
+                    "57014",
+                    "query_timeout",
+                    format!(
+                        "cursor \"{name}\": its query ran past the timeout of {} ms",
+                        timeout.as_millis()
+                    ),
+                ));
+            }
+        });
         Ok(())
     }
 
@@ -191,10 +290,11 @@ impl Cursors {
         name: &str,
         count: Option<u64>,
         format: Option<&Format>,
+        cancel: CancellationToken,
     ) -> PgWireResult<QueryResponse> {
         let mut open = self.open.lock().await;
         let cursor = open.get_mut(name).ok_or_else(|| missing(name))?;
-        cursor.fetch(count, format).await
+        cursor.fetch(count, format, cancel).await
     }
 
     /// The columns of cursor `name` in `format` (`None`: as declared);
@@ -239,9 +339,21 @@ fn missing(name: &str) -> PgWireError {
     )
 }
 
-/// Reads `text` (comments already stripped, no trailing `;`) as a cursor
-/// statement; `None` when it is not one.
+/// Reads `text` (one statement as the client sent it, comments and a
+/// trailing `;` included) as a cursor statement; `None` when it is not one.
 pub(super) fn parse(text: &str) -> Option<Result<CursorStatement, PgWireError>> {
+    // The first word decides, before anything else is read (most texts are
+    // queries, some of them megabytes long).
+    let start = skip_blanks(text.as_bytes(), 0);
+    let word: String = text[start..]
+        .chars()
+        .take_while(char::is_ascii_alphabetic)
+        .take(8)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if !matches!(word.as_str(), "declare" | "fetch" | "close" | "move") {
+        return None;
+    }
     let tokens = tokens(text);
     let first = tokens.first()?;
     let statement = match first.word.as_str() {
@@ -311,7 +423,7 @@ fn declared(
     binary: bool,
     hold: bool,
 ) -> Result<CursorStatement, PgWireError> {
-    let query = text[for_keyword.end..].trim();
+    let query = text[for_keyword.end..].trim_matches(|c: char| c == ';' || c.is_whitespace());
     if query.is_empty() {
         return Err(syntax("DECLARE name CURSOR FOR query"));
     }
@@ -405,16 +517,13 @@ impl Token {
 }
 
 /// The words of `text` up to (and including) the first `FOR` (what follows
-/// is the query, taken from the text as it is).
+/// is the query, taken from the text as the client sent it), comments and
+/// `;` skipped.
 fn tokens(text: &str) -> Vec<Token> {
     let mut tokens = Vec::new();
     let bytes = text.as_bytes();
-    let mut i = 0;
+    let mut i = skip_blanks(bytes, 0);
     while i < bytes.len() {
-        if bytes[i].is_ascii_whitespace() {
-            i += 1;
-            continue;
-        }
         if bytes[i] == b'"' {
             let mut word = String::new();
             let mut j = i + 1;
@@ -431,16 +540,17 @@ fn tokens(text: &str) -> Vec<Token> {
                 word.push(c);
                 j += c.len_utf8();
             }
+            let end = (j + 1).min(bytes.len());
             tokens.push(Token {
                 word,
                 quoted: true,
-                end: (j + 1).min(bytes.len()),
+                end,
             });
-            i = j + 1;
+            i = skip_blanks(bytes, end);
             continue;
         }
         let start = i;
-        while i < bytes.len() && !bytes[i].is_ascii_whitespace() && bytes[i] != b'"' {
+        while i < bytes.len() && !is_blank_or_comment(bytes, i) && bytes[i] != b'"' {
             i += 1;
         }
         let token = Token {
@@ -453,8 +563,39 @@ fn tokens(text: &str) -> Vec<Token> {
         if stop {
             break;
         }
+        i = skip_blanks(bytes, i);
     }
     tokens
+}
+
+/// Whether a blank (whitespace, `;`) or a comment starts at `i`.
+fn is_blank_or_comment(bytes: &[u8], i: usize) -> bool {
+    bytes[i].is_ascii_whitespace()
+        || bytes[i] == b';'
+        || bytes[i..].starts_with(b"--")
+        || bytes[i..].starts_with(b"/*")
+}
+
+/// The first position at or after `i` that is not a blank or in a comment.
+fn skip_blanks(bytes: &[u8], mut i: usize) -> usize {
+    while i < bytes.len() {
+        if bytes[i..].starts_with(b"--") {
+            while i < bytes.len() && bytes[i] != b'\n' {
+                i += 1;
+            }
+        } else if bytes[i..].starts_with(b"/*") {
+            i += 2;
+            while i < bytes.len() && !bytes[i..].starts_with(b"*/") {
+                i += 1;
+            }
+            i = (i + 2).min(bytes.len());
+        } else if bytes[i].is_ascii_whitespace() || bytes[i] == b';' {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    i
 }
 
 #[cfg(test)]
@@ -497,6 +638,17 @@ mod tests {
                 query: "select 1".into(),
             }
         );
+        // Comments around the words; the query is kept as sent (a comment
+        // marker inside one of its strings stays).
+        assert_eq!(
+            parsed("/* psycopg */ DECLARE -- named\n c CURSOR FOR SELECT E'\\'--x' AS s;"),
+            CursorStatement::Declare {
+                name: "c".into(),
+                binary: false,
+                hold: false,
+                query: "SELECT E'\\'--x' AS s".into(),
+            }
+        );
         assert_eq!(sqlstate("DECLARE c SCROLL CURSOR FOR SELECT 1"), "0A000");
         assert_eq!(sqlstate("DECLARE c CURSOR SELECT 1"), "42601");
         assert_eq!(sqlstate("DECLARE c CURSOR FOR"), "42601");
@@ -522,7 +674,8 @@ mod tests {
         assert_eq!(sqlstate("FETCH -1 FROM c"), "55000");
         assert_eq!(sqlstate("FETCH 1 FROM"), "42601");
         assert_eq!(sqlstate("MOVE 1 IN c"), "0A000");
-        assert_eq!(parsed("CLOSE ALL"), CursorStatement::Close(None));
+        assert_eq!(parsed("CLOSE ALL;"), CursorStatement::Close(None));
+        assert_eq!(parsed("fetch 2 from c ; "), fetch("c", Some(2)));
         assert_eq!(
             parsed(r#"CLOSE "C""#),
             CursorStatement::Close(Some("C".into()))

@@ -38,7 +38,7 @@ use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::extendedquery::{
     Describe, Execute, TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
 };
-use pgwire::messages::response::EmptyQueryResponse;
+use pgwire::messages::response::{EmptyQueryResponse, TransactionStatus};
 use shardlake_query::{Description, QueryResult, QueryStream, ResultLimit, SqlDialect};
 use tokio_util::sync::CancellationToken;
 
@@ -77,6 +77,8 @@ pub(super) struct Rows {
     pub(super) schema: SchemaRef,
     pub(super) batches: BoxStream<'static, Result<RecordBatch, ApiError>>,
     pub(super) cancel: CancellationToken,
+    /// The query's timeout.
+    pub(super) timeout: Duration,
 }
 
 /// The query handlers of every connection (they keep no per-connection
@@ -130,13 +132,14 @@ impl Queries {
         let cancel = session.cancel.query.start();
         let limits = &self.state.config().limits;
         let longest = limits.query_timeout();
+        let timeout = statement_timeout.map_or(longest, |t| t.min(longest));
         let mut query = self
             .state
             .engine()
             .sql(sql)
             .in_dialect(SqlDialect::Postgres)
             .with_scope(session.caller.scope.clone())
-            .with_timeout(statement_timeout.map_or(longest, |t| t.min(longest)))
+            .with_timeout(timeout)
             .with_result_limit(ResultLimit {
                 max_rows: limits.max_rows as u64,
                 max_bytes: limits.max_response_bytes as u64,
@@ -183,6 +186,7 @@ impl Queries {
             schema,
             batches,
             cancel,
+            timeout,
         })
     }
 
@@ -203,18 +207,28 @@ impl Queries {
                 hold,
                 query,
             } => {
+                if !hold && matches!(client.transaction_status(), TransactionStatus::Idle) {
+                    return Err(errors::error(
+                        "25P01",
+                        "invalid_query",
+                        "DECLARE CURSOR can only be used in transaction blocks (or declare it WITH HOLD)",
+                    ));
+                }
                 session.cursors.check_room(&name).await?;
                 let rows = self
                     .start(session, &query, parameters, statement_timeout(client))
                     .await?;
+                let timeout = rows.timeout;
                 session
                     .cursors
-                    .declare(name, Cursor::new(rows, hold, binary))
+                    .declare(name, Cursor::new(rows, hold, binary), timeout)
                     .await?;
                 Response::Execution(Tag::new("DECLARE CURSOR"))
             }
             CursorStatement::Fetch { name, count } => {
-                Response::Query(session.cursors.fetch(&name, count, format).await?)
+                // The FETCH is the connection's running query now.
+                let cancel = session.cancel.query.start();
+                Response::Query(session.cursors.fetch(&name, count, format, cancel).await?)
             }
             CursorStatement::Close(name) => {
                 session.cursors.close(name.as_deref()).await?;
@@ -248,6 +262,13 @@ impl Queries {
                     client.metadata_mut().remove(name);
                 }
                 Response::Execution(Tag::new("RESET"))
+            }
+            Command::Discard => {
+                for name in session::settable() {
+                    client.metadata_mut().remove(name);
+                }
+                session.cursors.close(None).await?;
+                Response::Execution(Tag::new("DISCARD ALL"))
             }
             Command::Begin => Response::TransactionStart(Tag::new("BEGIN")),
             Command::Commit => Response::TransactionEnd(Tag::new("COMMIT")),

@@ -19,8 +19,10 @@ pub(super) enum Command {
     /// `SET TRANSACTION ...`, `SET SESSION CHARACTERISTICS ...`: read only
     /// is all there is.
     SetTransaction,
-    /// `RESET name` (`None`: `RESET ALL`, `DISCARD ALL`).
+    /// `RESET name` (`None`: `RESET ALL`).
     Reset(Option<String>),
+    /// `DISCARD ALL`: settings reset, cursors closed.
+    Discard,
     /// `SHOW name` of a setting shardlake answers itself.
     Show(String),
     /// `BEGIN`, `START TRANSACTION`.
@@ -97,7 +99,9 @@ pub(super) fn classify(sql: &str) -> Result<Statement, PgWireError> {
     {
         return Ok(Statement::Empty);
     }
-    if let Some(cursor) = cursor::parse(text) {
+    // Cursor statements are read from the text as sent: a DECLARE's query
+    // is kept as the client wrote it.
+    if let Some(cursor) = cursor::parse(sql) {
         return cursor.map(Statement::Cursor);
     }
     let lower = text.to_ascii_lowercase();
@@ -106,7 +110,8 @@ pub(super) fn classify(sql: &str) -> Result<Statement, PgWireError> {
         ["begin", ..] | ["start", "transaction", ..] => Command::Begin,
         ["commit", ..] | ["end", ..] => Command::Commit,
         ["rollback", ..] | ["abort", ..] => Command::Rollback,
-        ["discard", "all"] | ["reset", "all"] => Command::Reset(None),
+        ["discard", "all"] => Command::Discard,
+        ["reset", "all"] => Command::Reset(None),
         ["reset", name] => Command::Reset(Some(setting_name(name))),
         ["set", "transaction", ..] | ["set", "session", "characteristics", ..] => {
             if lower.contains("read write") {
@@ -387,7 +392,8 @@ mod tests {
         assert_eq!(command("start transaction read only"), Command::Begin);
         assert_eq!(command("COMMIT;"), Command::Commit);
         assert_eq!(command("ROLLBACK"), Command::Rollback);
-        assert_eq!(command("DISCARD ALL"), Command::Reset(None));
+        assert_eq!(command("DISCARD ALL"), Command::Discard);
+        assert_eq!(command("RESET ALL"), Command::Reset(None));
         assert_eq!(
             command("SHOW server_version"),
             Command::Show("server_version".into())

@@ -676,3 +676,83 @@ async fn dbeaver_metabase_and_grafana_connect_and_list_tables() {
     assert!(names.contains(&("events", "TABLE")), "{names:?}");
     assert!(names.contains(&("things", "VIEW")), "{names:?}");
 }
+
+#[tokio::test]
+async fn cursors_need_a_transaction_time_out_and_close_with_discard() {
+    let server = TestServer::start(|c| {
+        c.tokens = tokens();
+        c.postgres.listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.limits.query_timeout_ms = 1_000;
+        c.limits.max_concurrent_queries = 1;
+        c.limits.queue_wait_ms = 100;
+    })
+    .await;
+    server.ingest_fixture(Some(ADMIN)).await;
+    let client = connect(&server, ADMIN).await.expect("connects");
+    // WITHOUT HOLD outside a transaction block: refused, as Postgres does.
+    let e = client
+        .simple_query("DECLARE c CURSOR FOR SELECT * FROM events")
+        .await
+        .expect_err("outside a transaction");
+    assert_eq!(state_of(&e), SqlState::NO_ACTIVE_SQL_TRANSACTION);
+
+    // A cursor nobody reads from keeps its query slot only until its
+    // query's timeout: then it fails, every later FETCH says so, and the
+    // slot (the only one) is free for another query.
+    client.simple_query("BEGIN").await.expect("begin");
+    // (3M rows: the query is still running, blocked on its reader, when the
+    // cursor goes idle.)
+    client
+        .simple_query(
+            "DECLARE idle CURSOR FOR SELECT e.seq, g.value FROM events e \
+             CROSS JOIN generate_series(1, 1000) AS g(value)",
+        )
+        .await
+        .expect("declare");
+    assert_eq!(
+        text_rows(&client, "FETCH 2 FROM idle").await.len(),
+        2,
+        "rows before the timeout"
+    );
+    let other = connect(&server, ADMIN).await.expect("connects");
+    let e = other
+        .simple_query("SELECT count(*) FROM events WHERE seq > 1")
+        .await
+        .expect_err("the only slot is the cursor's");
+    assert_eq!(state_of(&e), SqlState::TOO_MANY_CONNECTIONS);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for _ in 0..2 {
+        let e = client
+            .simple_query("FETCH 2 FROM idle")
+            .await
+            .expect_err("past the timeout");
+        assert_eq!(state_of(&e), SqlState::QUERY_CANCELED);
+        let detail = e
+            .as_db_error()
+            .and_then(|d| d.detail())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(detail.contains("query_timeout"), "{detail}");
+    }
+    assert_eq!(
+        text_rows(&other, "SELECT count(*) FROM events WHERE seq > 1")
+            .await
+            .len(),
+        1,
+        "the slot is free again"
+    );
+    client.simple_query("ROLLBACK").await.expect("rollback");
+
+    // WITH HOLD outlives its transaction; DISCARD ALL closes it.
+    client
+        .simple_query("DECLARE kept CURSOR WITH HOLD FOR SELECT seq FROM events")
+        .await
+        .expect("declare with hold");
+    assert_eq!(text_rows(&client, "FETCH 1 FROM kept").await.len(), 1);
+    client.simple_query("DISCARD ALL").await.expect("discard");
+    let e = client
+        .simple_query("FETCH 1 FROM kept")
+        .await
+        .expect_err("closed by DISCARD ALL");
+    assert_eq!(state_of(&e), SqlState::INVALID_CURSOR_NAME);
+}
