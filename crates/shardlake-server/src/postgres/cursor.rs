@@ -96,9 +96,12 @@ impl Cursor {
         }
     }
 
-    /// Its columns, in `format`.
-    pub(super) fn fields(&self, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
-        types::fields(&self.rows.schema, format)
+    /// Its columns, in `format` (`None`: as declared).
+    fn fields(&self, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        match format {
+            Some(format) => types::fields(&self.rows.schema, format),
+            None => types::fields(&self.rows.schema, &self.declared_format()),
+        }
     }
 
     /// Ends the cursor with `e`: its query stops (its slot and snapshot
@@ -137,10 +140,7 @@ impl Cursor {
         if let Some(failure) = &self.failure {
             return Err(failure.error());
         }
-        let fields = Arc::new(match format {
-            Some(format) => self.fields(format)?,
-            None => self.fields(&self.declared_format())?,
-        });
+        let fields = Arc::new(self.fields(format)?);
         let batches: BoxStream<'static, Result<RecordBatch, ApiError>> = match count {
             _ if self.done => futures::stream::empty().boxed(),
             None => {
@@ -304,12 +304,7 @@ impl Cursors {
         name: &str,
         format: Option<&Format>,
     ) -> Option<PgWireResult<Vec<FieldInfo>>> {
-        let open = self.open.lock().await;
-        let cursor = open.get(name)?;
-        Some(match format {
-            Some(format) => cursor.fields(format),
-            None => cursor.fields(&cursor.declared_format()),
-        })
+        self.open.lock().await.get(name).map(|c| c.fields(format))
     }
 
     /// Closes cursor `name` (`None`: all of them).
@@ -331,7 +326,8 @@ impl Cursors {
     }
 }
 
-fn missing(name: &str) -> PgWireError {
+/// The error of a cursor that does not exist.
+pub(super) fn missing(name: &str) -> PgWireError {
     error(
         "34000",
         "invalid_query",

@@ -42,7 +42,7 @@ use pgwire::messages::response::{EmptyQueryResponse, TransactionStatus};
 use shardlake_query::{Description, QueryResult, QueryStream, ResultLimit, SqlDialect};
 use tokio_util::sync::CancellationToken;
 
-use super::cursor::{Cursor, CursorStatement};
+use super::cursor::{self, Cursor, CursorStatement};
 use super::session::{self, Command, Statement, statement_timeout_ms};
 use super::types;
 use super::{Session, errors};
@@ -257,18 +257,16 @@ impl Queries {
                 client.metadata_mut().remove(&name);
                 Response::Execution(Tag::new("RESET"))
             }
-            Command::Reset(None) => {
+            Command::Reset(None) | Command::Discard => {
                 for name in session::settable() {
                     client.metadata_mut().remove(name);
                 }
-                Response::Execution(Tag::new("RESET"))
-            }
-            Command::Discard => {
-                for name in session::settable() {
-                    client.metadata_mut().remove(name);
+                if command == Command::Discard {
+                    session.cursors.close(None).await?;
+                    Response::Execution(Tag::new("DISCARD ALL"))
+                } else {
+                    Response::Execution(Tag::new("RESET"))
                 }
-                session.cursors.close(None).await?;
-                Response::Execution(Tag::new("DISCARD ALL"))
             }
             Command::Begin => Response::TransactionStart(Tag::new("BEGIN")),
             Command::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
@@ -463,11 +461,7 @@ impl ExtendedQueryHandler for Queries {
         let Some(fields) = session.cursors.fields(&cursor, format.as_ref()).await else {
             return match by_name {
                 true => Err(PgWireError::PortalNotFound(name.to_owned())),
-                false => Err(errors::error(
-                    "34000",
-                    "invalid_query",
-                    format!("cursor \"{cursor}\" does not exist"),
-                )),
+                false => Err(cursor::missing(&cursor)),
             };
         };
         let fields = fields?;

@@ -40,7 +40,9 @@ use crate::auth::Caller;
 use crate::state::AppState;
 
 /// What the server says it is (`server_version`): the Postgres release
-/// whose protocol and catalog clients should expect, and shardlake's.
+/// whose protocol and catalog clients should expect
+/// (`shardlake_query::POSTGRES_VERSION`, which `version()` says; a test
+/// keeps the two equal), and shardlake's.
 pub(crate) const SERVER_VERSION: &str = concat!("16.6 (shardlake ", env!("CARGO_PKG_VERSION"), ")");
 
 /// A connection's own state, kept in its session extensions from the

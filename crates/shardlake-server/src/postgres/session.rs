@@ -419,6 +419,18 @@ mod tests {
     }
 
     #[test]
+    fn server_version_is_the_engines_postgres_release() {
+        // `server_version` (a literal for `concat!`) and what `version()`
+        // says must name the same release.
+        let release = format!("{} ", shardlake_query::POSTGRES_VERSION);
+        assert!(
+            super::super::SERVER_VERSION.starts_with(&release),
+            "{}",
+            super::super::SERVER_VERSION
+        );
+    }
+
+    #[test]
     fn statement_timeouts_read_as_postgres_does() {
         assert_eq!(statement_timeout_ms("5000"), Some(5000));
         assert_eq!(statement_timeout_ms("5s"), Some(5000));

@@ -164,14 +164,14 @@ where
     S: Stream<Item = Result<RecordBatch, ApiError>> + Send + 'static,
 {
     let encoded = batches.flat_map(move |batch| {
-        let rows: Vec<PgWireResult<DataRow>> = match batch {
-            Ok(batch) => match encode::rows(&fields, batch) {
-                Ok(rows) => rows.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            },
-            Err(e) => vec![Err(errors::from_api(&e))],
+        let rows = batch
+            .map_err(|e| errors::from_api(&e))
+            .and_then(|batch| encode::rows(&fields, batch));
+        let (rows, failed) = match rows {
+            Ok(rows) => (rows, None),
+            Err(e) => (Vec::new(), Some(e)),
         };
-        futures::stream::iter(rows)
+        futures::stream::iter(rows.into_iter().map(Ok).chain(failed.map(Err)))
     });
     Cancellable {
         inner: Box::pin(encoded),

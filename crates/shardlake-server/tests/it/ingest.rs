@@ -213,14 +213,7 @@ async fn background_compaction_folds_small_commits_while_serving() {
         "one file per namespace after compaction: {after}"
     );
     assert_eq!(after["rows"], json!([[20]]));
-    let metrics = server
-        .get("/metrics", admin)
-        .send()
-        .await
-        .expect("request")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics(admin).await;
     assert!(
         metrics
             .lines()

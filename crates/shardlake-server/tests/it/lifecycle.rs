@@ -227,14 +227,7 @@ async fn a_replay_cursor_is_leased_and_background_maintenance_expires_the_rest()
         6
     );
 
-    let metrics = server
-        .get("/metrics", Some(ADMIN))
-        .send()
-        .await
-        .expect("request")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics(Some(ADMIN)).await;
     for name in [
         "shardlake_maintenance_runs_total ",
         "shardlake_maintenance_files_removed_total ",

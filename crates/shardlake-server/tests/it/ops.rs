@@ -85,16 +85,7 @@ async fn the_things_state_is_in_the_metrics() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
     };
-    let metrics = || async {
-        server
-            .get("/metrics", Some(ADMIN))
-            .send()
-            .await
-            .expect("request")
-            .text()
-            .await
-            .expect("text")
-    };
+    let metrics = || async { server.metrics(Some(ADMIN)).await };
     let before = metrics().await;
     assert_eq!(gauge(&before, "shardlake_things_state_namespaces"), 0);
     let answer = server

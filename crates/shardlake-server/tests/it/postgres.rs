@@ -49,6 +49,14 @@ fn state_of(e: &tokio_postgres::Error) -> SqlState {
         .unwrap_or_else(|| panic!("not a server error: {e}"))
 }
 
+/// The detail of a failed call (where shardlake puts its error code).
+fn detail_of(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .and_then(|d| d.detail())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// The rows of a simple-protocol query, as text.
 async fn text_rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
     let messages = client
@@ -205,11 +213,7 @@ async fn queries_types_parameters_and_refusals_over_the_wire() {
         .await
         .expect_err("refused");
     assert_eq!(state_of(&err), SqlState::INSUFFICIENT_PRIVILEGE);
-    let detail = err
-        .as_db_error()
-        .and_then(|e| e.detail())
-        .unwrap_or_default()
-        .to_owned();
+    let detail = detail_of(&err);
     assert!(detail.contains("statement_not_allowed"), "{detail}");
     let err = client
         .execute("INSERT INTO events (namespace) VALUES ('x')", &[])
@@ -275,14 +279,7 @@ async fn queries_types_parameters_and_refusals_over_the_wire() {
     );
 
     // Counted in /metrics, errors by code.
-    let metrics = server
-        .get("/metrics", Some(ADMIN))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics(Some(ADMIN)).await;
     assert!(metrics.contains("shardlake_pg_queries_total"), "{metrics}");
     assert!(
         metrics.contains("shardlake_pg_errors_total{code=\"statement_not_allowed\"}"),
@@ -323,14 +320,7 @@ async fn a_portal_streams_in_fetches() {
     assert!(positions.windows(2).all(|w| w[0] < w[1]));
     transaction.commit().await.expect("commit");
     // The streamed rows are counted as HTTP's are.
-    let metrics = server
-        .get("/metrics", Some(ADMIN))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics(Some(ADMIN)).await;
     assert!(
         metrics.contains("shardlake_query_rows_returned_total 3000"),
         "{metrics}"
@@ -410,10 +400,7 @@ async fn a_cancel_request_stops_the_running_query() {
     .expect("the query stops");
     assert_eq!(state_of(&err), SqlState::QUERY_CANCELED);
     // Cancelled, not timed out (which has the same SQLSTATE).
-    let detail = err
-        .as_db_error()
-        .and_then(|e| e.detail())
-        .unwrap_or_default();
+    let detail = detail_of(&err);
     assert!(detail.contains("query_cancelled"), "{detail}");
     assert!(received < 9_000_000, "{received}");
     // The connection goes on, and the cancelled query gave back its slot.
@@ -727,11 +714,7 @@ async fn cursors_need_a_transaction_time_out_and_close_with_discard() {
             .await
             .expect_err("past the timeout");
         assert_eq!(state_of(&e), SqlState::QUERY_CANCELED);
-        let detail = e
-            .as_db_error()
-            .and_then(|d| d.detail())
-            .unwrap_or_default()
-            .to_owned();
+        let detail = detail_of(&e);
         assert!(detail.contains("query_timeout"), "{detail}");
     }
     assert_eq!(

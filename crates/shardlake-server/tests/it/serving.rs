@@ -135,14 +135,7 @@ async fn an_etag_gets_304_with_or_without_the_cache_until_a_commit() {
         header(&pinned, "cache-control"),
         "public, max-age=31536000, immutable"
     );
-    let metrics = server
-        .get("/metrics", None)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics(None).await;
     assert!(
         metrics
             .lines()

@@ -130,6 +130,17 @@ impl TestServer {
             .expect("request")
     }
 
+    /// The text of `/metrics`.
+    pub async fn metrics(&self, token: Option<&str>) -> String {
+        self.get("/metrics", token)
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     pub fn get(&self, path: &str, token: Option<&str>) -> RequestBuilder {
         with_token(self.client.get(self.url(path)), token)
     }
