@@ -58,6 +58,21 @@ impl DistributionReport {
         }
     }
 
+    /// Hot shards: those holding more than `threshold_pct` percent above
+    /// the mean (25 means more than 1.25x the mean), busiest first. An even
+    /// spread has none, whatever its size.
+    pub fn hot_shards(&self, threshold_pct: f64) -> Vec<ShardId> {
+        let bar = self.mean * (1.0 + threshold_pct / 100.0);
+        let mut hot: Vec<(ShardId, u64)> = self
+            .counts
+            .iter()
+            .filter(|(_, c)| self.mean > 0.0 && *c as f64 > bar)
+            .copied()
+            .collect();
+        hot.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        hot.into_iter().map(|(s, _)| s).collect()
+    }
+
     /// A table for people.
     pub fn render(&self) -> String {
         let mut out = format!(
@@ -79,5 +94,26 @@ impl DistributionReport {
             out.push_str(&format!("shard {shard:>4}  {count:>10}  {pct:6.2}%\n"));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_shards_are_those_above_the_mean_by_the_threshold() {
+        // mean 100: 160 is 60% above, 130 is 30% above, the rest below.
+        let report = DistributionReport::new(vec![(0, 40), (1, 160), (2, 130), (3, 70)], 0);
+        assert_eq!(report.hot_shards(25.0), vec![1, 2]);
+        assert_eq!(report.hot_shards(50.0), vec![1]);
+        assert_eq!(report.hot_shards(100.0), Vec::<ShardId>::new());
+        let even = DistributionReport::new(vec![(0, 10), (1, 10)], 0);
+        assert!(even.hot_shards(0.0).is_empty());
+        assert!(
+            DistributionReport::new(vec![], 0)
+                .hot_shards(0.0)
+                .is_empty()
+        );
     }
 }

@@ -175,6 +175,14 @@ impl Caller {
     pub fn may(&self, permission: Permission) -> bool {
         self.permissions.contains(&permission)
     }
+
+    /// The permissions the caller holds, in a fixed order.
+    pub fn permissions(&self) -> Vec<Permission> {
+        [Permission::Query, Permission::Ingest, Permission::Admin]
+            .into_iter()
+            .filter(|p| self.may(*p))
+            .collect()
+    }
 }
 
 /// Extracts the authenticated caller of a request (401 if there is none),

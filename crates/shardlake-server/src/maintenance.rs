@@ -1,11 +1,13 @@
 //! The server's background lake maintenance: every
 //! `maintenance.interval_secs`, one [`Lake::maintain`] run (compaction,
 //! manifest merging, snapshot expiry, cleanup) in a task of its own, so
-//! ingest and queries never wait for it. Each run is counted in `/metrics`
-//! and the last one is shown in `/v1/stats`.
+//! ingest and queries never wait for it. Each run is counted in `/metrics`,
+//! the last one is shown in `/v1/stats`, and the last
+//! [`RECENT_RUNS`] (failures too) in `GET /v1/maintenance`.
 //!
 //! [`Lake::maintain`]: shardlake_lake::Lake::maintain
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -28,10 +30,26 @@ pub struct MaintenanceStatus {
     pub last_error: Option<String>,
 }
 
+/// How many runs [`MaintenanceState::recent`] keeps.
+pub const RECENT_RUNS: usize = 20;
+
+/// One background run as the console and `GET /v1/maintenance` show it:
+/// its report, or why it failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct MaintenanceRun {
+    /// When the run ended (RFC 3339).
+    pub finished_at: String,
+    /// What it did, if it completed.
+    pub report: Option<MaintenanceReport>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
 /// The status shared between the task and `/v1/stats`.
 #[derive(Debug, Default)]
 pub struct MaintenanceState {
     status: Mutex<MaintenanceStatus>,
+    recent: Mutex<VecDeque<MaintenanceRun>>,
 }
 
 impl MaintenanceState {
@@ -43,8 +61,26 @@ impl MaintenanceState {
             .clone()
     }
 
+    /// The last [`RECENT_RUNS`] runs, newest first.
+    pub fn recent(&self) -> Vec<MaintenanceRun> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().rev().cloned().collect()
+    }
+
     fn update(&self, f: impl FnOnce(&mut MaintenanceStatus)) {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn remember(&self, report: Option<MaintenanceReport>, error: Option<String>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_RUNS {
+            recent.pop_front();
+        }
+        recent.push_back(MaintenanceRun {
+            finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            report,
+            error,
+        });
     }
 }
 
@@ -121,6 +157,7 @@ fn record(state: &AppState, result: shardlake_lake::Result<MaintenanceReport>) {
                     "maintenance run"
                 );
             }
+            state.maintenance().remember(Some(report.clone()), None);
             state.maintenance().update(|s| {
                 s.runs += 1;
                 s.last_run = Some(report);
@@ -130,10 +167,34 @@ fn record(state: &AppState, result: shardlake_lake::Result<MaintenanceReport>) {
         Err(e) => {
             metrics.maintenance_failures.inc();
             tracing::warn!(error = %e, "maintenance failed; retrying next interval");
+            state.maintenance().remember(None, Some(e.to_string()));
             state.maintenance().update(|s| {
                 s.failures += 1;
                 s.last_error = Some(e.to_string());
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_runs_keep_the_newest_first_and_forget_the_oldest() {
+        let state = MaintenanceState::default();
+        for i in 0..RECENT_RUNS + 3 {
+            state.remember(None, Some(format!("run {i}")));
+        }
+        let recent = state.recent();
+        assert_eq!(recent.len(), RECENT_RUNS);
+        assert_eq!(
+            recent.first().and_then(|r| r.error.as_deref()),
+            Some(format!("run {}", RECENT_RUNS + 2).as_str())
+        );
+        assert_eq!(
+            recent.last().and_then(|r| r.error.as_deref()),
+            Some("run 3")
+        );
     }
 }

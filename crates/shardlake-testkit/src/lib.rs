@@ -7,7 +7,9 @@
 //! - [`FlakyS3`]: an HTTP proxy in front of it that answers some requests
 //!   with 503 `SlowDown`, or none at all, to test retries and outages;
 //! - [`python`]: the interpreter of the test virtualenv (pyiceberg,
-//!   DuckDB);
+//!   DuckDB, psycopg, Playwright);
+//! - [`chromium`]: Debian's Chromium, which Playwright drives headless for
+//!   the web console's browser test;
 //! - [`wait_for_stats`]: waiting for a running server's state instead of
 //!   sleeping;
 //! - [`slt`]: the sqllogictest harness every backend runs `sql/` through,
@@ -53,7 +55,25 @@ pub fn venv_tool(name: &str, env_var: &str) -> PathBuf {
     path
 }
 
-/// The Python interpreter with pyiceberg and DuckDB installed.
+/// The Chromium the browser tests drive: `$SHARDLAKE_TEST_CHROMIUM`, else
+/// Debian's `/usr/bin/chromium` (`.ci/test-env` installs it). Panics with
+/// how to install it when missing: the browser tests never skip.
+pub fn chromium() -> PathBuf {
+    if let Some(path) = std::env::var_os("SHARDLAKE_TEST_CHROMIUM") {
+        return PathBuf::from(path);
+    }
+    let path = PathBuf::from("/usr/bin/chromium");
+    assert!(
+        path.exists(),
+        "Chromium is missing: run `bash .ci/test-env` (as root it runs \
+         `apt-get install chromium`), install Debian's `chromium` package yourself, \
+         or point $SHARDLAKE_TEST_CHROMIUM at a Chromium or Chrome binary"
+    );
+    path
+}
+
+/// The Python interpreter of the test virtualenv (pyiceberg, DuckDB,
+/// psycopg, Playwright).
 pub fn python() -> PathBuf {
     venv_tool("python", "SHARDLAKE_TEST_PYTHON")
 }

@@ -8,19 +8,26 @@
 //! | `GET /v1/tables` | query | [`tables`] |
 //! | `GET /v1/snapshots` | query | [`snapshots`] |
 //! | `GET /v1/files` | query | [`files`] |
-//! | `GET /v1/stats`, `GET /metrics` | admin | [`ops`] |
+//! | `GET /v1/lake` | query | [`lake`] |
+//! | `GET /v1/whoami` | any token | [`ops`] |
+//! | `GET /v1/stats`, `GET /v1/maintenance`, `GET /metrics` | admin | [`ops`] |
+//! | `GET /v1/shards` | admin | [`shards`] |
 //! | `GET, POST /v1/migrations`, `POST /v1/migrations/plan`, `GET /v1/migrations/{id}`, `POST /v1/migrations/{id}/{resume,rollback}` | admin | [`migrations`] |
 //! | `GET /healthz`, `GET /readyz` | none | [`ops`] |
+//! | `GET /`, `GET /console/`, `GET /console/assets/{file}` | none (static) | [`console`] |
 //!
 //! Every streamed answer (query NDJSON, CSV, Arrow; replay) is one body,
 //! `stream_body::StreamedBody`.
 
+pub mod console;
 pub mod events;
 pub mod files;
+pub mod lake;
 pub mod migrations;
 pub mod ops;
 pub mod query;
 pub mod replay;
+pub mod shards;
 pub mod snapshots;
 pub(crate) mod stream_body;
 pub mod tables;
@@ -52,6 +59,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tables", get(tables::tables))
         .route("/v1/snapshots", get(snapshots::snapshots))
         .route("/v1/files", get(files::files))
+        .route("/v1/lake", get(lake::lake))
+        .route("/v1/shards", get(shards::shards))
+        .route("/v1/whoami", get(ops::whoami))
+        .route("/v1/maintenance", get(ops::maintenance))
         .route(
             "/v1/migrations",
             get(migrations::list).post(migrations::start),
@@ -63,6 +74,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(json_errors))

@@ -70,6 +70,43 @@ pub async fn stats(
     })))
 }
 
+/// `GET /v1/maintenance` (admin): the background maintenance's settings,
+/// counters and its last runs (newest first), failures included.
+pub async fn maintenance(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Permission::Admin)?;
+    let status = state.maintenance().status();
+    Ok(Json(json!({
+        "enabled": state.config().maintenance.enabled,
+        "interval_secs": state.config().maintenance.interval_secs,
+        "runs": status.runs,
+        "failures": status.failures,
+        "last_error": status.last_error,
+        "recent": state.maintenance().recent(),
+    })))
+}
+
+/// `GET /v1/whoami` (any valid token): who the token is, what it may do and
+/// which namespaces it sees, so a client (the console) can show what the
+/// caller may use instead of probing for 403s.
+pub async fn whoami(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Json<Value> {
+    let namespaces = match &caller.scope {
+        shardlake_query::Scope::All => json!("*"),
+        shardlake_query::Scope::Namespaces(names) => json!(names),
+    };
+    Json(json!({
+        "name": caller.name,
+        "namespaces": namespaces,
+        "permissions": caller.permissions(),
+        "auth_enabled": state.auth().is_enabled(),
+    }))
+}
+
 /// `GET /metrics` (admin): Prometheus / OpenMetrics text.
 pub async fn metrics(
     State(state): State<AppState>,

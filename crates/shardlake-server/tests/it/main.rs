@@ -2,6 +2,7 @@
 //! a real lake in a temporary directory, real HTTP through reqwest.
 
 mod auth;
+mod console;
 mod ingest;
 mod lifecycle;
 mod migrations;

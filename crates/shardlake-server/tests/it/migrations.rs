@@ -1,43 +1,13 @@
 //! `/v1/migrations`: plans, a migration to real HTTP shards run in the
 //! background and watched to the end, and every refusal with its code.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use shardlake_migrate::{InMemoryShard, ShardStub, shard_service};
 use shardlake_server::ShardEndpoint;
 use tokio::sync::watch;
 
-use crate::support::{ACME, ADMIN, TestServer, assert_error, tokens};
-
-/// An in-memory shard behind the shard protocol on a loopback socket. It
-/// answers only while `open` says so: a closed gate holds a migration in
-/// flight for as long as the test needs it running.
-async fn shard(id: u32, open: watch::Receiver<bool>) -> (Arc<InMemoryShard>, ShardEndpoint) {
-    let inner = Arc::new(InMemoryShard::new(id));
-    let app = axum::Router::new()
-        .nest(
-            "/shard",
-            shard_service(Arc::clone(&inner) as Arc<dyn ShardStub>),
-        )
-        .layer(axum::middleware::from_fn(
-            move |request: axum::extract::Request, next: axum::middleware::Next| {
-                let mut open = open.clone();
-                async move {
-                    // A dropped sender counts as open.
-                    let _ = open.wait_for(|open| *open).await;
-                    next.run(request).await
-                }
-            },
-        ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/shard", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (inner, ShardEndpoint { id, url })
-}
+use crate::support::{ACME, ADMIN, TestServer, assert_error, shard, tokens};
 
 /// Polls a migration's record until it is no longer running.
 async fn watch(server: &TestServer, location: &str) -> Value {

@@ -2,11 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use reqwest::{Client, RequestBuilder, Response};
 use serde_json::{Value, json};
-use shardlake_server::{Permission, Server, ServerConfig, ServerError, TokenConfig};
+use shardlake_migrate::{InMemoryShard, ShardStub, shard_service};
+use shardlake_server::{Permission, Server, ServerConfig, ServerError, ShardEndpoint, TokenConfig};
 use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The fixture events: 3,000 events, 4 namespaces, 6 shards.
@@ -226,4 +229,32 @@ pub async fn assert_error(response: Response, status: u16, code: &str) -> Value 
         "{body}"
     );
     body
+}
+
+/// An in-memory shard behind the shard protocol on a loopback socket. It
+/// answers only while `open` says so: a closed gate holds a migration in
+/// flight for as long as the test needs it running.
+pub async fn shard(id: u32, open: watch::Receiver<bool>) -> (Arc<InMemoryShard>, ShardEndpoint) {
+    let inner = Arc::new(InMemoryShard::new(id));
+    let app = axum::Router::new()
+        .nest(
+            "/shard",
+            shard_service(Arc::clone(&inner) as Arc<dyn ShardStub>),
+        )
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let mut open = open.clone();
+                async move {
+                    // A dropped sender counts as open.
+                    let _ = open.wait_for(|open| *open).await;
+                    next.run(request).await
+                }
+            },
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/shard", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (inner, ShardEndpoint { id, url })
 }
