@@ -150,5 +150,9 @@ pub async fn run(lake_args: &LakeArgs, events: u64) -> anyhow::Result<()> {
         queries.len() + 5,
         again.stats.summary()
     )?;
+    writeln!(
+        out,
+        "\nnext: `shardlake serve` over this lake, then open http://127.0.0.1:8080/ for the web console"
+    )?;
     Ok(())
 }

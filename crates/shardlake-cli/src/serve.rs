@@ -44,6 +44,7 @@ pub async fn run(
         "shardlake listening on http://{} ({auth})",
         server.local_addr()
     );
+    println!("web console on http://{}/console/", server.local_addr());
     if let Some(pg) = server.postgres_addr() {
         println!("shardlake listening for Postgres on postgres://{pg}");
     }

@@ -5,6 +5,10 @@
 (function (SL) {
   const { el, clear, int, bytes, ms, pct } = SL.ui;
   const PAGE = 100;
+  // The most rows a result shown here may have: more is refused by the
+  // server (result_too_large) rather than sent to a page that cannot hold
+  // it. Exports have no such cap.
+  const MAX_ROWS = 100000;
   const HISTORY_KEY = "shardlake.history";
   const HISTORY_MAX = 50;
   const $ = (id) => document.getElementById(id);
@@ -80,7 +84,7 @@
     $("query-status").textContent = "Running…";
     const started = performance.now();
     try {
-      const answer = await SL.api.post("/v1/query", { sql, format: "json" }, { signal: running.signal });
+      const answer = await SL.api.post("/v1/query", { sql, format: "json", max_rows: MAX_ROWS }, { signal: running.signal });
       const took = performance.now() - started;
       result = { sql, columns: answer.columns, rows: answer.rows, stats: answer.stats };
       page = 0;

@@ -402,18 +402,23 @@ impl ResultLimit {
         max_bytes: u64::MAX,
     };
 
+    /// The error of a result with more than `max_rows` rows.
+    pub fn too_many_rows(&self) -> Error {
+        Error::new(
+            ErrorKind::ResultTooLarge,
+            format!(
+                "the result has more than {} rows; add a LIMIT or aggregate further",
+                self.max_rows
+            ),
+        )
+    }
+
     /// Adds `batch` to `rows` and `bytes`, failing once either is over the limit.
     fn account(&self, rows: &mut u64, bytes: &mut u64, batch: &RecordBatch) -> Result<()> {
         *rows += batch.num_rows() as u64;
         *bytes += batch.get_array_memory_size() as u64;
         if *rows > self.max_rows {
-            return Err(Error::new(
-                ErrorKind::ResultTooLarge,
-                format!(
-                    "the result has more than {} rows; add a LIMIT or aggregate further",
-                    self.max_rows
-                ),
-            ));
+            return Err(self.too_many_rows());
         }
         if *bytes > self.max_bytes {
             return Err(Error::new(

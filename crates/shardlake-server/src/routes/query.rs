@@ -34,6 +34,11 @@ struct QueryRequest {
     format: Option<Format>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// At most this many rows (lowers, never raises, `[limits] max_rows`):
+    /// beyond it the query fails with `result_too_large` instead of sending
+    /// a result the client cannot hold (the console asks for 100,000).
+    #[serde(default)]
+    max_rows: Option<u64>,
     #[serde(default)]
     cache: Option<bool>,
     /// Time travel: run against this retained snapshot (a string, or a
@@ -70,8 +75,8 @@ pub async fn query(
         ApiError::bad_request(
             "invalid_request",
             format!(
-                "expected {{\"sql\": \"...\", \"format\"?, \"timeout_ms\"?, \"cache\"?, \
-                 \"snapshot_id\"?, \"as_of\"?}}: {e}"
+                "expected {{\"sql\": \"...\", \"format\"?, \"timeout_ms\"?, \"max_rows\"?, \
+                 \"cache\"?, \"snapshot_id\"?, \"as_of\"?}}: {e}"
             ),
         )
     })?;
@@ -99,6 +104,7 @@ fn parse_query_string(raw: &str) -> Result<QueryRequest, ApiError> {
         sql: String::new(),
         format: None,
         timeout_ms: None,
+        max_rows: None,
         cache: None,
         snapshot_id: None,
         as_of: None,
@@ -119,6 +125,11 @@ fn parse_query_string(raw: &str) -> Result<QueryRequest, ApiError> {
                     bad(format!(
                         "`timeout_ms` must be a positive integer, got `{v}`"
                     ))
+                })?);
+            }
+            "max_rows" => {
+                request.max_rows = Some(v.parse().map_err(|_| {
+                    bad(format!("`max_rows` must be a positive integer, got `{v}`"))
                 })?);
             }
             "cache" => {
@@ -169,17 +180,28 @@ async fn answer(
         Some(ms) => Duration::from_millis(ms).min(longest),
         None => longest,
     };
+    let max_rows = match request.max_rows {
+        Some(0) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "`max_rows` must be positive",
+            ));
+        }
+        Some(rows) => rows.min(limits.max_rows as u64),
+        None => limits.max_rows as u64,
+    };
     Span::current().record("format", tracing::field::debug(format));
 
+    let limit = ResultLimit {
+        max_rows,
+        max_bytes: limits.max_response_bytes as u64,
+    };
     let mut query = state
         .engine()
         .sql(request.sql)
         .with_scope(caller.scope.clone())
         .with_timeout(timeout)
-        .with_result_limit(ResultLimit {
-            max_rows: limits.max_rows as u64,
-            max_bytes: limits.max_response_bytes as u64,
-        });
+        .with_result_limit(limit);
     if request.cache == Some(false) {
         query = query.without_cache();
     }
@@ -214,6 +236,11 @@ async fn answer(
             // A cache hit costs no query slot: it must not wait behind
             // running queries.
             let result = match prepared.cached().await? {
+                // The cached answer was made under the server's limit; a
+                // request may ask for less.
+                Some(hit) if hit.stats.rows_returned > max_rows => {
+                    return Err(limit.too_many_rows().into());
+                }
                 Some(hit) => hit,
                 None => {
                     let slot = state.query_slot().await?;

@@ -179,6 +179,65 @@ async fn ndjson_csv_and_arrow_stream_rows_then_stats() {
 }
 
 #[tokio::test]
+async fn a_request_may_lower_the_row_limit_but_not_raise_it() {
+    let server = TestServer::start(|c| c.limits.max_rows = 2000).await;
+    server.ingest_fixture(None).await;
+    let sql = "SELECT namespace, seq FROM events WHERE namespace = 'tenant-001'";
+    // 724 rows: within the server's limit, so it runs and is cached.
+    let full = server.query(None, sql).await;
+    assert_eq!(full["rows"].as_array().map(Vec::len), Some(724));
+    // The same query asking for at most 100 rows is refused, also when the
+    // answer is in the cache; as a stream, it ends with the error.
+    for body in [
+        json!({"sql": sql, "max_rows": 100}),
+        json!({"sql": sql, "max_rows": 100, "cache": false}),
+    ] {
+        assert_error(server.query_raw(None, body).await, 400, "result_too_large").await;
+    }
+    let r = server
+        .get("/v1/query?sql=SELECT%20*%20FROM%20events&max_rows=10", None)
+        .send()
+        .await
+        .expect("request");
+    assert_error(r, 400, "result_too_large").await;
+    let (_, _, body, _) = streamed(
+        &server,
+        json!({"sql": sql, "format": "ndjson", "max_rows": 100}),
+        None,
+    )
+    .await;
+    let text = String::from_utf8(body).expect("utf8");
+    let last: Value = serde_json::from_str(text.lines().last().expect("a line")).expect("json");
+    assert_eq!(last["error"], "result_too_large", "{last}");
+    // Enough rows: answered. More than the server allows: the server's limit.
+    let r = server
+        .query_raw(None, json!({"sql": sql, "max_rows": 724}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = server
+        .query_raw(
+            None,
+            json!({"sql": "SELECT * FROM events", "max_rows": 1_000_000}),
+        )
+        .await;
+    let refusal = assert_error(r, 400, "result_too_large").await;
+    assert!(
+        refusal["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("more than 2000 rows")),
+        "{refusal}"
+    );
+    assert_error(
+        server
+            .query_raw(None, json!({"sql": sql, "max_rows": 0}))
+            .await,
+        400,
+        "invalid_request",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_stream_over_its_row_limit_ends_with_an_error_not_silently() {
     let server = TestServer::start(|c| c.limits.max_rows = 100).await;
     server.ingest_fixture(None).await;
