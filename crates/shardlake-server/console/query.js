@@ -103,7 +103,7 @@
     } finally {
       running = null;
       busy(false);
-      $("export-csv").disabled = $("export-json").disabled = !result;
+      for (const id of ["export-csv", "export-json", "export-ndjson"]) $(id).disabled = !result;
     }
   }
 
@@ -249,7 +249,9 @@
   }
 
   // ---- export --------------------------------------------------------
-  // The same SQL again in the endpoint's streaming format, saved as a file.
+  // The same SQL again in one of the endpoint's formats (CSV and NDJSON
+  // stream; JSON is the document with columns, rows and stats), saved as a
+  // file. Not capped at the page's MAX_ROWS: the server's limits apply.
   async function exportAs(format) {
     if (!result) return;
     $("query-status").textContent = "Exporting " + format.toUpperCase() + "…";
@@ -257,7 +259,7 @@
       const response = await SL.api.post("/v1/query", { sql: result.sql, format }, { raw: true });
       const blob = await response.blob();
       const url = URL.createObjectURL(blob);
-      const a = el("a", { href: url, download: "shardlake-result." + (format === "csv" ? "csv" : "ndjson") });
+      const a = el("a", { href: url, download: "shardlake-result." + format });
       document.body.append(a);
       a.click();
       a.remove();
@@ -307,7 +309,8 @@
     $("explain").addEventListener("click", () => run(true));
     $("cancel").addEventListener("click", () => running && running.abort());
     $("export-csv").addEventListener("click", () => exportAs("csv"));
-    $("export-json").addEventListener("click", () => exportAs("ndjson"));
+    $("export-json").addEventListener("click", () => exportAs("json"));
+    $("export-ndjson").addEventListener("click", () => exportAs("ndjson"));
     $("history-clear").addEventListener("click", () => {
       localStorage.removeItem(HISTORY_KEY);
       renderHistory();

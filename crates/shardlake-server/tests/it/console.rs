@@ -505,6 +505,13 @@ async fn the_console_works_in_a_real_browser() {
     assert_eq!(report["page_last_rows"], 50);
     assert_eq!(report["export_header"], "namespace,seq,event_type");
     assert_eq!(report["export_rows"], 250);
+    assert_eq!(
+        report["export_json_columns"],
+        json!(["namespace", "seq", "event_type"])
+    );
+    assert_eq!(report["export_json_rows"], 250);
+    assert_eq!(report["export_ndjson_rows"], 250);
+    assert_eq!(report["export_ndjson_stats_last"], true);
     assert!(
         report["plan_types"]
             .as_array()

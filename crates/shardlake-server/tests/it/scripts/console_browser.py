@@ -182,6 +182,22 @@ def main(p):
         lines = f.read().splitlines()
     report["export_header"] = lines[0] if lines else None
     report["export_rows"] = len(lines) - 1
+    with page.expect_download() as download:
+        page.click("#export-json")
+    path = os.path.join(args.out, "export.json")
+    download.value.save_as(path)
+    with open(path, encoding="utf-8") as f:
+        exported = json.load(f)
+    report["export_json_columns"] = [c["name"] for c in exported["columns"]]
+    report["export_json_rows"] = len(exported["rows"])
+    with page.expect_download() as download:
+        page.click("#export-ndjson")
+    path = os.path.join(args.out, "export.ndjson")
+    download.value.save_as(path)
+    with open(path, encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f.read().splitlines()]
+    report["export_ndjson_rows"] = sum(1 for line in lines if "stats" not in line)
+    report["export_ndjson_stats_last"] = "stats" in lines[-1]
 
     # EXPLAIN, readable.
     page.fill("#sql", "SELECT count(*) FROM events WHERE namespace = 'tenant-002'")
