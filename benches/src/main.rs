@@ -18,6 +18,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod aging;
+mod cluster;
 mod durability;
 mod load;
 mod replay;
@@ -58,6 +59,25 @@ enum Command {
         /// Runs per query and engine (median reported).
         #[arg(long, default_value_t = 5)]
         runs: usize,
+    },
+    /// The query set in this process and on `shardlake worker` processes
+    /// over the same lake: the cost of distributing, per query.
+    Cluster {
+        /// Lake directory.
+        #[arg(long)]
+        warehouse: std::path::PathBuf,
+        /// A JSON file with `{"name": "sql", ...}`.
+        #[arg(long)]
+        queries: std::path::PathBuf,
+        /// Runs per query and engine (median reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Worker processes.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// The `shardlake` binary (default: next to this one).
+        #[arg(long)]
+        shardlake: Option<std::path::PathBuf>,
     },
     /// EXPLAIN ANALYZE one query on both engines (for investigating a gap).
     Explain {
@@ -445,6 +465,22 @@ async fn main() -> anyhow::Result<()> {
             queries: file,
             runs,
         } => queries(&warehouse, &file, runs).await,
+        Command::Cluster {
+            warehouse,
+            queries,
+            runs,
+            workers,
+            shardlake,
+        } => {
+            let shardlake = match shardlake {
+                Some(path) => path,
+                None => std::env::current_exe()?
+                    .parent()
+                    .context("the bench binary's directory")?
+                    .join("shardlake"),
+            };
+            cluster::run(&warehouse, &queries, runs, workers, shardlake).await
+        }
         Command::Explain { warehouse, sql } => {
             let lake = Lake::open_local(&warehouse).await?;
             let engine = CrossShardQuery::open(&lake, QueryConfig::default()).await?;

@@ -103,6 +103,7 @@ fn leads_with_code(kind: ErrorKind) -> bool {
             | ErrorKind::QueryTimeout
             | ErrorKind::ResourcesExhausted
             | ErrorKind::SnapshotExpired
+            | ErrorKind::WorkerUnavailable
     )
 }
 

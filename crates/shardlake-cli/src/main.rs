@@ -22,6 +22,7 @@ mod output;
 mod query;
 mod route;
 mod serve;
+mod worker;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -115,6 +116,8 @@ enum Command {
         /// time (e.g. 2026-12-01T10:00:00Z).
         #[arg(long)]
         as_of: Option<String>,
+        #[command(flatten)]
+        cluster: query::ClusterArgs,
     },
     /// Generate, ingest, re-send duplicates and query: a tour in under a minute.
     Demo {
@@ -226,6 +229,23 @@ enum Command {
         /// drivers, BI tools); `[postgres] listen` in the configuration.
         #[arg(long)]
         pg_listen: Option<std::net::SocketAddr>,
+        /// A query worker to run large queries on (repeat for several);
+        /// added to `[distributed] workers`.
+        #[arg(long = "worker", value_name = "URL")]
+        workers: Vec<url::Url>,
+    },
+    /// Run a query worker: the stages of distributed queries that
+    /// coordinators (`serve` or `query` with workers) send it, until
+    /// SIGTERM or SIGINT (docs/scale-out.md).
+    Worker {
+        /// Configuration file: `[distributed]` (`listen`, `secret`),
+        /// `[storage]`, `[limits] memory_limit_bytes`.
+        #[arg(long, env = "SHARDLAKE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:7001); `[distributed]
+        /// listen` in the configuration.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
 }
 
@@ -273,7 +293,10 @@ async fn main() {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    init_logs(matches!(cli.command, Command::Serve { .. }));
+    init_logs(matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Worker { .. }
+    ));
     match run(cli, warehouse_flag).await {
         Ok(()) => {}
         // `| head` closed stdout: the reader has what it wanted.
@@ -396,6 +419,7 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             timeout_ms,
             snapshot,
             as_of,
+            cluster,
         } => {
             let at = query::TimeTravel::new(snapshot, as_of.as_deref())?;
             let sql = query::read_sql(sql.or(command), file.as_deref())?;
@@ -405,9 +429,14 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
                 max_rows,
                 json_arrays,
             };
-            let runner =
-                query::Runner::open(&lake, timeout_ms.map(Duration::from_millis), at, options)
-                    .await?;
+            let runner = query::Runner::open(
+                &lake,
+                timeout_ms.map(Duration::from_millis),
+                at,
+                options,
+                cluster.config()?,
+            )
+            .await?;
             match sql {
                 Some(sql) => {
                     let mut out = std::io::BufWriter::new(errors::Stdout::new());
@@ -528,15 +557,22 @@ async fn run(cli: Cli, warehouse_flag: bool) -> anyhow::Result<()> {
             config,
             listen,
             pg_listen,
+            workers,
         } => {
             serve::run(
                 config.as_deref(),
-                listen,
-                pg_listen,
+                serve::Flags {
+                    listen,
+                    pg_listen,
+                    workers,
+                },
                 warehouse_flag.then_some(cli.lake.warehouse.clone()),
                 &cli.lake,
             )
             .await
+        }
+        Command::Worker { config, listen } => {
+            worker::run(config.as_deref(), listen, &cli.lake, warehouse_flag).await
         }
     }
 }

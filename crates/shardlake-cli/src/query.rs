@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shardlake_lake::Lake;
+use shardlake_query::distributed::ClusterConfig;
 use shardlake_query::{CrossShardQuery, QueryConfig, SqlQuery};
 
 use crate::output;
@@ -58,18 +59,51 @@ pub struct Runner {
     output: output::Options,
 }
 
+/// `query` as a coordinator: the workers its large queries run on.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// A query worker (`shardlake worker`) to run large queries on; repeat
+    /// for several.
+    #[arg(long = "worker", value_name = "URL")]
+    workers: Vec<url::Url>,
+    /// Run on the workers only queries whose scans read at least this many
+    /// bytes; 0: every query that reads files.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    min_scan_bytes: u64,
+    /// The cluster secret the workers demand.
+    #[arg(long, env = "SHARDLAKE_DISTRIBUTED__SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+}
+
+impl ClusterArgs {
+    /// The engine's cluster settings, checked as the server checks its own.
+    pub fn config(self) -> anyhow::Result<ClusterConfig> {
+        let settings = shardlake_server::DistributedSettings {
+            workers: self.workers,
+            min_scan_bytes: self.min_scan_bytes,
+            secret: self.cluster_secret,
+            ..Default::default()
+        };
+        settings.check().map_err(anyhow::Error::msg)?;
+        Ok(settings.cluster())
+    }
+}
+
 impl Runner {
-    /// A runner over `lake`; `timeout` cancels each statement.
+    /// A runner over `lake`; `timeout` cancels each statement; `cluster`
+    /// names the workers large queries run on.
     pub async fn open(
         lake: &Lake,
         timeout: Option<Duration>,
         at: TimeTravel,
         output: output::Options,
+        cluster: ClusterConfig,
     ) -> anyhow::Result<Self> {
         let engine = CrossShardQuery::open(
             lake,
             QueryConfig {
                 default_timeout: timeout,
+                cluster,
                 ..QueryConfig::default()
             },
         )

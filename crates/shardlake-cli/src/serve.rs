@@ -9,23 +9,34 @@ use shardlake_server::{Server, ServerConfig};
 
 use crate::lake_args::LakeArgs;
 
+/// `serve`'s flags that override the configuration.
+#[derive(Debug, Default)]
+pub struct Flags {
+    /// `listen`.
+    pub listen: Option<SocketAddr>,
+    /// `[postgres] listen`.
+    pub pg_listen: Option<SocketAddr>,
+    /// Added to `[distributed] workers`.
+    pub workers: Vec<url::Url>,
+}
+
 /// Loads the configuration (file, then environment, then flags), serves,
 /// and shuts down gracefully on a signal: stop accepting, finish in-flight
 /// requests, commit what the emitter holds, exit 0.
 pub async fn run(
     config: Option<&Path>,
-    listen: Option<SocketAddr>,
-    pg_listen: Option<SocketAddr>,
+    flags: Flags,
     warehouse: Option<PathBuf>,
     lake_args: &LakeArgs,
 ) -> anyhow::Result<()> {
     let mut config = ServerConfig::load(config).context("loading the configuration")?;
-    if let Some(listen) = listen {
+    if let Some(listen) = flags.listen {
         config.listen = listen;
     }
-    if let Some(pg_listen) = pg_listen {
+    if let Some(pg_listen) = flags.pg_listen {
         config.postgres.listen = Some(pg_listen);
     }
+    config.distributed.workers.extend(flags.workers);
     if let Some(warehouse) = warehouse {
         config.warehouse = warehouse;
     }
@@ -47,6 +58,14 @@ pub async fn run(
     println!("web console on http://{}/console/", server.local_addr());
     if let Some(pg) = server.postgres_addr() {
         println!("shardlake listening for Postgres on postgres://{pg}");
+    }
+    let distributed = &server.state().config().distributed;
+    if !distributed.workers.is_empty() {
+        println!(
+            "coordinating {} workers (queries reading at least {} bytes run on them)",
+            distributed.workers.len(),
+            distributed.min_scan_bytes
+        );
     }
     server.serve(shutdown_signal()).await?;
     Ok(())

@@ -26,6 +26,7 @@
 
 mod cache;
 mod context;
+pub mod distributed;
 mod engine;
 mod error;
 pub mod format;

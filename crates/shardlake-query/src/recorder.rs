@@ -109,15 +109,25 @@ impl ScanRecorder {
     }
 
     fn opened(&self, path: &Path, metadata: &ParquetMetaData) {
-        let shards = metadata
-            .file_metadata()
-            .key_value_metadata()
-            .and_then(|kv| kv.iter().find(|k| k.key == file_meta::SHARDS_KEY))
-            .and_then(|k| k.value.as_deref())
-            .and_then(|v| file_meta::decode(v).ok())
-            .map(|ranges| ranges.iter().map(|r| r.shard_id).collect())
-            .unwrap_or_default();
-        self.lock().shards_of.insert(path.clone(), shards);
+        self.lock()
+            .shards_of
+            .insert(path.clone(), shards_in_footer(metadata));
+    }
+
+    /// A worker opened `path`, whose footer names `shards`
+    /// (`distributed::scan_metrics`).
+    pub(crate) fn remote_opened(&self, path: Path, shards: Vec<i32>) {
+        self.lock().shards_of.insert(path, shards);
+    }
+
+    /// A worker fetched `bytes` of column data of `path`.
+    pub(crate) fn remote_data_bytes(&self, path: Path, bytes: u64) {
+        *self.lock().data_bytes.entry(path).or_default() += bytes;
+    }
+
+    /// A worker fetched `bytes` in all (data, footers, page indexes).
+    pub(crate) fn remote_bytes_fetched(&self, bytes: u64) {
+        self.lock().bytes_fetched += bytes;
     }
 
     fn fetched(&self, path: &Path, bytes: u64, data: bool) {
@@ -186,6 +196,18 @@ impl ScanRecorder {
 /// Live files and namespaces the scans' snapshots hold within their
 /// callers' scopes. A table scanned twice (a self-join) counts once: one
 /// snapshot and scope (every scan of one query) is counted without sets.
+/// The shards a data file's footer says its events came from.
+pub(crate) fn shards_in_footer(metadata: &ParquetMetaData) -> Vec<i32> {
+    metadata
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == file_meta::SHARDS_KEY))
+        .and_then(|k| k.value.as_deref())
+        .and_then(|v| file_meta::decode(v).ok())
+        .map(|ranges| ranges.iter().map(|r| r.shard_id).collect())
+        .unwrap_or_default()
+}
+
 fn totals(planned: &[PlannedScan]) -> (usize, usize) {
     let Some((first, first_scope, _)) = planned.first() else {
         return (0, 0);

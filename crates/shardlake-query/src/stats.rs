@@ -2,13 +2,14 @@
 //! planner pinned and pruned and what the scans recorded while executing.
 //! Nothing here is estimated.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::ExecutionPlan;
 use serde::{Deserialize, Serialize};
 
-use crate::recorder::FileFindings;
+use crate::recorder::ScanRecorder;
 
 /// What a query did. See `docs/query.md` for the precise definitions.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -62,6 +63,18 @@ pub struct ScanStats {
     pub planning_ms: f64,
     /// Wall time from request to last row, milliseconds.
     pub elapsed_ms: f64,
+    /// Workers (`shardlake worker`) that ran scans of this query; 0 when
+    /// it ran here alone.
+    #[serde(default)]
+    pub workers: usize,
+    /// Tasks the workers ran for it, over all its stages; 0 when it ran
+    /// here alone.
+    #[serde(default)]
+    pub tasks: usize,
+    /// Bytes the scans on each worker fetched, by worker address (absent
+    /// for a local run): how evenly the work spread.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub worker_bytes_scanned: BTreeMap<String, u64>,
 }
 
 /// How an answer was made.
@@ -84,14 +97,18 @@ pub enum AnsweredFrom {
 }
 
 impl ScanStats {
-    /// Statistics of an executed plan.
+    /// Statistics of an executed plan, from what `recorder` recorded (and,
+    /// for a plan that ran on workers, what their scans sent back).
     pub(crate) fn from_execution(
-        findings: &FileFindings,
+        recorder: &ScanRecorder,
         plan: &Arc<dyn ExecutionPlan>,
         rows_returned: u64,
         planning_ms: f64,
         elapsed_ms: f64,
     ) -> Self {
+        let (plan, cluster) = crate::distributed::absorb(plan, recorder);
+        let plan = &plan;
+        let findings = recorder.findings();
         Self {
             shards_queried: findings.shards_queried,
             partitions_total: findings.partitions_total,
@@ -117,6 +134,9 @@ impl ScanStats {
             snapshot_ids: findings.snapshot_ids.clone(),
             planning_ms,
             elapsed_ms,
+            workers: cluster.workers,
+            tasks: cluster.tasks,
+            worker_bytes_scanned: cluster.bytes_by_worker,
         }
     }
 
@@ -137,6 +157,9 @@ impl ScanStats {
             answered_from: AnsweredFrom::Cache,
             planning_ms: 0.0,
             elapsed_ms,
+            workers: 0,
+            tasks: 0,
+            worker_bytes_scanned: BTreeMap::new(),
             ..self.clone()
         }
     }
@@ -172,8 +195,12 @@ impl ScanStats {
                 self.snapshot_ids,
             );
         }
+        let spread = match self.workers {
+            0 => String::new(),
+            n => format!(" on {n} workers ({} tasks)", self.tasks),
+        };
         format!(
-            "{} rows in {:.1} ms; scanned {} of {} files, {} of {} partitions, {} shards, {:.2} MB, {} rows (snapshot {:?})",
+            "{} rows in {:.1} ms; scanned {} of {} files, {} of {} partitions, {} shards, {:.2} MB, {} rows{spread} (snapshot {:?})",
             self.rows_returned,
             self.elapsed_ms,
             self.files_scanned,

@@ -30,6 +30,18 @@ use shardlake_core::hash::fnv1a_32;
 /// Name of the partition function in SQL.
 pub const PARTITION_FN: &str = "shardlake_partition";
 
+/// Every function shardlake adds to SQL (the JSON functions, these), into
+/// `registry`: the engine's session template and a worker's session both
+/// call it, because functions travel in distributed plans by name only.
+pub fn register_functions(
+    registry: &mut dyn datafusion::execution::FunctionRegistry,
+) -> DfResult<()> {
+    datafusion_functions_json::register_all(registry)?;
+    registry.register_udf(Arc::new(partition_udf()))?;
+    registry.register_udf(Arc::new(date_trunc_udf()))?;
+    Ok(())
+}
+
 /// `shardlake_partition(key Utf8, n Int64) -> Int64`.
 pub fn partition_udf() -> ScalarUDF {
     create_udf(

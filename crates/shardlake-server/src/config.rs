@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Value};
 use serde::{Deserialize, Serialize};
 use shardlake_lake::{EmitterConfig, ObjectStorageConfig, TableFormat};
+use shardlake_query::distributed::ClusterConfig;
 use shardlake_query::{CacheConfig, QueryConfig};
 
 /// The server's configuration.
@@ -56,6 +57,8 @@ pub struct ServerConfig {
     pub shards: Vec<ShardEndpoint>,
     /// The Postgres wire protocol listener (off unless `listen` is set).
     pub postgres: PostgresSettings,
+    /// Queries on a cluster of workers.
+    pub distributed: DistributedSettings,
 }
 
 /// `[postgres]`: psql, BI tools and Postgres drivers on a second socket.
@@ -75,6 +78,88 @@ impl Default for PostgresSettings {
             listen: None,
             max_connections: 64,
         }
+    }
+}
+
+/// `[distributed]`: queries on a cluster of workers
+/// (docs/scale-out.md). A server with `workers` is a coordinator: a query
+/// whose scans read at least `min_scan_bytes` runs its scans and
+/// aggregations on the workers; `shardlake worker` reads `listen` and
+/// `secret` from the same section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistributedSettings {
+    /// The workers' URLs, e.g. `["http://10.0.0.7:7001"]`; none: every
+    /// query runs in this process.
+    pub workers: Vec<url::Url>,
+    /// A query runs on the workers only when its scans read at least this
+    /// many bytes (after pruning); smaller ones run here, where they are
+    /// faster. 0 distributes every query that reads files.
+    pub min_scan_bytes: u64,
+    /// The cluster secret: coordinators send it, workers demand it (also
+    /// `SHARDLAKE_DISTRIBUTED__SECRET`). Required as soon as a worker is
+    /// not on loopback.
+    pub secret: Option<String>,
+    /// `shardlake worker`: the address to listen on.
+    pub listen: SocketAddr,
+}
+
+impl Default for DistributedSettings {
+    fn default() -> Self {
+        Self {
+            workers: Vec::new(),
+            min_scan_bytes: 64 * 1024 * 1024,
+            secret: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
+        }
+    }
+}
+
+impl DistributedSettings {
+    /// The engine's view of it.
+    pub fn cluster(&self) -> ClusterConfig {
+        ClusterConfig {
+            workers: self.workers.clone(),
+            min_scan_bytes: self.min_scan_bytes,
+            secret: self.secret.clone(),
+        }
+    }
+
+    /// Refuses a cluster whose plans would travel without the secret beyond
+    /// loopback: a worker runs any plan it is sent and reads any object in
+    /// the store.
+    pub fn check(&self) -> Result<(), String> {
+        if self.secret.as_deref().is_some_and(|s| s.len() < 16) {
+            return Err("`distributed.secret` must be at least 16 characters".to_owned());
+        }
+        if self.secret.is_none()
+            && let Some(remote) = self.workers.iter().find(|u| !is_loopback_url(u))
+        {
+            return Err(format!(
+                "worker {remote} is not on loopback: set `distributed.secret` \
+                 (or SHARDLAKE_DISTRIBUTED__SECRET) on the coordinators and the workers"
+            ));
+        }
+        if let Some(bad) = self
+            .workers
+            .iter()
+            .find(|u| !matches!(u.scheme(), "http" | "https") || u.host().is_none())
+        {
+            return Err(format!(
+                "worker URL {bad} must be http://host:port (or https://)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `url` names this machine (`localhost` or a loopback address).
+fn is_loopback_url(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 
@@ -143,6 +228,7 @@ impl Default for ServerConfig {
             migration: MigrationSettings::default(),
             shards: Vec::new(),
             postgres: PostgresSettings::default(),
+            distributed: DistributedSettings::default(),
         }
     }
 }
@@ -360,6 +446,7 @@ impl ServerConfig {
             memory_limit: self.limits.memory_limit_bytes,
             default_timeout: Some(self.limits.query_timeout()),
             cache: self.cache.clone(),
+            cluster: self.distributed.cluster(),
             ..self.query.clone()
         }
     }
@@ -379,7 +466,7 @@ impl ServerConfig {
                         `maintenance.enabled = false`)"
                 .to_owned());
         }
-        Ok(())
+        self.distributed.check()
     }
 
     /// The lake maintenance these settings describe: `[maintenance]` with

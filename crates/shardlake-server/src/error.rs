@@ -178,7 +178,7 @@ impl From<shardlake_core::Error> for ApiError {
                 code,
                 "the server is shutting down; nothing of this request was committed",
             ),
-            K::ShardUnavailable => Self {
+            K::ShardUnavailable | K::WorkerUnavailable => Self {
                 retry_after_secs: Some(1),
                 ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.message())
             },

@@ -37,8 +37,8 @@ mod server;
 mod state;
 
 pub use config::{
-    CompactionSettings, Limits, MaintenanceSettings, MigrationSettings, Permission, ServerConfig,
-    ShardEndpoint, TokenConfig,
+    CompactionSettings, DistributedSettings, Limits, MaintenanceSettings, MigrationSettings,
+    Permission, ServerConfig, ShardEndpoint, TokenConfig,
 };
 pub use error::ApiError;
 pub use routes::app;

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `shardlake` binary: real processes, real files,
 //! real SIGKILLs.
 
+mod cluster;
 mod crash;
 mod docs;
 mod first_hour;

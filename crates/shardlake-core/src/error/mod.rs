@@ -64,6 +64,10 @@ pub enum ErrorKind {
     CommitConflict,
     /// A shard (the target of a migration) did not answer as it should.
     ShardUnavailable,
+    /// A query worker (`shardlake worker`) failed or could not be reached
+    /// while running part of a distributed query; nothing partial was
+    /// answered, and the query may succeed again.
+    WorkerUnavailable,
 
     // Time.
     /// A query ran past its timeout and was cancelled.
@@ -102,6 +106,7 @@ impl ErrorKind {
             Self::Closed => "shutting_down",
             Self::Storage | Self::CommitConflict | Self::SchemaMismatch => "storage_unavailable",
             Self::ShardUnavailable => "shard_error",
+            Self::WorkerUnavailable => "worker_unavailable",
             Self::QueryTimeout => "query_timeout",
             Self::MigrationTimeout => "migration_timeout",
             Self::Unexpected => "internal_error",
@@ -117,6 +122,7 @@ impl ErrorKind {
                 | Self::QueueFull
                 | Self::ResourcesExhausted
                 | Self::ShardUnavailable
+                | Self::WorkerUnavailable
                 | Self::QueryTimeout
                 | Self::MigrationTimeout
         )

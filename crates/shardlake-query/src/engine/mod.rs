@@ -80,6 +80,10 @@ pub struct QueryConfig {
     /// the caller's (a server's HTTP runtime keeps answering while queries
     /// use every core). Zero runs queries as tasks of the caller's runtime.
     pub cpu_threads: usize,
+    /// The workers that run large queries' scans (the server's
+    /// `[distributed]`); none runs everything here.
+    #[serde(skip)]
+    pub cluster: crate::distributed::ClusterConfig,
 }
 
 impl Default for QueryConfig {
@@ -93,6 +97,7 @@ impl Default for QueryConfig {
             freshness: Duration::ZERO,
             things_state_bytes: 256 * 1024 * 1024,
             cpu_threads: 0,
+            cluster: crate::distributed::ClusterConfig::default(),
         }
     }
 }
@@ -175,16 +180,18 @@ impl CrossShardQuery {
         // (docs/benchmarks.md, q15).
         let mut session = session;
         session.options_mut().optimizer.prefer_existing_sort = true;
-        let mut ctx = SessionContext::new_with_state(with_our_rules(
+        let mut state = with_our_rules(
             SessionStateBuilder::new()
                 .with_config(session)
                 .with_runtime_env(runtime)
                 .with_default_features()
                 .build(),
-        ));
-        datafusion_functions_json::register_all(&mut ctx)?;
-        ctx.register_udf(crate::udf::partition_udf());
-        ctx.register_udf(crate::udf::date_trunc_udf());
+        );
+        if !config.cluster.workers.is_empty() {
+            state = crate::distributed::coordinator(state, &config.cluster)?;
+        }
+        let mut ctx = SessionContext::new_with_state(state);
+        crate::udf::register_functions(&mut ctx)?;
         let events = Arc::new(EventsTable::new(Arc::clone(&snapshots), store_url));
         ctx.register_table("events", Arc::clone(&events) as _)?;
         let view = ctx.sql(THINGS_SQL).await?.into_unoptimized_plan();

@@ -499,15 +499,16 @@ async fn compute(
         .session(query.dialect, snapshot, &query.scope)?;
     let plan = query.physical(&state).await?;
     let planning_ms = started.elapsed().as_secs_f64() * 1e3;
-    let mut stream = execute_stream(Arc::clone(&plan), Arc::new(TaskContext::from(&state)))?;
+    let mut stream = execute_stream(Arc::clone(&plan), Arc::new(TaskContext::from(&state)))
+        .map_err(crate::distributed::classify)?;
     let (mut batches, mut rows, mut bytes) = (Vec::new(), 0, 0);
     while let Some(batch) = stream.next().await {
-        let batch = batch?;
+        let batch = batch.map_err(crate::distributed::classify)?;
         query.limit.account(&mut rows, &mut bytes, &batch)?;
         batches.push(batch);
     }
     let stats = ScanStats::from_execution(
-        &recorder.findings(),
+        &recorder,
         &plan,
         rows,
         planning_ms,

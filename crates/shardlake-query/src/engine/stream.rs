@@ -60,7 +60,8 @@ impl PreparedQuery {
                         .engine
                         .session(query.dialect, &snapshot, &query.scope)?;
                 let plan = query.physical(&state).await?;
-                let rows = execute_stream(Arc::clone(&plan), Arc::new(TaskContext::from(&state)))?;
+                let rows = execute_stream(Arc::clone(&plan), Arc::new(TaskContext::from(&state)))
+                    .map_err(crate::distributed::classify)?;
                 Ok::<_, Error>((plan, rows, recorder))
             }
             .await;
@@ -77,7 +78,11 @@ impl PreparedQuery {
                 }
             };
             while let Some(batch) = rows.next().await {
-                if batches_tx.send(batch.map_err(Error::from)).await.is_err() {
+                if batches_tx
+                    .send(batch.map_err(crate::distributed::classify))
+                    .await
+                    .is_err()
+                {
                     break; // the reader is gone: stop
                 }
             }
@@ -204,7 +209,7 @@ impl Stream for QueryStream {
             Poll::Ready(None) => {
                 this.inner = None;
                 let stats = ScanStats::from_execution(
-                    &this.recorder.findings(),
+                    &this.recorder,
                     &this.plan,
                     this.rows,
                     this.planning_ms,

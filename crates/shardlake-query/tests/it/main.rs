@@ -1,6 +1,7 @@
 //! Integration tests of the query engine over a real fixture lake.
 
 mod cache;
+mod distributed;
 mod fixture;
 mod freshness;
 mod interop;

@@ -37,6 +37,8 @@ pub(super) fn sqlstate(code: &str, message: &str) -> &'static str {
         "resources_exhausted" => "53200",
         "snapshot_expired" => "55000",
         "storage_unavailable" => "58030",
+        // connection_failure: a worker of a distributed query.
+        "worker_unavailable" => "08006",
         "shutting_down" => "57P01",
         _ => "XX000",
     }

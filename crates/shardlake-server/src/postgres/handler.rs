@@ -152,7 +152,7 @@ impl Queries {
             let prepared = query.prepare().await?;
             // A cache hit costs no query slot, as over HTTP.
             if let Some(hit) = prepared.cached().await? {
-                return Ok::<_, ApiError>(Answer::Cached(hit));
+                return Ok::<_, ApiError>(Answer::Cached(Box::new(hit)));
             }
             let slot = state.query_slot().await?;
             Ok(Answer::Streaming(Box::new(
@@ -166,6 +166,7 @@ impl Queries {
         let (schema, batches): (SchemaRef, BoxStream<'static, Result<RecordBatch, ApiError>>) =
             match answer {
                 Answer::Cached(hit) => {
+                    let hit = *hit;
                     record(&self.state, &hit.stats);
                     (
                         Arc::clone(&hit.schema),
@@ -324,7 +325,7 @@ impl futures::Stream for Recorded {
 
 /// An answer being sent: whole from the cache, or streaming.
 enum Answer {
-    Cached(QueryResult),
+    Cached(Box<QueryResult>),
     Streaming(Box<QueryStream>),
 }
 
