@@ -202,6 +202,18 @@ enum Command {
     },
 }
 
+/// The `shardlake` binary a bench drives: `given`, else the one built next
+/// to this bench.
+fn shardlake_binary(given: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+    Ok(match given {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .context("the bench binary's directory")?
+            .join("shardlake"),
+    })
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     xs[xs.len() / 2]
@@ -472,13 +484,7 @@ async fn main() -> anyhow::Result<()> {
             workers,
             shardlake,
         } => {
-            let shardlake = match shardlake {
-                Some(path) => path,
-                None => std::env::current_exe()?
-                    .parent()
-                    .context("the bench binary's directory")?
-                    .join("shardlake"),
-            };
+            let shardlake = shardlake_binary(shardlake)?;
             cluster::run(&warehouse, &queries, runs, workers, shardlake).await
         }
         Command::Explain { warehouse, sql } => {
@@ -516,13 +522,7 @@ async fn main() -> anyhow::Result<()> {
             baseline,
             runs,
         } => {
-            let shardlake = match shardlake {
-                Some(path) => path,
-                None => std::env::current_exe()?
-                    .parent()
-                    .context("the bench binary's directory")?
-                    .join("shardlake"),
-            };
+            let shardlake = shardlake_binary(shardlake)?;
             aging::run(aging::AgingSpec {
                 shardlake,
                 dir,
