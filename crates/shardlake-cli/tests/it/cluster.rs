@@ -1,18 +1,16 @@
 //! A cluster of real processes: two `shardlake worker`s on loopback over a
 //! lake on S3 (moto), and `shardlake query --worker ...` as the
 //! coordinator. Answers equal the local ones, the statistics say where they
-//! ran, a worker without its secret refuses, a killed worker fails the query
-//! with `worker_unavailable`, and a worker refuses to listen beyond
-//! loopback without a secret.
+//! ran, a worker without its secret refuses, a hung (SIGSTOPped) or killed
+//! worker fails the query with `worker_unavailable`, and a worker refuses to
+//! listen beyond loopback without a secret.
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::{generate, put_on_s3, query_json, run_ok, shardlake_at};
+use crate::{generate, put_on_s3, query_json, run_ok, shardlake_at, spawn_server};
 
 const SECRET: &str = "cluster-secret-for-the-test-0123";
 
@@ -23,28 +21,12 @@ struct WorkerProcess {
 }
 
 async fn start_worker(warehouse: &Path) -> WorkerProcess {
-    let mut child = tokio::process::Command::from(shardlake_at(warehouse))
-        .args(["worker", "--listen", "127.0.0.1:0"])
+    let mut cmd = shardlake_at(warehouse);
+    cmd.args(["worker", "--listen", "127.0.0.1:0"])
         .env("SHARDLAKE_DISTRIBUTED__SECRET", SECRET)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn worker");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let banner = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("the worker starts")
-        .expect("read")
-        .expect("a banner");
+        .stderr(Stdio::inherit());
+    let (child, banner, url) = spawn_server(cmd).await;
     assert!(banner.contains("cluster secret required"), "{banner}");
-    let url = banner
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("an address")
-        .to_owned();
-    // Keep reading so the worker's writes never block on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     WorkerProcess { child, url }
 }
 
@@ -125,6 +107,30 @@ async fn worker_processes_answer_what_the_local_engine_answers() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("worker_unavailable"), "{stderr}");
     assert!(stderr.contains("secret"), "{stderr}");
+
+    // A hung worker (SIGSTOP: the kernel still accepts its connections,
+    // nothing answers): the HTTP/2 keep-alive gives up on it and the query
+    // fails with the same retryable error, inside the query timeout (the
+    // CLI's 60 s: a timeout would say `query_timeout`).
+    let pid = b.child.id().expect("pid").to_string();
+    let signal = |sig: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+    };
+    signal("-STOP");
+    let out = query_on(&warehouse, &[&a, &b], SECRET, sql);
+    signal("-CONT");
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("worker_unavailable"), "{stderr}");
+    assert!(!stderr.contains("query_timeout"), "{stderr}");
 
     // A killed worker: the query fails, saying so; never a partial answer.
     b.child.kill().await.expect("kill");

@@ -339,7 +339,9 @@ fn tasks(plan: &Arc<dyn ExecutionPlan>) -> usize {
 pub(crate) fn classify(e: DataFusionError) -> Error {
     let root = e.find_root();
     let from_worker = match root {
-        DataFusionError::External(inner) => inner.is::<tonic::Status>(),
+        DataFusionError::External(inner) => {
+            inner.is::<tonic::Status>() || relayed_transport_failure(&inner.to_string())
+        }
         other => {
             let message = other.message();
             message.contains("Distributed DataFusion worker")
@@ -372,11 +374,36 @@ pub(crate) fn classify(e: DataFusionError) -> Error {
     Error::from(e)
 }
 
+/// Whether `message` is a transport failure one worker met reaching
+/// another (a shuffle from a worker that died or hangs) and relayed to the
+/// coordinator: datafusion-distributed sends errors between processes as
+/// text (its `DistributedDataFusionGenericError`, private), so the
+/// `tonic::Status` is gone and only its words are left: tonic's
+/// description of `Unavailable`, or a transport error.
+fn relayed_transport_failure(message: &str) -> bool {
+    message.contains("The service is currently unavailable")
+        || message.contains("tonic::transport::Error")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use datafusion::physical_plan::union::UnionExec;
     use std::sync::Arc;
+
+    #[test]
+    fn a_transport_failure_relayed_by_another_worker_is_worker_unavailable() {
+        // What a worker sends when its shuffle from a hung worker timed out.
+        let relayed = DataFusionError::External(Box::new(std::io::Error::other(
+            "code: 'The service is currently unavailable', message: \"http2 error\", \
+             source: tonic::transport::Error(Transport, hyper::Error(Http2, KeepAliveTimedOut))",
+        )));
+        assert_eq!(classify(relayed).kind(), ErrorKind::WorkerUnavailable);
+        let direct = DataFusionError::External(Box::new(tonic::Status::unavailable("gone")));
+        assert_eq!(classify(direct).kind(), ErrorKind::WorkerUnavailable);
+        let other = DataFusionError::External(Box::new(std::io::Error::other("disk full")));
+        assert_ne!(classify(other).kind(), ErrorKind::WorkerUnavailable);
+    }
 
     #[test]
     fn only_plans_of_scans_are_distributed() {
