@@ -20,6 +20,18 @@ pub struct LakeArgs {
         default_value = "./shardlake-data"
     )]
     pub warehouse: PathBuf,
+    /// The catalog database, to share one lake between servers:
+    /// `postgres://user:password@host/db` (default: `<warehouse>/catalog.db`).
+    /// Best given as SHARDLAKE_CATALOG__URL, which other users of the
+    /// machine cannot read.
+    #[arg(
+        long = "catalog",
+        global = true,
+        env = "SHARDLAKE_CATALOG__URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub catalog: Option<String>,
     /// Where the table files live: `s3://bucket/prefix` or `file:///dir`
     /// (default: `<warehouse>/warehouse`).
     #[arg(
@@ -79,21 +91,31 @@ impl LakeArgs {
     /// reads it: a directory without a lake is an error, never a new empty
     /// lake that answers every question with nothing.
     pub async fn open_existing(&self) -> anyhow::Result<Lake> {
-        Ok(Lake::open_existing(&self.warehouse, &self.storage_config(), self.table_format).await?)
+        Ok(Lake::open_existing_in(
+            &self.warehouse,
+            &self.storage_config(),
+            self.catalog.as_deref(),
+            self.table_format,
+        )
+        .await?)
     }
 
     /// Opens the lake, creating it if there is none (for commands that
     /// write), and says so on stderr when it did.
     pub async fn open_or_create(&self) -> anyhow::Result<Lake> {
-        let (lake, created) =
-            Lake::open_or_create(&self.warehouse, &self.storage_config(), self.table_format)
-                .await?;
+        let (lake, created) = Lake::open_or_create_in(
+            &self.warehouse,
+            &self.storage_config(),
+            self.catalog.as_deref(),
+            self.table_format,
+        )
+        .await?;
         if created {
-            eprintln!(
-                "created a new {} lake at {}",
-                lake.format(),
-                lake.warehouse().data_dir().display()
-            );
+            let at = match &self.catalog {
+                Some(url) => format!("in the catalog at {}", shardlake_lake::db::redact(url)),
+                None => format!("at {}", lake.warehouse().data_dir().display()),
+            };
+            eprintln!("created a new {} lake {at}", lake.format());
         }
         Ok(lake)
     }

@@ -41,6 +41,9 @@ pub async fn run(
         config.warehouse = warehouse;
     }
     lake_args.apply_to(&mut config.storage);
+    if let Some(catalog) = &lake_args.catalog {
+        config.catalog.url = Some(catalog.clone());
+    }
     if let Some(format) = lake_args.table_format {
         config.format = Some(format);
     }

@@ -11,14 +11,13 @@
 //! entirely processed, the minimum of its checkpoints. Events after that may
 //! be seen again (projections are idempotent); none is skipped.
 
-use sqlx::SqlitePool;
-
+use crate::db::Database;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Checkpoints of all subscriptions of a lake.
 #[derive(Debug, Clone)]
 pub struct Checkpoints {
-    pool: SqlitePool,
+    db: Database,
 }
 
 fn storage(e: sqlx::Error) -> Error {
@@ -26,33 +25,30 @@ fn storage(e: sqlx::Error) -> Error {
 }
 
 impl Checkpoints {
-    pub(crate) async fn open(pool: SqlitePool) -> Result<Self> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS shardlake_checkpoints (
+    pub(crate) async fn open(db: Database) -> Result<Self> {
+        // `updated_at` is written from here (both backends spell it alike).
+        db.create_tables(&["CREATE TABLE IF NOT EXISTS shardlake_checkpoints (
                 name TEXT NOT NULL,
-                partition_count INTEGER NOT NULL,
-                partition_index INTEGER NOT NULL,
-                position INTEGER NOT NULL,
-                updated_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+                partition_count BIGINT NOT NULL,
+                partition_index BIGINT NOT NULL,
+                position BIGINT NOT NULL,
+                updated_at TEXT NOT NULL,
                 PRIMARY KEY (name, partition_count, partition_index)
-            )",
-        )
-        .execute(&pool)
-        .await
-        .map_err(storage)?;
-        Ok(Self { pool })
+            )"])
+            .await?;
+        Ok(Self { db })
     }
 
     /// The checkpoint of partition `index` of `count` of `name`, if any.
     pub async fn get(&self, name: &str, index: u32, count: u32) -> Result<Option<i64>> {
         let row: Option<(i64,)> = sqlx::query_as(
             "SELECT position FROM shardlake_checkpoints \
-             WHERE name = ? AND partition_count = ? AND partition_index = ?",
+             WHERE name = $1 AND partition_count = $2 AND partition_index = $3",
         )
         .bind(name)
         .bind(i64::from(count))
         .bind(i64::from(index))
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db.pool())
         .await
         .map_err(storage)?;
         Ok(row.map(|(p,)| p))
@@ -67,10 +63,10 @@ impl Checkpoints {
         }
         let layouts: Vec<(i64, i64, i64)> = sqlx::query_as(
             "SELECT partition_count, COUNT(*), MIN(position) FROM shardlake_checkpoints \
-             WHERE name = ? GROUP BY partition_count",
+             WHERE name = $1 GROUP BY partition_count",
         )
         .bind(name)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db.pool())
         .await
         .map_err(storage)?;
         Ok(layouts
@@ -85,16 +81,20 @@ impl Checkpoints {
     /// everything up to `position`. Never moves a checkpoint backwards.
     pub async fn save(&self, name: &str, index: u32, count: u32, position: i64) -> Result<()> {
         sqlx::query(
-            "INSERT INTO shardlake_checkpoints (name, partition_count, partition_index, position) \
-             VALUES (?, ?, ?, ?) \
+            "INSERT INTO shardlake_checkpoints \
+             (name, partition_count, partition_index, position, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (name, partition_count, partition_index) DO UPDATE SET \
-             position = MAX(position, excluded.position), updated_at = CURRENT_TIMESTAMP",
+             position = CASE WHEN excluded.position > shardlake_checkpoints.position \
+             THEN excluded.position ELSE shardlake_checkpoints.position END, \
+             updated_at = excluded.updated_at",
         )
         .bind(name)
         .bind(i64::from(count))
         .bind(i64::from(index))
         .bind(position)
-        .execute(&self.pool)
+        .bind(crate::db::now_text())
+        .execute(self.db.pool())
         .await
         .map_err(storage)?;
         Ok(())

@@ -63,8 +63,9 @@ impl FromStr for TableFormat {
 pub enum EventsTable {
     /// An Iceberg table.
     Iceberg(IcebergEventsTable),
-    /// A plain-Parquet table.
-    Parquet(ParquetEventsTable),
+    /// A plain-Parquet table (boxed: its caches make it far larger than
+    /// the Iceberg handle, one `Arc`).
+    Parquet(Box<ParquetEventsTable>),
 }
 
 impl EventsTable {
@@ -85,7 +86,9 @@ impl EventsTable {
                 }
                 Self::Iceberg(IcebergEventsTable::open(warehouse).await?)
             }
-            TableFormat::Parquet => Self::Parquet(ParquetEventsTable::open(warehouse).await?),
+            TableFormat::Parquet => {
+                Self::Parquet(Box::new(ParquetEventsTable::open(warehouse).await?))
+            }
         })
     }
 
@@ -178,11 +181,11 @@ impl EventsTable {
         }
     }
 
-    /// The lake's local database (catalog or control database).
-    pub(crate) fn pool(&self) -> &sqlx::SqlitePool {
+    /// The lake's database (catalog or control database).
+    pub(crate) fn database(&self) -> &crate::db::Database {
         match self {
-            Self::Iceberg(t) => t.pool(),
-            Self::Parquet(t) => t.pool(),
+            Self::Iceberg(t) => t.database(),
+            Self::Parquet(t) => t.database(),
         }
     }
 
@@ -190,7 +193,7 @@ impl EventsTable {
     pub async fn committer(&self, writer: WriterConfig) -> Result<Box<dyn TableCommitter>> {
         Ok(match self {
             Self::Iceberg(t) => Box::new(IcebergCommitter::new(t.clone(), writer).await?),
-            Self::Parquet(t) => Box::new(ParquetCommitter::new(t.clone(), writer).await?),
+            Self::Parquet(t) => Box::new(ParquetCommitter::new((**t).clone(), writer).await?),
         })
     }
 }

@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod commit;
 pub mod crashpoint;
 mod data_file;
+pub mod db;
 pub mod emitter;
 mod error;
 pub mod executor;
@@ -82,6 +83,19 @@ impl Lake {
         Self::open_format(Warehouse::open(data_dir, storage)?, format).await
     }
 
+    /// [`Self::open_with`], with the catalog in the database at `catalog`
+    /// (`postgres://...`) when given.
+    async fn open_in(
+        data_dir: &Path,
+        storage: &ObjectStorageConfig,
+        catalog: Option<&str>,
+        format: TableFormat,
+    ) -> Result<Self> {
+        let warehouse =
+            Warehouse::open(data_dir, storage)?.with_catalog_url(catalog.map(str::to_owned));
+        Self::open_format(warehouse, format).await
+    }
+
     /// Opens the lake whose data directory is `data_dir`, in the format it
     /// was created with, creating nothing: a directory that holds no lake is
     /// refused (naming the lake it is inside of, if any), and so is a
@@ -93,10 +107,34 @@ impl Lake {
         storage: &ObjectStorageConfig,
         format: Option<TableFormat>,
     ) -> Result<Self> {
+        Self::open_existing_in(data_dir, storage, None, format).await
+    }
+
+    /// [`Self::open_existing`] with the catalog in the database at
+    /// `catalog` when given (`postgres://...`: several servers on one
+    /// lake): a lake exists there when the catalog has its table. The data
+    /// directory then only holds dead letters.
+    pub async fn open_existing_in(
+        data_dir: impl AsRef<Path>,
+        storage: &ObjectStorageConfig,
+        catalog: Option<&str>,
+        format: Option<TableFormat>,
+    ) -> Result<Self> {
         let data_dir = data_dir.as_ref();
+        if let Some(url) = catalog {
+            let shown = format!("the catalog at {}", db::redact(url));
+            if !catalog_has_lake(url).await? {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("no shardlake lake in {shown} (create one with shardlake ingest)"),
+                ));
+            }
+            check_format(&shown, TableFormat::Iceberg, format)?;
+            return Self::open_in(data_dir, storage, catalog, TableFormat::Iceberg).await;
+        }
         match LakeDir::probe(data_dir) {
             LakeDir::Lake(found) => {
-                check_format(data_dir, found, format)?;
+                check_format(&data_dir.display().to_string(), found, format)?;
                 Self::open_with(data_dir, storage, found).await
             }
             other => Err(not_a_lake(data_dir, &other)),
@@ -114,10 +152,37 @@ impl Lake {
         storage: &ObjectStorageConfig,
         format: Option<TableFormat>,
     ) -> Result<(Self, bool)> {
+        Self::open_or_create_in(data_dir, storage, None, format).await
+    }
+
+    /// [`Self::open_or_create`] with the catalog in the database at
+    /// `catalog` when given (see [`Self::open_existing_in`]). Two servers
+    /// creating the same lake at once both succeed, on the same table.
+    pub async fn open_or_create_in(
+        data_dir: impl AsRef<Path>,
+        storage: &ObjectStorageConfig,
+        catalog: Option<&str>,
+        format: Option<TableFormat>,
+    ) -> Result<(Self, bool)> {
         let data_dir = data_dir.as_ref();
+        if let Some(url) = catalog {
+            let shown = format!("the catalog at {}", db::redact(url));
+            let existed = catalog_has_lake(url).await?;
+            if existed {
+                check_format(&shown, TableFormat::Iceberg, format)?;
+            } else if format == Some(TableFormat::Parquet) {
+                return Err(Error::new(
+                    ErrorKind::DataInvalid,
+                    "a plain Parquet lake keeps its control database in its data directory; \
+                     a catalog URL (several servers on one lake) needs the Iceberg format",
+                ));
+            }
+            let lake = Self::open_in(data_dir, storage, catalog, TableFormat::Iceberg).await?;
+            return Ok((lake, !existed));
+        }
         match LakeDir::probe(data_dir) {
             LakeDir::Lake(found) => {
-                check_format(data_dir, found, format)?;
+                check_format(&data_dir.display().to_string(), found, format)?;
                 Ok((Self::open_with(data_dir, storage, found).await?, false))
             }
             inside @ LakeDir::Inside { .. } => Err(not_a_lake(data_dir, &inside)),
@@ -213,13 +278,13 @@ impl Lake {
         self.table.checkpoints().await
     }
 
-    /// The lake's local database: the Iceberg catalog database, or
-    /// `control.db` of a Parquet lake. Every process of the lake shares it;
-    /// components that keep durable state next to the table (and write
-    /// [`pins::set_in`] with it) create their own tables in it. Cheap to
-    /// clone (a shared pool).
-    pub fn database(&self) -> sqlx::SqlitePool {
-        self.table.pool().clone()
+    /// The lake's database: the Iceberg catalog database (SQLite or
+    /// PostgreSQL), or `control.db` of a Parquet lake. Every process of the
+    /// lake shares it; components that keep durable state next to the table
+    /// (and write [`pins::set_in`] with it) create their own tables in it.
+    /// Cheap to clone (a shared pool).
+    pub fn database(&self) -> db::Database {
+        self.table.database().clone()
     }
 
     /// Starts an emitter committing to the `events` table. Dead letters go to
@@ -258,17 +323,25 @@ pub fn not_a_lake(data_dir: &Path, found: &LakeDir) -> Error {
     Error::new(ErrorKind::NotFound, message)
 }
 
-/// Refuses a format `asked` for that contradicts the lake's own.
-fn check_format(data_dir: &Path, found: TableFormat, asked: Option<TableFormat>) -> Result<()> {
+/// Refuses a format `asked` for that contradicts the lake's own (the lake
+/// `at` a data directory or in a catalog).
+fn check_format(at: &str, found: TableFormat, asked: Option<TableFormat>) -> Result<()> {
     match asked {
         Some(asked) if asked != found => Err(Error::new(
             ErrorKind::DataInvalid,
             format!(
-                "the lake at {} is a {found} lake, not {asked}: the table format only \
-                 chooses for a new lake (leave it out, or use another directory)",
-                data_dir.display()
+                "the lake at {at} is a {found} lake, not {asked}: the table format only \
+                 chooses for a new lake (leave it out, or use another directory)"
             ),
         )),
         _ => Ok(()),
     }
+}
+
+/// Whether the catalog database at `url` holds a shardlake lake.
+async fn catalog_has_lake(url: &str) -> Result<bool> {
+    db::Database::connect(url)
+        .await?
+        .has_catalog_table(iceberg::ICEBERG_NAMESPACE, iceberg::EVENTS_TABLE)
+        .await
 }

@@ -26,10 +26,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
-use sqlx::SqlitePool;
-
+use crate::db::Database;
 use crate::error::{Error, ErrorKind, Result};
+use serde::Serialize;
 
 /// One thing keeping a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,7 +46,7 @@ pub struct Pin {
 /// The pins of one lake. Cheap to clone; clones share the open-query holds.
 #[derive(Debug, Clone)]
 pub struct SnapshotPins {
-    pool: SqlitePool,
+    db: Database,
     open: Arc<Mutex<HashMap<i64, usize>>>,
 }
 
@@ -82,17 +81,16 @@ pub(crate) fn now_ms() -> i64 {
 /// The pins table.
 const PINS_DDL: &str = "CREATE TABLE IF NOT EXISTS shardlake_snapshot_pins (
     holder TEXT NOT NULL,
-    snapshot_id INTEGER NOT NULL,
-    expires_at_ms INTEGER,
+    snapshot_id BIGINT NOT NULL,
+    expires_at_ms BIGINT,
     PRIMARY KEY (holder, snapshot_id)
 )";
 
-/// Creates the pins table in the lake's database `pool` if it is not there
+/// Creates the pins table in the lake's database `db` if it is not there
 /// yet. For a store that writes durable pins with its own rows
 /// ([`set_in`]) and may open before anything else created the table.
-pub async fn create_table(pool: &SqlitePool) -> Result<()> {
-    sqlx::query(PINS_DDL).execute(pool).await.map_err(storage)?;
-    Ok(())
+pub async fn create_table(db: &Database) -> Result<()> {
+    db.create_tables(&[PINS_DDL]).await
 }
 
 /// Makes `snapshot_ids` exactly what `holder` keeps, until released, on
@@ -100,19 +98,19 @@ pub async fn create_table(pool: &SqlitePool) -> Result<()> {
 /// atomically with whatever they protect ([`SnapshotPins::set`] is this in
 /// a transaction of its own).
 pub async fn set_in(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     holder: &str,
     snapshot_ids: &[i64],
 ) -> Result<()> {
-    sqlx::query("DELETE FROM shardlake_snapshot_pins WHERE holder = ?")
+    sqlx::query("DELETE FROM shardlake_snapshot_pins WHERE holder = $1")
         .bind(holder)
         .execute(&mut *conn)
         .await
         .map_err(storage)?;
     for id in snapshot_ids {
         sqlx::query(
-            "INSERT OR IGNORE INTO shardlake_snapshot_pins (holder, snapshot_id, expires_at_ms) \
-             VALUES (?, ?, NULL)",
+            "INSERT INTO shardlake_snapshot_pins (holder, snapshot_id, expires_at_ms) \
+             VALUES ($1, $2, NULL) ON CONFLICT (holder, snapshot_id) DO NOTHING",
         )
         .bind(holder)
         .bind(id)
@@ -124,10 +122,10 @@ pub async fn set_in(
 }
 
 impl SnapshotPins {
-    pub(crate) async fn open(pool: SqlitePool) -> Result<Self> {
-        create_table(&pool).await?;
+    pub(crate) async fn open(db: Database) -> Result<Self> {
+        create_table(&db).await?;
         Ok(Self {
-            pool,
+            db,
             open: Arc::default(),
         })
     }
@@ -152,14 +150,17 @@ impl SnapshotPins {
     pub async fn lease(&self, holder: &str, snapshot_id: i64, ttl: Duration) -> Result<()> {
         let until = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         sqlx::query(
-            "INSERT INTO shardlake_snapshot_pins (holder, snapshot_id, expires_at_ms) VALUES (?, ?, ?) \
-             ON CONFLICT (holder, snapshot_id) DO UPDATE SET expires_at_ms = \
-             CASE WHEN expires_at_ms IS NULL THEN NULL ELSE max(expires_at_ms, excluded.expires_at_ms) END",
+            "INSERT INTO shardlake_snapshot_pins (holder, snapshot_id, expires_at_ms) \
+             VALUES ($1, $2, $3) \
+             ON CONFLICT (holder, snapshot_id) DO UPDATE SET expires_at_ms = CASE \
+             WHEN shardlake_snapshot_pins.expires_at_ms IS NULL THEN NULL \
+             WHEN excluded.expires_at_ms > shardlake_snapshot_pins.expires_at_ms \
+             THEN excluded.expires_at_ms ELSE shardlake_snapshot_pins.expires_at_ms END",
         )
         .bind(holder)
         .bind(snapshot_id)
         .bind(until)
-        .execute(&self.pool)
+        .execute(self.db.pool())
         .await
         .map_err(storage)?;
         Ok(())
@@ -167,11 +168,7 @@ impl SnapshotPins {
 
     /// Makes `snapshot_ids` exactly what `holder` keeps, until released.
     pub async fn set(&self, holder: &str, snapshot_ids: &[i64]) -> Result<()> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(storage)?;
+        let mut tx = self.db.begin_write().await?;
         set_in(&mut tx, holder, snapshot_ids).await?;
         tx.commit().await.map_err(storage)
     }
@@ -185,16 +182,16 @@ impl SnapshotPins {
     /// queries of this process. Leases that ran out are removed.
     pub async fn list(&self) -> Result<Vec<Pin>> {
         let now = now_ms();
-        sqlx::query("DELETE FROM shardlake_snapshot_pins WHERE expires_at_ms <= ?")
+        sqlx::query("DELETE FROM shardlake_snapshot_pins WHERE expires_at_ms <= $1")
             .bind(now)
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await
             .map_err(storage)?;
         let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
             "SELECT holder, snapshot_id, expires_at_ms FROM shardlake_snapshot_pins \
              ORDER BY snapshot_id, holder",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.db.pool())
         .await
         .map_err(storage)?;
         let mut pins: Vec<Pin> = rows
@@ -222,8 +219,8 @@ mod tests {
     async fn pins() -> (tempfile::TempDir, SnapshotPins) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let uri = format!("sqlite://{}?mode=rwc", tmp.path().join("p.db").display());
-        let pool = SqlitePool::connect(&uri).await.expect("pool");
-        (tmp, SnapshotPins::open(pool).await.expect("pins"))
+        let db = Database::connect(&uri).await.expect("db");
+        (tmp, SnapshotPins::open(db).await.expect("pins"))
     }
 
     fn ids(pins: &[Pin]) -> Vec<(String, i64)> {

@@ -1,5 +1,7 @@
 //! Where a lake lives: the object store holding table files, the URL of its
-//! root, and the local directory holding the SQLite catalog.
+//! root, the catalog database (a SQLite file in the local data directory by
+//! default, or a PostgreSQL database several servers share) and the local
+//! directory holding dead letters.
 //!
 //! One [`Warehouse`] hands the *same* object store to the Iceberg file IO
 //! (through [`crate::storage::ObjectStoreStorage`], configured by
@@ -30,6 +32,8 @@ pub struct Warehouse {
     data_dir: PathBuf,
     root: Url,
     store: Arc<dyn ObjectStore>,
+    // `None`: the SQLite file `<data_dir>/catalog.db`.
+    catalog_url: Option<String>,
 }
 
 impl Warehouse {
@@ -48,6 +52,7 @@ impl Warehouse {
             data_dir,
             root: opened.root,
             store: opened.store,
+            catalog_url: None,
         })
     }
 
@@ -70,7 +75,31 @@ impl Warehouse {
             data_dir,
             root,
             store,
+            catalog_url: None,
         })
+    }
+
+    /// Keeps the catalog (and the control state next to it) in the database
+    /// at `url` (`postgres://...`, or a `sqlite://` file elsewhere) instead
+    /// of `<data_dir>/catalog.db`; `None` keeps the default.
+    pub fn with_catalog_url(mut self, url: Option<String>) -> Self {
+        self.catalog_url = url;
+        self
+    }
+
+    /// Whether the catalog is a database named by URL rather than the
+    /// default file in the data directory.
+    pub fn has_catalog_url(&self) -> bool {
+        self.catalog_url.is_some()
+    }
+
+    /// Where the catalog is, for messages: its URL without password, or
+    /// the data directory holding `catalog.db`.
+    pub fn catalog_shown(&self) -> String {
+        match &self.catalog_url {
+            Some(url) => format!("the catalog at {}", crate::db::redact(url)),
+            None => format!("the catalog in {}", self.data_dir.display()),
+        }
     }
 
     /// The local directory holding the catalog database and dead letters.
@@ -101,12 +130,16 @@ impl Warehouse {
         url
     }
 
-    /// `sqlite://` URI of the catalog database, created if missing.
+    /// URL of the catalog database: the one given, else the `sqlite://`
+    /// file in the data directory (created if missing).
     pub fn catalog_uri(&self) -> String {
-        format!(
-            "sqlite://{}?mode=rwc",
-            self.data_dir.join(CATALOG_FILE).display()
-        )
+        match &self.catalog_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join(CATALOG_FILE).display()
+            ),
+        }
     }
 
     /// Turns a location (URL within this warehouse's store, or an absolute
@@ -228,5 +261,12 @@ mod tests {
         );
         assert!(w.object_path("s3://bucket/key").is_err());
         assert!(w.catalog_uri().starts_with("sqlite://"));
+        assert!(!w.has_catalog_url());
+        let pg = w.with_catalog_url(Some("postgres://lake:pw@db/lake".to_owned()));
+        assert_eq!(pg.catalog_uri(), "postgres://lake:pw@db/lake");
+        assert_eq!(
+            pg.catalog_shown(),
+            "the catalog at postgres://lake:***@db/lake"
+        );
     }
 }

@@ -15,8 +15,8 @@
 //! pins (holder `migration:<id>`, in the lake's pins table) are saved in
 //! the same transaction as its row ([`pins::set_in`]).
 
+use shardlake_lake::db::{Backend, Database};
 use shardlake_lake::{Lake, pins};
-use sqlx::SqlitePool;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::record::{MigrationStatus, Phase};
@@ -24,7 +24,7 @@ use crate::record::{MigrationStatus, Phase};
 /// The migration control tables of a lake. Cheap to clone (a shared pool).
 #[derive(Debug, Clone)]
 pub struct ControlStore {
-    pool: SqlitePool,
+    db: Database,
 }
 
 /// One stored migration.
@@ -41,7 +41,7 @@ pub struct MigrationRow {
     pub fenced: bool,
     /// The migration's own record (JSON).
     pub record: String,
-    /// Last change (UTC, SQLite `CURRENT_TIMESTAMP`).
+    /// Last change (UTC, `YYYY-MM-DD HH:MM:SS`).
     pub updated_at: String,
     /// Snapshots the migration still reads (its copy and catch-up
     /// snapshots): pinned against expiry, in the same transaction that
@@ -81,7 +81,7 @@ fn unknown(id: &str, what: &'static str, value: &str) -> Error {
 }
 
 fn parse_row(
-    (id, status, phase, fenced, record, updated_at): (String, String, String, bool, String, String),
+    (id, status, phase, fenced, record, updated_at): (String, String, String, i64, String, String),
 ) -> Result<MigrationRow> {
     let Some(status_parsed) = MigrationStatus::from_name(&status) else {
         return Err(unknown(&id, "status", &status));
@@ -93,42 +93,56 @@ fn parse_row(
         id,
         status: status_parsed,
         phase: phase_parsed,
-        fenced,
+        fenced: fenced != 0,
         record,
         updated_at,
         pinned_snapshots: Vec::new(),
     })
 }
 
-const SCHEMA: [&str; 4] = [
-    "CREATE TABLE IF NOT EXISTS shardlake_topologies (
-        version INTEGER PRIMARY KEY,
-        topology TEXT NOT NULL,
-        created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
-    )",
-    "CREATE TABLE IF NOT EXISTS shardlake_migrations (
-        id TEXT PRIMARY KEY,
-        status TEXT NOT NULL,
-        phase TEXT NOT NULL,
-        fenced INTEGER NOT NULL DEFAULT 0,
-        record TEXT NOT NULL,
-        runner TEXT,
-        lease_until_ms INTEGER NOT NULL DEFAULT 0,
-        created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
-        updated_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
-    )",
-    "CREATE TABLE IF NOT EXISTS shardlake_migration_keys (
-        partition_key TEXT PRIMARY KEY,
-        migration_id TEXT NOT NULL
-    )",
-    // AUTOINCREMENT: a number is never reused, so it can name the write.
-    "CREATE TABLE IF NOT EXISTS shardlake_write_buffer (
-        n INTEGER PRIMARY KEY AUTOINCREMENT,
-        migration_id TEXT NOT NULL,
-        partition_key TEXT NOT NULL,
-        event TEXT NOT NULL
-    )",
-];
+/// The control tables, in `backend`'s spelling. Integers are `BIGINT`
+/// (PostgreSQL's `INTEGER` is 32-bit) and `fenced` a 0/1 integer (both
+/// backends decode it alike through sqlx's `Any` driver).
+fn schema(backend: Backend) -> [String; 4] {
+    let now = backend.now_text();
+    [
+        format!(
+            "CREATE TABLE IF NOT EXISTS shardlake_topologies (
+                version BIGINT PRIMARY KEY,
+                topology TEXT NOT NULL,
+                created_at TEXT NOT NULL DEFAULT ({now})
+            )"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS shardlake_migrations (
+                id TEXT PRIMARY KEY,
+                status TEXT NOT NULL,
+                phase TEXT NOT NULL,
+                fenced BIGINT NOT NULL DEFAULT 0,
+                record TEXT NOT NULL,
+                runner TEXT,
+                lease_until_ms BIGINT NOT NULL DEFAULT 0,
+                created_at TEXT NOT NULL DEFAULT ({now}),
+                updated_at TEXT NOT NULL DEFAULT ({now})
+            )"
+        ),
+        "CREATE TABLE IF NOT EXISTS shardlake_migration_keys (
+            partition_key TEXT PRIMARY KEY,
+            migration_id TEXT NOT NULL
+        )"
+        .to_owned(),
+        // A number is never reused, so it can name the write.
+        format!(
+            "CREATE TABLE IF NOT EXISTS shardlake_write_buffer (
+                n {},
+                migration_id TEXT NOT NULL,
+                partition_key TEXT NOT NULL,
+                event TEXT NOT NULL
+            )",
+            backend.serial_key()
+        ),
+    ]
+}
 
 impl ControlStore {
     /// The control store of `lake`, in its database; creates the control
@@ -137,22 +151,22 @@ impl ControlStore {
         Self::open_in(lake.database()).await
     }
 
-    async fn open_in(pool: SqlitePool) -> Result<Self> {
-        for ddl in SCHEMA {
-            sqlx::query(ddl).execute(&pool).await.map_err(storage)?;
-        }
-        pins::create_table(&pool).await?;
-        Ok(Self { pool })
+    async fn open_in(db: Database) -> Result<Self> {
+        let schema = schema(db.backend());
+        let ddl: Vec<&str> = schema.iter().map(String::as_str).collect();
+        db.create_tables(&ddl).await?;
+        pins::create_table(&db).await?;
+        Ok(Self { db })
     }
 
-    /// A transaction that takes SQLite's write lock up front: a deferred one
-    /// that reads and then writes fails at once with "database is locked"
-    /// when another connection wrote meanwhile, instead of waiting.
-    async fn write_transaction(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(storage)
+    /// A transaction holding the database's write lock up front (SQLite's
+    /// `BEGIN IMMEDIATE`, an advisory lock on PostgreSQL): a claim reads
+    /// and then writes, and must see no other writer in between; a
+    /// deferred SQLite transaction would also fail at once with "database
+    /// is locked" when another connection wrote meanwhile, instead of
+    /// waiting.
+    async fn write_transaction(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        self.db.begin_write().await
     }
 
     /// The current (highest) topology version and its JSON, if any was
@@ -161,7 +175,7 @@ impl ControlStore {
         sqlx::query_as(
             "SELECT version, topology FROM shardlake_topologies ORDER BY version DESC LIMIT 1",
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db.pool())
         .await
         .map_err(storage)
     }
@@ -169,25 +183,26 @@ impl ControlStore {
     /// Every published topology version, oldest first.
     pub async fn topology_history(&self) -> Result<Vec<(i64, String)>> {
         sqlx::query_as("SELECT version, topology FROM shardlake_topologies ORDER BY version")
-            .fetch_all(&self.pool)
+            .fetch_all(self.db.pool())
             .await
             .map_err(storage)
     }
 
     /// Publishes `topology` as `version` if it is higher than the current
     /// one; `false` (nothing written) otherwise. Versions never go back,
-    /// also between processes (one statement, checked by SQLite).
+    /// also between processes (one statement under the write lock).
     pub async fn publish_topology(&self, version: i64, topology: &str) -> Result<bool> {
+        let mut tx = self.write_transaction().await?;
         let done = sqlx::query(
-            "INSERT INTO shardlake_topologies (version, topology) SELECT ?, ? \
-             WHERE ? > (SELECT COALESCE(MAX(version), 0) FROM shardlake_topologies)",
+            "INSERT INTO shardlake_topologies (version, topology) SELECT $1, $2 \
+             WHERE $1 > (SELECT COALESCE(MAX(version), 0) FROM shardlake_topologies)",
         )
         .bind(version)
         .bind(topology)
-        .bind(version)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(storage)?;
+        tx.commit().await.map_err(storage)?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -219,16 +234,21 @@ impl ControlStore {
         keys: &[String],
         row: Option<&MigrationRow>,
     ) -> Result<Vec<(String, String)>> {
-        // One statement per step over the whole key list (`json_each`):
-        // the write lock is held for milliseconds, not one round trip per key.
+        // One statement per step over the whole key list (a JSON array
+        // expanded by the database): the write lock is held for
+        // milliseconds, not one round trip per key.
         let keys = serde_json::to_string(keys)
             .map_err(|e| Error::new(ErrorKind::Unexpected, format!("keys: {e}")))?;
+        let each_key = match self.db.backend() {
+            Backend::Sqlite => "json_each($1) j",
+            Backend::Postgres => "jsonb_array_elements_text($1::jsonb) AS j(value)",
+        };
         let mut tx = self.write_transaction().await?;
-        let conflicts: Vec<(String, String)> = sqlx::query_as(
+        let conflicts: Vec<(String, String)> = sqlx::query_as(&format!(
             "SELECT k.partition_key, k.migration_id FROM shardlake_migration_keys k \
-             JOIN json_each(?) j ON k.partition_key = j.value WHERE k.migration_id != ? \
-             ORDER BY k.partition_key",
-        )
+             JOIN {each_key} ON k.partition_key = j.value WHERE k.migration_id != $2 \
+             ORDER BY k.partition_key"
+        ))
         .bind(&keys)
         .bind(migration)
         .fetch_all(&mut *tx)
@@ -241,12 +261,13 @@ impl ControlStore {
         if let Some(row) = row {
             Self::upsert(&mut tx, row).await?;
         }
-        sqlx::query(
+        sqlx::query(&format!(
             "INSERT INTO shardlake_migration_keys (partition_key, migration_id) \
-             SELECT value, ? FROM json_each(?) WHERE true ON CONFLICT (partition_key) DO NOTHING",
-        )
-        .bind(migration)
+             SELECT j.value, $2 FROM {each_key} WHERE true \
+             ON CONFLICT (partition_key) DO NOTHING"
+        ))
         .bind(&keys)
+        .bind(migration)
         .execute(&mut *tx)
         .await
         .map_err(storage)?;
@@ -265,24 +286,23 @@ impl ControlStore {
         until_ms: i64,
     ) -> Result<std::result::Result<(), (String, i64)>> {
         let done = sqlx::query(
-            "UPDATE shardlake_migrations SET runner = ?, lease_until_ms = ? \
-             WHERE id = ? AND (runner IS NULL OR runner = ? OR lease_until_ms < ?)",
+            "UPDATE shardlake_migrations SET runner = $1, lease_until_ms = $2 \
+             WHERE id = $3 AND (runner IS NULL OR runner = $1 OR lease_until_ms < $4)",
         )
         .bind(runner)
         .bind(until_ms)
         .bind(migration)
-        .bind(runner)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(self.db.pool())
         .await
         .map_err(storage)?;
         if done.rows_affected() == 1 {
             return Ok(Ok(()));
         }
         let holder: Option<(Option<String>, i64)> =
-            sqlx::query_as("SELECT runner, lease_until_ms FROM shardlake_migrations WHERE id = ?")
+            sqlx::query_as("SELECT runner, lease_until_ms FROM shardlake_migrations WHERE id = $1")
                 .bind(migration)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.db.pool())
                 .await
                 .map_err(storage)?;
         Ok(Err(match holder {
@@ -294,11 +314,12 @@ impl ControlStore {
     /// Ends `runner`'s lease on `migration` (if it still holds it).
     pub async fn release_lease(&self, migration: &str, runner: &str) -> Result<()> {
         sqlx::query(
-            "UPDATE shardlake_migrations SET runner = NULL, lease_until_ms = 0 WHERE id = ? AND runner = ?",
+            "UPDATE shardlake_migrations SET runner = NULL, lease_until_ms = 0 \
+             WHERE id = $1 AND runner = $2",
         )
         .bind(migration)
         .bind(runner)
-        .execute(&self.pool)
+        .execute(self.db.pool())
         .await
         .map_err(storage)?;
         Ok(())
@@ -306,9 +327,9 @@ impl ControlStore {
 
     /// Releases every key `migration` claimed.
     pub async fn release_keys(&self, migration: &str) -> Result<()> {
-        sqlx::query("DELETE FROM shardlake_migration_keys WHERE migration_id = ?")
+        sqlx::query("DELETE FROM shardlake_migration_keys WHERE migration_id = $1")
             .bind(migration)
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await
             .map_err(storage)?;
         Ok(())
@@ -321,17 +342,20 @@ impl ControlStore {
         tx.commit().await.map_err(storage)
     }
 
-    async fn upsert(conn: &mut sqlx::SqliteConnection, row: &MigrationRow) -> Result<()> {
+    async fn upsert(conn: &mut sqlx::AnyConnection, row: &MigrationRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO shardlake_migrations (id, status, phase, fenced, record) VALUES (?, ?, ?, ?, ?) \
+            "INSERT INTO shardlake_migrations \
+             (id, status, phase, fenced, record, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) \
              ON CONFLICT (id) DO UPDATE SET status = excluded.status, phase = excluded.phase, \
-             fenced = excluded.fenced, record = excluded.record, updated_at = CURRENT_TIMESTAMP",
+             fenced = excluded.fenced, record = excluded.record, updated_at = excluded.updated_at",
         )
         .bind(&row.id)
         .bind(row.status.as_str())
         .bind(row.phase.as_str())
-        .bind(row.fenced)
+        .bind(i64::from(row.fenced))
         .bind(&row.record)
+        .bind(shardlake_lake::db::now_text())
         .execute(&mut *conn)
         .await
         .map_err(storage)?;
@@ -341,7 +365,7 @@ impl ControlStore {
     /// One migration, if it exists.
     pub async fn migration(&self, id: &str) -> Result<Option<MigrationRow>> {
         Ok(self
-            .rows("WHERE id = ?", Some(id))
+            .rows("WHERE id = $1", Some(id))
             .await?
             .into_iter()
             .next())
@@ -357,12 +381,12 @@ impl ControlStore {
             "SELECT id, status, phase, fenced, record, updated_at FROM shardlake_migrations {filter} \
              ORDER BY created_at DESC, id DESC"
         );
-        let mut query = sqlx::query_as::<_, (String, String, String, bool, String, String)>(&sql);
+        let mut query = sqlx::query_as::<_, (String, String, String, i64, String, String)>(&sql);
         if let Some(id) = id {
             query = query.bind(id);
         }
         query
-            .fetch_all(&self.pool)
+            .fetch_all(self.db.pool())
             .await
             .map_err(storage)?
             .into_iter()
@@ -380,16 +404,23 @@ impl ControlStore {
         key: &str,
         event: &str,
     ) -> Result<Option<i64>> {
-        let n: Option<(i64,)> = sqlx::query_as(
+        // On PostgreSQL the fence row is read `FOR SHARE`: unfencing (an
+        // UPDATE of that row) then waits for this insert to commit, so the
+        // flush that follows the unfence reads every write buffered under
+        // the fence. SQLite's single writer gives the same order.
+        let lock = match self.db.backend() {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR SHARE",
+        };
+        let n: Option<(i64,)> = sqlx::query_as(&format!(
             "INSERT INTO shardlake_write_buffer (migration_id, partition_key, event) \
-             SELECT ?, ?, ? WHERE EXISTS \
-             (SELECT 1 FROM shardlake_migrations WHERE id = ? AND fenced = 1) RETURNING n",
-        )
+             SELECT $1, $2, $3 WHERE EXISTS \
+             (SELECT 1 FROM shardlake_migrations WHERE id = $1 AND fenced = 1{lock}) RETURNING n"
+        ))
         .bind(migration)
         .bind(key)
         .bind(event)
-        .bind(migration)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db.pool())
         .await
         .map_err(storage)?;
         Ok(n.map(|(n,)| n))
@@ -398,10 +429,10 @@ impl ControlStore {
     /// The writes buffered for `migration`, in arrival order.
     pub async fn buffered_writes(&self, migration: &str) -> Result<Vec<BufferedWrite>> {
         let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT n, partition_key, event FROM shardlake_write_buffer WHERE migration_id = ? ORDER BY n",
+            "SELECT n, partition_key, event FROM shardlake_write_buffer WHERE migration_id = $1 ORDER BY n",
         )
         .bind(migration)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db.pool())
         .await
         .map_err(storage)?;
         Ok(rows
@@ -418,7 +449,7 @@ impl ControlStore {
     pub async fn remove_buffered(&self, migration: &str, n: &[i64]) -> Result<()> {
         let mut tx = self.write_transaction().await?;
         for n in n {
-            sqlx::query("DELETE FROM shardlake_write_buffer WHERE migration_id = ? AND n = ?")
+            sqlx::query("DELETE FROM shardlake_write_buffer WHERE migration_id = $1 AND n = $2")
                 .bind(migration)
                 .bind(n)
                 .execute(&mut *tx)
@@ -470,7 +501,7 @@ mod tests {
         assert!(read.fenced);
         let stored: (String, String) =
             sqlx::query_as("SELECT status, phase FROM shardlake_migrations WHERE id = 'm1'")
-                .fetch_one(&lake.database())
+                .fetch_one(lake.database().pool())
                 .await
                 .expect("raw");
         assert_eq!(stored, ("failed".to_owned(), "catching_up".to_owned()));
@@ -515,10 +546,10 @@ mod tests {
         for (column, value) in [("status", "paused"), ("phase", "warming_up")] {
             sqlx::query(&format!(
                 "UPDATE shardlake_migrations SET status = 'running', phase = 'copying', \
-                 {column} = ? WHERE id = 'm1'"
+                 {column} = $1 WHERE id = 'm1'"
             ))
             .bind(value)
-            .execute(&lake.database())
+            .execute(lake.database().pool())
             .await
             .expect("update");
             let err = store.migration("m1").await.expect_err("unknown value");

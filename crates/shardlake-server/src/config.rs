@@ -22,9 +22,13 @@ use shardlake_query::{CacheConfig, QueryConfig};
 pub struct ServerConfig {
     /// Address to listen on. Without tokens only loopback addresses are accepted.
     pub listen: SocketAddr,
-    /// Data directory of the lake: the SQLite catalog, dead letters, and
-    /// (unless `[storage]` puts them elsewhere) the table files.
+    /// Data directory of the lake: the SQLite catalog (unless `[catalog]`
+    /// names a database), dead letters, and (unless `[storage]` puts them
+    /// elsewhere) the table files.
     pub warehouse: PathBuf,
+    /// Where the catalog and the control state live: the SQLite file in
+    /// the data directory (default) or a shared PostgreSQL database.
+    pub catalog: CatalogSettings,
     /// Table format of a new lake: `iceberg` (default) or `parquet`. An
     /// existing lake opens in its own format; naming another is an error.
     pub format: Option<TableFormat>,
@@ -59,6 +63,30 @@ pub struct ServerConfig {
     pub postgres: PostgresSettings,
     /// Queries on a cluster of workers.
     pub distributed: DistributedSettings,
+}
+
+/// `[catalog]`: the database holding the Iceberg catalog and shardlake's
+/// control state (pins, checkpoints, topologies, migrations, leases).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogSettings {
+    /// `postgres://user:password@host:5432/lake` to share the lake between
+    /// servers on several hosts (docs/scale-out.md), or a `sqlite://` file;
+    /// none: `<warehouse>/catalog.db`. Also `SHARDLAKE_CATALOG__URL`, which
+    /// keeps the password out of the file.
+    pub url: Option<String>,
+}
+
+impl CatalogSettings {
+    fn check(&self) -> Result<(), String> {
+        match &self.url {
+            Some(url) if shardlake_lake::db::Backend::of_url(url).is_none() => Err(format!(
+                "`catalog.url` {} must be postgres://... or sqlite://...",
+                shardlake_lake::db::redact(url)
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `[postgres]`: psql, BI tools and Postgres drivers on a second socket.
@@ -210,6 +238,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             warehouse: PathBuf::from("./shardlake-data"),
+            catalog: CatalogSettings::default(),
             storage: ObjectStorageConfig::default(),
             format: None,
             limits: Limits::default(),
@@ -466,6 +495,7 @@ impl ServerConfig {
                         `maintenance.enabled = false`)"
                 .to_owned());
         }
+        self.catalog.check()?;
         self.distributed.check()
     }
 

@@ -83,8 +83,13 @@ impl Server {
                 config.listen
             )));
         }
-        let (lake, created) =
-            Lake::open_or_create(&config.warehouse, &config.storage, config.format).await?;
+        let (lake, created) = Lake::open_or_create_in(
+            &config.warehouse,
+            &config.storage,
+            config.catalog.url.as_deref(),
+            config.format,
+        )
+        .await?;
         if created {
             // Normal on a first start (an empty volume), a typo otherwise:
             // said once, where an operator looks.

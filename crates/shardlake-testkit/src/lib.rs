@@ -22,6 +22,7 @@
 mod flaky;
 mod lakes;
 mod moto;
+mod postgres;
 pub mod slt;
 mod stats;
 
@@ -32,6 +33,7 @@ pub use lakes::{
     FIXTURE_EVENTS, commit_fixture, lake_with_keys, quick_emitter, quick_emitter_config,
 };
 pub use moto::{ACCESS_KEY_ID, MotoServer, S3Bucket, SECRET_ACCESS_KEY, moto};
+pub use postgres::{PostgresServer, postgres};
 pub use stats::wait_for_stats;
 
 /// The workspace root (where `.venv-test/` lives).

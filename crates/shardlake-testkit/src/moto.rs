@@ -40,7 +40,7 @@ fn answers_s3(port: u16) -> bool {
         && answer.contains("ListAllMyBucketsResult")
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr").port()
 }

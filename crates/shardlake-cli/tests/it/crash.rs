@@ -8,11 +8,26 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use shardlake_testkit::moto;
+use shardlake_testkit::{moto, postgres};
 
-use crate::{assert_exactly_n, generate, put_on_s3, run_ok, shardlake_at, use_parquet};
+use crate::{
+    assert_exactly_n, generate, put_on_s3, run_ok, shardlake_at, use_catalog, use_parquet,
+};
 
 const EVENTS: u64 = 40_000;
+
+/// Every crash point of the commit path; `:2` crashes in the second
+/// commit, after a first commit landed.
+const POINTS: [&str; 8] = [
+    "commit.before_write:2",
+    "write.mid_file",
+    "write.mid_file:3",
+    "write.between_files:2",
+    "commit.before_catalog",
+    "commit.before_catalog:2",
+    "commit.after_catalog",
+    "commit.after_catalog:2",
+];
 
 pub(crate) fn spawn_ingest(warehouse: &Path, file: &Path, crash_at: Option<&str>) -> Child {
     let mut cmd = shardlake_at(warehouse);
@@ -81,18 +96,7 @@ fn parquet_sigkill_at_every_crash_point_then_resend_yields_exactly_once() {
 fn crash_at_every_point(parquet: bool) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let file = generate(tmp.path(), EVENTS, 8, 4, 11);
-    // `:2` crashes in the second commit, after a first commit landed.
-    let points = [
-        "commit.before_write:2",
-        "write.mid_file",
-        "write.mid_file:3",
-        "write.between_files:2",
-        "commit.before_catalog",
-        "commit.before_catalog:2",
-        "commit.after_catalog",
-        "commit.after_catalog:2",
-    ];
-    for point in points {
+    for point in POINTS {
         let wh = tmp
             .path()
             .join(format!("lake-{}", point.replace([':', '.'], "-")));
@@ -156,6 +160,25 @@ fn on_s3_sigkill_at_crash_points_then_resend_yields_exactly_once() {
             .join("lake-iceberg-write-mid_file-3/warehouse")
             .exists()
     );
+}
+
+/// The same crash points with the catalog on PostgreSQL (the commit point
+/// is the compare-and-swap on its row there) and the files on S3: the
+/// layout of several servers on one lake.
+#[test]
+fn on_postgres_sigkill_at_every_crash_point_then_resend_yields_exactly_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = generate(tmp.path(), EVENTS, 8, 4, 14);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let bucket = runtime.block_on(moto().bucket());
+    for point in POINTS {
+        let name = format!("lake-pg-{}", point.replace([':', '.'], "-"));
+        let wh = tmp.path().join(&name);
+        put_on_s3(&wh, &bucket, &name);
+        use_catalog(&wh, &runtime.block_on(postgres().database()));
+        crash_then_resend(&wh, &file, point);
+        assert!(!wh.join("catalog.db").exists(), "{point}: no local catalog");
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod maintain;
 mod migrate;
 mod route;
 mod serve;
+mod shared_lake;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,18 @@ pub fn use_parquet(warehouse: &Path) {
         .entry(warehouse.to_path_buf())
         .or_default()
         .push(("SHARDLAKE_FORMAT".to_owned(), "parquet".to_owned()));
+}
+
+/// Makes every later command against `warehouse` keep its catalog and
+/// control state in the database at `url` (through `SHARDLAKE_CATALOG__URL`,
+/// as an operator would set it).
+pub fn use_catalog(warehouse: &Path, url: &str) {
+    LAKE_ENV
+        .lock()
+        .expect("registry")
+        .entry(warehouse.to_path_buf())
+        .or_default()
+        .push(("SHARDLAKE_CATALOG__URL".to_owned(), url.to_owned()));
 }
 
 /// Makes every later command against `warehouse` keep its table files in
@@ -79,6 +92,34 @@ pub fn shardlake_at(warehouse: &Path) -> Command {
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
     }
     cmd
+}
+
+/// Spawns `cmd` (a server: `serve`, `worker`, `shard serve`) with stdout
+/// piped, waits up to a minute for its first line, the banner naming its
+/// `http://` URL, and keeps reading the rest so the process never blocks
+/// on a full pipe. Returns the process (killed on drop), the banner and
+/// the URL.
+pub async fn spawn_server(cmd: Command) -> (tokio::process::Child, String, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::from(cmd)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let banner = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("it starts")
+        .expect("read")
+        .expect("a banner");
+    let url = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {banner:?}"))
+        .to_owned();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, banner, url)
 }
 
 /// Runs the binary with `args` against `warehouse`, expecting success.

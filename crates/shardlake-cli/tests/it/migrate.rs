@@ -5,41 +5,38 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::{generate, query_json, run_ok, shardlake};
+use crate::{generate, query_json, run_ok, shardlake, shardlake_at, spawn_server};
 
 /// `shardlake shard serve --id ID --hydrate` on a free port; its URL.
 async fn shard(warehouse: &Path, id: u32) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardlake"))
-        .arg("--warehouse")
-        .arg(warehouse)
-        .args([
-            "shard",
-            "serve",
-            "--hydrate",
-            "--listen",
-            "127.0.0.1:0",
-            "--id",
-        ])
-        .arg(id.to_string())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn shard");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let banner = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
-        .await
-        .expect("the shard starts")
-        .expect("read")
-        .expect("a banner");
-    let url = banner
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("a url")
-        .to_owned();
+    let mut cmd = shardlake_at(warehouse);
+    cmd.args([
+        "shard",
+        "serve",
+        "--hydrate",
+        "--listen",
+        "127.0.0.1:0",
+        "--id",
+    ])
+    .arg(id.to_string());
+    let (child, _, url) = spawn_server(cmd).await;
     (child, url)
+}
+
+/// Stops `migration` with Ctrl-C (SIGINT); its output once it exited.
+async fn interrupt(migration: Child) -> std::process::Output {
+    let pid = migration.id().expect("pid").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    tokio::time::timeout(Duration::from_secs(30), migration.wait_with_output())
+        .await
+        .expect("it stops promptly")
+        .expect("reaped")
 }
 
 fn status(warehouse: &Path) -> serde_json::Value {
@@ -59,9 +56,7 @@ fn shard_url_args(shards: &[(Child, String)]) -> Vec<String> {
 /// `migrate add-shard 3`, one event per apply request (a copy slow enough
 /// to interrupt), with `extra` arguments.
 fn spawn_add_shard(warehouse: &Path, urls: &[String], extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_shardlake"))
-        .arg("--warehouse")
-        .arg(warehouse)
+    Command::from(shardlake_at(warehouse))
         .args(["migrate", "add-shard", "3", "--quiet", "--batch-size", "1"])
         .args(extra)
         .args(urls)
@@ -92,12 +87,17 @@ async fn copying(warehouse: &Path, migration: &mut Child) -> String {
 /// A lake of 20,000 generated events from 3 shards in `dir`.
 fn lake_of_three_shards(dir: &Path, seed: u64) -> std::path::PathBuf {
     let warehouse = dir.join("lake");
+    ingest_three_shards(dir, &warehouse, seed);
+    warehouse
+}
+
+/// Ingests 20,000 generated events from 3 shards into `warehouse`.
+fn ingest_three_shards(dir: &Path, warehouse: &Path, seed: u64) {
     let events = generate(dir, 20_000, 3, 3, seed);
     run_ok(
-        &warehouse,
+        warehouse,
         &["ingest", events.to_str().expect("path"), "--quiet"],
     );
-    warehouse
 }
 
 /// `migrate resume ID --json` with the endpoints, expecting success; its report.
@@ -291,16 +291,7 @@ async fn sigint_stops_a_migration_releases_its_lease_and_says_how_to_resume() {
     let urls = shard_url_args(&shards);
     let mut migration = spawn_add_shard(&warehouse, &urls, &[]);
     let id = copying(&warehouse, &mut migration).await;
-    let pid = migration.id().expect("pid").to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
-    let out = tokio::time::timeout(Duration::from_secs(30), migration.wait_with_output())
-        .await
-        .expect("it stops promptly")
-        .expect("reaped");
+    let out = interrupt(migration).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(
@@ -313,4 +304,47 @@ async fn sigint_stops_a_migration_releases_its_lease_and_says_how_to_resume() {
     let report = resume(&warehouse, &id, &urls);
     assert_eq!(report["status"], "completed", "{report}");
     assert_eq!(report["attempts"], 2);
+}
+
+/// Several servers on one lake: a migration started from host A (its
+/// control state in the shared PostgreSQL catalog) and stopped there is
+/// resumed from host B, which finds its claims, fence, copy progress and
+/// lease where A left them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_stopped_on_one_host_is_resumed_from_another_through_postgres() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = crate::shared_lake::two_hosts(dir.path()).await;
+    ingest_three_shards(dir.path(), &a, 17);
+    run_ok(
+        &a,
+        &["migrate", "init", "--shards", "3", "--strategy", "jump"],
+    );
+    let mut shards = Vec::new();
+    for id in 0..4 {
+        // The shards hydrate from the lake through either host.
+        let host = if id % 2 == 0 { &a } else { &b };
+        shards.push(shard(host, id).await);
+    }
+    let urls = shard_url_args(&shards);
+    let mut migration = spawn_add_shard(&a, &urls, &[]);
+    let id = copying(&a, &mut migration).await;
+    let out = interrupt(migration).await;
+    assert_eq!(out.status.code(), Some(130));
+
+    // B sees the migration A left running, and finishes it.
+    let seen = status(&b);
+    assert_eq!(seen["migrations"][0]["id"], id.as_str(), "{seen}");
+    assert_eq!(seen["migrations"][0]["status"], "running", "{seen}");
+    let report = resume(&b, &id, &urls);
+    assert_eq!(report["status"], "completed", "{report}");
+    assert_eq!(report["attempts"], 2, "{report}");
+    let after = status(&a);
+    assert_eq!(after["migrations"][0]["status"], "completed", "{after}");
+    assert_eq!(after["topology"]["version"], 2, "{after}");
+    assert_eq!(
+        after["topology"]["shards"],
+        serde_json::json!([0, 1, 2, 3]),
+        "{after}"
+    );
+    assert!(!a.join("catalog.db").exists() && !b.join("catalog.db").exists());
 }

@@ -1,4 +1,5 @@
-//! The SQL catalog on SQLite (the embedded default): the standard Iceberg
+//! The SQL catalog on SQLite (the embedded default) or PostgreSQL (several
+//! servers on one lake): the standard Iceberg
 //! SQL catalog layout (`iceberg_tables`, `iceberg_namespace_properties`),
 //! readable by pyiceberg's `SqlCatalog`. It creates the namespace and the
 //! table; commits do not go through it. iceberg 0.10's
@@ -16,6 +17,7 @@ use iceberg::CatalogBuilder;
 use iceberg::io::StorageFactory;
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
 
+use crate::db::Backend;
 use crate::error::Result;
 use crate::storage::ObjectStoreStorageFactory;
 use crate::warehouse::Warehouse;
@@ -29,10 +31,16 @@ pub async fn open_sql_catalog(warehouse: &Warehouse) -> Result<Arc<SqlCatalog>> 
         warehouse.store(),
         warehouse.store_url(),
     ));
+    let uri = warehouse.catalog_uri();
+    // The crate writes `?` and rewrites it to `$n` for PostgreSQL.
+    let bind_style = match Backend::of_url(&uri) {
+        Some(Backend::Postgres) => SqlBindStyle::DollarNumeric,
+        _ => SqlBindStyle::QMark,
+    };
     let catalog = SqlCatalogBuilder::default()
-        .uri(warehouse.catalog_uri())
+        .uri(uri)
         .warehouse_location(warehouse.root_location())
-        .sql_bind_style(SqlBindStyle::QMark)
+        .sql_bind_style(bind_style)
         .with_storage_factory(factory)
         .load(CATALOG_NAME, HashMap::new())
         .await?;

@@ -14,12 +14,12 @@ use iceberg::io::{FileIO, FileIOBuilder};
 use iceberg::spec::{TableMetadata, TableMetadataBuilder};
 use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation, NamespaceIdent, TableCreation, TableIdent};
-use sqlx::SqlitePool;
 
 use super::catalog::{CATALOG_NAME, open_sql_catalog};
 use super::manifests::{InFlightFiles, ManifestCache};
 use super::schema::{check_schema, iceberg_schema, partition_spec, sort_order};
 use crate::commit::{CommitState, FIRST_POSITION};
+use crate::db::Database;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pins::SnapshotPins;
 use crate::storage::ObjectStoreStorageFactory;
@@ -96,7 +96,7 @@ struct Inner {
     catalog: Arc<iceberg_catalog_sql::SqlCatalog>,
     // A direct connection to the catalog database: the table pointer is read
     // and compare-and-swapped here, with the statements the SQL catalog uses.
-    pool: SqlitePool,
+    db: Database,
     ident: TableIdent,
     warehouse: Warehouse,
     file_io: FileIO,
@@ -121,8 +121,18 @@ const LOAD_ATTEMPTS: usize = 3;
 impl IcebergEventsTable {
     /// Opens the table, creating namespace and table on first use, checks
     /// its schema, and brings a table of an older shardlake layout up to
-    /// date. Safe to race with another process doing the same.
+    /// date. Safe to race with another process doing the same (on
+    /// PostgreSQL, openers take turns under an advisory lock: the catalog's
+    /// own table creation is not race-safe there).
     pub async fn open(warehouse: &Warehouse) -> Result<Self> {
+        let db = Database::connect(&warehouse.catalog_uri()).await?;
+        let lock = db.open_lock().await?;
+        let opened = Self::open_locked(warehouse, db).await;
+        lock.release().await?;
+        opened
+    }
+
+    async fn open_locked(warehouse: &Warehouse, db: Database) -> Result<Self> {
         let catalog = open_sql_catalog(warehouse).await?;
         let namespace = NamespaceIdent::new(ICEBERG_NAMESPACE.to_owned());
         let ident = TableIdent::new(namespace.clone(), EVENTS_TABLE.to_owned());
@@ -163,11 +173,6 @@ impl IcebergEventsTable {
                 return Err(e.into());
             }
         }
-        let pool = SqlitePool::connect(&warehouse.catalog_uri())
-            .await
-            .map_err(|e| {
-                Error::new(ErrorKind::Storage, "cannot open the catalog database").with_source(e)
-            })?;
         let file_io = FileIOBuilder::new(Arc::new(ObjectStoreStorageFactory::new(
             warehouse.store(),
             warehouse.store_url(),
@@ -176,8 +181,8 @@ impl IcebergEventsTable {
         let table = Self {
             inner: Arc::new(Inner {
                 catalog,
-                pins: SnapshotPins::open(pool.clone()).await?,
-                pool,
+                pins: SnapshotPins::open(db.clone()).await?,
+                db,
                 ident,
                 warehouse: warehouse.clone(),
                 file_io,
@@ -272,9 +277,9 @@ impl IcebergEventsTable {
         Err(Error::new(
             ErrorKind::DataInvalid,
             format!(
-                "the catalog in {} belongs to a lake stored at {metadata}, but storage is \
+                "{} belongs to a lake stored at {metadata}, but storage is \
                  configured at {root}; open it with the storage location it was created with",
-                self.inner.warehouse.data_dir().display()
+                self.inner.warehouse.catalog_shown()
             ),
         ))
     }
@@ -326,12 +331,12 @@ impl IcebergEventsTable {
     pub async fn current_metadata_location(&self) -> Result<String> {
         let row: Option<(Option<String>,)> = sqlx::query_as(
             "SELECT metadata_location FROM iceberg_tables \
-             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ?",
+             WHERE catalog_name = $1 AND table_namespace = $2 AND table_name = $3",
         )
         .bind(CATALOG_NAME)
         .bind(self.inner.ident.namespace().join("."))
         .bind(self.inner.ident.name())
-        .fetch_optional(&self.inner.pool)
+        .fetch_optional(self.inner.db.pool())
         .await
         .map_err(|e| Error::new(ErrorKind::Storage, "catalog lookup failed").with_source(e))?;
         row.and_then(|(location,)| location).ok_or_else(|| {
@@ -350,9 +355,9 @@ impl IcebergEventsTable {
     /// SQL catalog commits with). Returns whether it swapped.
     async fn swap_metadata_location(&self, expected: &str, new: &str) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
-             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? \
-             AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = ?",
+            "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
+             WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 \
+             AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = $6",
         )
         .bind(new)
         .bind(expected)
@@ -360,7 +365,7 @@ impl IcebergEventsTable {
         .bind(self.inner.ident.namespace().join("."))
         .bind(self.inner.ident.name())
         .bind(expected)
-        .execute(&self.inner.pool)
+        .execute(self.inner.db.pool())
         .await
         .map_err(|e| Error::new(ErrorKind::Storage, "catalog update failed").with_source(e))?;
         Ok(done.rows_affected() == 1)
@@ -472,7 +477,7 @@ impl IcebergEventsTable {
 
     /// The subscription checkpoints kept in the same catalog database.
     pub async fn checkpoints(&self) -> Result<crate::checkpoint::Checkpoints> {
-        crate::checkpoint::Checkpoints::open(self.inner.pool.clone()).await
+        crate::checkpoint::Checkpoints::open(self.inner.db.clone()).await
     }
 
     /// What keeps snapshots from expiring.
@@ -491,8 +496,8 @@ impl IcebergEventsTable {
     }
 
     /// The catalog database.
-    pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.inner.pool
+    pub(crate) fn database(&self) -> &Database {
+        &self.inner.db
     }
 
     /// The file IO every table file goes through.

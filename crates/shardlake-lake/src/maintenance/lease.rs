@@ -8,14 +8,16 @@
 //! `shardlake_maintenance`, renews it while it runs and stops before
 //! deleting anything once it is lost. A process that finds the lease held
 //! skips its run. A holder that died is noticed: its lease runs out, or,
-//! sooner, its process id is gone (every process of a lake runs on the
-//! machine holding its SQLite database, so the id is meaningful).
+//! sooner, when it ran on this host, its process id is gone. The runner
+//! names its host (`<host>:<pid>:<uuid>`): with the lake's database on
+//! PostgreSQL, maintainers on other hosts have process ids that mean
+//! nothing here, and only the lease's end frees their hold.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sqlx::SqlitePool;
+use crate::db::Database;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::pins::now_ms;
@@ -31,7 +33,7 @@ fn storage(e: sqlx::Error) -> Error {
 
 /// A held maintenance lease, renewed in the background until released.
 pub(crate) struct MaintenanceLease {
-    pool: SqlitePool,
+    db: Database,
     runner: String,
     held: Arc<AtomicBool>,
     renewer: tokio::task::JoinHandle<()>,
@@ -39,18 +41,20 @@ pub(crate) struct MaintenanceLease {
 
 impl MaintenanceLease {
     /// Takes the lease, or returns who holds it.
-    pub(crate) async fn acquire(pool: &SqlitePool) -> Result<std::result::Result<Self, String>> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS shardlake_maintenance (
+    pub(crate) async fn acquire(db: &Database) -> Result<std::result::Result<Self, String>> {
+        db.create_tables(&["CREATE TABLE IF NOT EXISTS shardlake_maintenance (
                 name TEXT PRIMARY KEY,
                 runner TEXT NOT NULL,
-                lease_until_ms INTEGER NOT NULL
-            )",
-        )
-        .execute(pool)
-        .await
-        .map_err(storage)?;
-        let runner = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4());
+                lease_until_ms BIGINT NOT NULL
+            )"])
+            .await?;
+        let pool = db.pool();
+        let runner = format!(
+            "{}:{}:{}",
+            this_host(),
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        );
         if !take(pool, &runner).await? {
             let holder: Option<(String,)> =
                 sqlx::query_as("SELECT runner FROM shardlake_maintenance WHERE name = 'lake'")
@@ -78,7 +82,7 @@ impl MaintenanceLease {
             })
         };
         Ok(Ok(Self {
-            pool: pool.clone(),
+            db: db.clone(),
             runner,
             held,
             renewer,
@@ -94,9 +98,9 @@ impl MaintenanceLease {
     /// Gives the lease up.
     pub(crate) async fn release(self) -> Result<()> {
         self.renewer.abort();
-        sqlx::query("DELETE FROM shardlake_maintenance WHERE name = 'lake' AND runner = ?")
+        sqlx::query("DELETE FROM shardlake_maintenance WHERE name = 'lake' AND runner = $1")
             .bind(&self.runner)
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await
             .map_err(storage)?;
         Ok(())
@@ -110,14 +114,29 @@ impl Drop for MaintenanceLease {
     }
 }
 
-/// Whether the process named in `runner` (`<pid>:<uuid>`) may still run.
-/// Answered from `/proc` where there is one (Linux); elsewhere, or for an
-/// unreadable name, it counts as alive and the lease has to run out.
+/// This machine's name, as runners record it (`/proc/sys/kernel/hostname`;
+/// `localhost` where there is none).
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().replace(':', "-"))
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Whether the process named in `runner` (`<host>:<pid>:<uuid>`, or
+/// `<pid>:<uuid>` as runners before hosts were recorded) may still run.
+/// Answered from `/proc` for a process of this host (Linux); a process of
+/// another host, one named unreadably, or one on a system without `/proc`
+/// counts as alive, and its lease has to run out.
 fn process_alive(runner: &str) -> bool {
-    let Some(pid) = runner
-        .split_once(':')
-        .and_then(|(pid, _)| pid.parse::<u32>().ok())
-    else {
+    let parts: Vec<&str> = runner.split(':').collect();
+    let pid = match parts.as_slice() {
+        [host, pid, _] if *host == this_host() => pid.parse::<u32>().ok(),
+        [pid, _] => pid.parse::<u32>().ok(),
+        _ => None,
+    };
+    let Some(pid) = pid else {
         return true;
     };
     let proc = std::path::Path::new("/proc");
@@ -125,11 +144,11 @@ fn process_alive(runner: &str) -> bool {
 }
 
 /// Replaces a dead `holder`'s lease with `runner`'s, if it is still its.
-async fn take_over(pool: &SqlitePool, holder: &str, runner: &str) -> Result<bool> {
+async fn take_over(pool: &sqlx::AnyPool, holder: &str, runner: &str) -> Result<bool> {
     let until = now_ms() + LEASE.as_millis() as i64;
     let done = sqlx::query(
-        "UPDATE shardlake_maintenance SET runner = ?, lease_until_ms = ? \
-         WHERE name = 'lake' AND runner = ?",
+        "UPDATE shardlake_maintenance SET runner = $1, lease_until_ms = $2 \
+         WHERE name = 'lake' AND runner = $3",
     )
     .bind(runner)
     .bind(until)
@@ -141,15 +160,15 @@ async fn take_over(pool: &SqlitePool, holder: &str, runner: &str) -> Result<bool
 }
 
 /// Takes or renews the lease for `runner`; whether it holds it now.
-async fn take(pool: &SqlitePool, runner: &str) -> Result<bool> {
+async fn take(pool: &sqlx::AnyPool, runner: &str) -> Result<bool> {
     let now = now_ms();
     let until = now + LEASE.as_millis() as i64;
     let done = sqlx::query(
-        "INSERT INTO shardlake_maintenance (name, runner, lease_until_ms) VALUES ('lake', ?, ?) \
+        "INSERT INTO shardlake_maintenance (name, runner, lease_until_ms) VALUES ('lake', $1, $2) \
          ON CONFLICT (name) DO UPDATE SET runner = excluded.runner, \
          lease_until_ms = excluded.lease_until_ms \
          WHERE shardlake_maintenance.runner = excluded.runner \
-         OR shardlake_maintenance.lease_until_ms < ?",
+         OR shardlake_maintenance.lease_until_ms < $3",
     )
     .bind(runner)
     .bind(until)
@@ -168,31 +187,48 @@ mod tests {
     async fn one_runner_at_a_time_and_release_frees_it() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let uri = format!("sqlite://{}?mode=rwc", tmp.path().join("l.db").display());
-        let pool = SqlitePool::connect(&uri).await.expect("pool");
-        let first = MaintenanceLease::acquire(&pool)
+        let db = Database::connect(&uri).await.expect("db");
+        let pool = db.pool();
+        let first = MaintenanceLease::acquire(&db)
             .await
             .expect("db")
             .expect("free");
         assert!(first.holder()());
-        let second = MaintenanceLease::acquire(&pool).await.expect("db");
+        let second = MaintenanceLease::acquire(&db).await.expect("db");
         let holder = second.err().expect("held by the first");
         assert!(
-            holder.starts_with(&format!("{}:", std::process::id())),
+            holder.starts_with(&format!("{}:{}:", this_host(), std::process::id())),
             "{holder}"
         );
         first.release().await.expect("release");
-        let third = MaintenanceLease::acquire(&pool).await.expect("db");
+        let third = MaintenanceLease::acquire(&db).await.expect("db");
         let third = third.expect("free again after release");
         third.release().await.expect("release");
 
         // A holder whose process is gone (a SIGKILLed `shardlake maintain`)
         // does not block the lake until its lease runs out.
-        sqlx::query("INSERT INTO shardlake_maintenance VALUES ('lake', '4000000000:dead', ?)")
+        let dead = format!("{}:4000000000:dead", this_host());
+        sqlx::query("INSERT INTO shardlake_maintenance VALUES ('lake', $1, $2)")
+            .bind(&dead)
             .bind(now_ms() + 3_600_000)
-            .execute(&pool)
+            .execute(pool)
             .await
             .expect("a dead holder's lease");
-        let fourth = MaintenanceLease::acquire(&pool).await.expect("db");
-        assert!(fourth.is_ok(), "a dead holder's lease is taken over");
+        let fourth = MaintenanceLease::acquire(&db).await.expect("db");
+        let fourth = fourth.expect("a dead holder's lease is taken over");
+        fourth.release().await.expect("release");
+
+        // A holder on another host may be alive whatever its pid: only its
+        // lease's end frees the lake. So may one recorded before hosts were.
+        assert!(process_alive("elsewhere:4000000000:x"));
+        assert!(!process_alive("4000000000:old-format"));
+        assert!(!process_alive(&dead));
+        sqlx::query("INSERT INTO shardlake_maintenance VALUES ('lake', 'elsewhere:1:x', $1)")
+            .bind(now_ms() + 3_600_000)
+            .execute(pool)
+            .await
+            .expect("another host's lease");
+        let fifth = MaintenanceLease::acquire(&db).await.expect("db");
+        assert_eq!(fifth.err().as_deref(), Some("elsewhere:1:x"));
     }
 }

@@ -355,7 +355,7 @@ impl Lake {
         let lease = if dry_run {
             None
         } else {
-            match MaintenanceLease::acquire(self.table().pool()).await? {
+            match MaintenanceLease::acquire(self.table().database()).await? {
                 Ok(lease) => Some(lease),
                 Err(holder) => {
                     report.skipped = Some(format!(

@@ -61,7 +61,6 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetObjectReader};
 use parquet::file::metadata::ParquetMetaData;
 use serde::{Deserialize, Serialize};
-use sqlx::SqlitePool;
 
 pub use committer::ParquetCommitter;
 pub(crate) use read::ParquetReadCache;
@@ -256,7 +255,7 @@ fn chain(complete: &[ParquetCommit], limit: Option<i64>) -> Vec<&ParquetCommit> 
 pub struct ParquetEventsTable {
     warehouse: Warehouse,
     prefix: Path,
-    pool: SqlitePool,
+    db: crate::db::Database,
     // Files are immutable: a footer is read once per process.
     footers: Arc<Mutex<HashMap<Path, Arc<ParquetDataFile>>>>,
     listing: Arc<Mutex<ListingCache>>,
@@ -334,20 +333,25 @@ impl ParquetEventsTable {
                 ),
             ));
         }
+        if warehouse.has_catalog_url() {
+            return Err(Error::new(
+                ErrorKind::DataInvalid,
+                "a plain Parquet lake has one writer and keeps its control database in its data \
+                 directory; a catalog URL (several servers on one lake) needs the Iceberg format",
+            ));
+        }
         let uri = format!(
             "sqlite://{}?mode=rwc",
             warehouse.data_dir().join(CONTROL_DB).display()
         );
-        let pool = SqlitePool::connect(&uri).await.map_err(|e| {
-            Error::new(ErrorKind::Storage, "cannot open the control database").with_source(e)
-        })?;
-        check_location(&pool, warehouse).await?;
+        let db = crate::db::Database::connect(&uri).await?;
+        check_location(&db, warehouse).await?;
         let prefix = warehouse.object_path(&format!("{}{EVENTS_DIR}", warehouse.root()))?;
         Ok(Self {
             warehouse: warehouse.clone(),
             prefix,
-            pins: SnapshotPins::open(pool.clone()).await?,
-            pool,
+            pins: SnapshotPins::open(db.clone()).await?,
+            db,
             footers: Arc::new(Mutex::new(HashMap::new())),
             listing: Arc::new(Mutex::new(ListingCache::default())),
             changes: Arc::default(),
@@ -361,8 +365,8 @@ impl ParquetEventsTable {
     }
 
     /// The control database.
-    pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.pool
+    pub(crate) fn database(&self) -> &crate::db::Database {
+        &self.db
     }
 
     /// Marks commit `commit_id` as being written by this process until the
@@ -404,7 +408,7 @@ impl ParquetEventsTable {
 
     /// Subscription checkpoints (in the control database).
     pub async fn checkpoints(&self) -> Result<crate::checkpoint::Checkpoints> {
-        crate::checkpoint::Checkpoints::open(self.pool.clone()).await
+        crate::checkpoint::Checkpoints::open(self.db.clone()).await
     }
 
     /// The table's latest snapshot: one LIST of the table directory plus
@@ -700,21 +704,23 @@ fn assemble(files: Vec<Arc<ParquetDataFile>>) -> Result<ParquetSnapshot> {
 
 /// Records the storage location in the control database on first use and
 /// refuses another one later (the same check the Iceberg catalog gets).
-async fn check_location(pool: &SqlitePool, warehouse: &Warehouse) -> Result<()> {
+async fn check_location(db: &crate::db::Database, warehouse: &Warehouse) -> Result<()> {
     let failed =
         |e: sqlx::Error| Error::new(ErrorKind::Storage, "control database failed").with_source(e);
-    sqlx::query(
+    db.create_tables(&[
         "CREATE TABLE IF NOT EXISTS shardlake_lake (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ])
+    .await?;
+    let pool = db.pool();
+    let root = warehouse.root().to_string();
+    sqlx::query(
+        "INSERT INTO shardlake_lake (key, value) VALUES ('location', $1) \
+         ON CONFLICT (key) DO NOTHING",
     )
+    .bind(&root)
     .execute(pool)
     .await
     .map_err(failed)?;
-    let root = warehouse.root().to_string();
-    sqlx::query("INSERT OR IGNORE INTO shardlake_lake (key, value) VALUES ('location', ?)")
-        .bind(&root)
-        .execute(pool)
-        .await
-        .map_err(failed)?;
     let (recorded,): (String,) =
         sqlx::query_as("SELECT value FROM shardlake_lake WHERE key = 'location'")
             .fetch_one(pool)

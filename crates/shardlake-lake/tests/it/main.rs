@@ -9,4 +9,5 @@ mod exactly_once;
 mod faulty;
 mod lifecycle;
 mod parquet;
+mod postgres;
 mod s3;

@@ -1,12 +1,16 @@
 """Reads a lake written by shardlake with engines that are not shardlake.
 
-pyiceberg opens the events table through shardlake's own SQLite catalog
-(the SQL catalog schema is shared by pyiceberg and iceberg-rust) and scans
+pyiceberg opens the events table through shardlake's own SQL catalog, the
+SQLite file or the PostgreSQL database several servers share (the SQL
+catalog schema is shared by pyiceberg and iceberg-rust), and scans
 it; DuckDB reads the data files the Iceberg snapshot lists with its own
 Parquet reader. Both compute the same figures, printed as one JSON object
 for the Rust test to compare with shardlake's answers.
 
-usage: read_lake.py CATALOG_DB WAREHOUSE_URL   (an Iceberg lake)
+usage: read_lake.py CATALOG WAREHOUSE_URL      (an Iceberg lake; CATALOG is
+                                                 the SQLite file or a
+                                                 SQLAlchemy URL such as
+                                                 postgresql+psycopg://...)
        read_lake.py --parquet TABLE_DIR         (a plain-Parquet lake:
                                                  DuckDB and pyarrow read
                                                  the Hive layout)
@@ -72,7 +76,8 @@ def main():
     if sys.argv[1] == "--parquet":
         return parquet_lake(sys.argv[2])
     catalog_db, warehouse = sys.argv[1], sys.argv[2]
-    catalog = SqlCatalog("shardlake", uri=f"sqlite:///{catalog_db}", warehouse=warehouse)
+    uri = catalog_db if "://" in catalog_db else f"sqlite:///{catalog_db}"
+    catalog = SqlCatalog("shardlake", uri=uri, warehouse=warehouse)
     table = catalog.load_table("shardlake.events")
 
     # pyiceberg: its own scan planning (manifests, partition spec, field ids).

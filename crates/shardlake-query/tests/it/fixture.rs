@@ -49,6 +49,24 @@ impl Fixture {
         .await
     }
 
+    /// Like [`Self::build`], with the catalog in a fresh database of the
+    /// test PostgreSQL server (files on local disk); also returns its URL.
+    pub async fn on_postgres(commits: usize) -> (Self, String) {
+        let url = shardlake_testkit::postgres().database().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (lake, created) = Lake::open_or_create_in(
+            dir.path(),
+            &ObjectStorageConfig::default(),
+            Some(&url),
+            None,
+        )
+        .await
+        .expect("lake");
+        assert!(created);
+        let events = shardlake_testkit::commit_fixture(&lake, commits).await;
+        (Self { dir, lake, events }, url)
+    }
+
     /// Like [`Self::build`], as a plain-Parquet lake on local disk.
     pub async fn parquet(commits: usize) -> Self {
         Self::build_in(

@@ -173,6 +173,33 @@ async fn pyiceberg_and_duckdb_read_what_shardlake_wrote() {
     assert!(pruned > 0 && pruned < all, "{pruned} of {all} files");
 }
 
+/// pyiceberg (through SQLAlchemy and psycopg) opens the table through the
+/// PostgreSQL catalog several servers share, and reads what shardlake's
+/// engine reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyiceberg_reads_a_lake_cataloged_in_postgres() {
+    let (fixture, url) = Fixture::on_postgres(3).await;
+    assert!(!fixture.dir.path().join("catalog.db").exists());
+    let engine = fixture.engine(config()).await;
+    let ours = figures(&engine).await;
+    let ours_per_ns = per_namespace(&engine).await;
+    assert_eq!(ours["events"], fixture.events.len() as i64);
+    let sqlalchemy = url.replacen("postgres://", "postgresql+psycopg://", 1);
+    let warehouse = fixture.lake.warehouse();
+    let theirs = read_lake(&[
+        std::ffi::OsStr::new(&sqlalchemy),
+        warehouse.root_location().as_ref(),
+    ]);
+    assert_agree(&theirs, &["pyiceberg", "duckdb"], &ours, &ours_per_ns);
+    let snapshot = fixture
+        .lake
+        .commit_state()
+        .await
+        .expect("state")
+        .snapshot_id;
+    assert_eq!(theirs["snapshot_id"], snapshot.expect("a snapshot"));
+}
+
 /// After the whole lifecycle (manifests merged, every old snapshot
 /// expired, unreachable files deleted), pyiceberg and DuckDB still read
 /// the table, every snapshot shardlake retains is scannable by pyiceberg,
