@@ -8,10 +8,10 @@
 //! Events per second and commit latency, side by side, in one run.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
-use shardlake_lake::{EmitterConfig, Lake, ObjectStorageConfig, TableFormat};
+use shardlake_lake::{Lake, ObjectStorageConfig, TableFormat};
 
 use crate::events;
 
@@ -24,13 +24,7 @@ async fn ingest(dir: &Path, fsync: bool, commits: usize, per: usize) -> anyhow::
         ..ObjectStorageConfig::default()
     };
     let lake = Lake::open_with(dir, &storage, TableFormat::Iceberg).await?;
-    let emitter = lake
-        .emitter(EmitterConfig {
-            flush_interval: Duration::from_millis(1),
-            max_batch_events: usize::MAX,
-            ..EmitterConfig::default()
-        })
-        .await?;
+    let emitter = lake.emitter(crate::commit_per_emit()).await?;
     let all = events(commits * per, 0);
     let mut latencies = Vec::with_capacity(commits);
     let started = Instant::now();

@@ -22,6 +22,7 @@ mod cluster;
 mod durability;
 mod load;
 mod replay;
+mod shared_catalog;
 mod storage;
 
 use std::collections::BTreeMap;
@@ -184,6 +185,23 @@ enum Command {
         /// Commits of 100,000 events.
         #[arg(long, default_value_t = 10)]
         large_commits: usize,
+    },
+    /// Commits per second with two servers on one PostgreSQL catalog
+    /// against one server on the SQLite catalog.
+    SharedCatalog {
+        /// Scratch directory.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// A PostgreSQL URL whose user may create databases
+        /// (`postgres://user@host:port/postgres`).
+        #[arg(long)]
+        postgres: String,
+        /// Commits per server.
+        #[arg(long, default_value_t = 300)]
+        commits: usize,
+        /// Events per commit.
+        #[arg(long, default_value_t = 100)]
+        per: usize,
     },
     /// Many small commits against a few large ones.
     Commits {
@@ -390,14 +408,20 @@ fn events(n: usize, offset: usize) -> Vec<Event> {
         .collect()
 }
 
-async fn commits(dir: &std::path::Path, n: usize, per: usize, runs: usize) -> anyhow::Result<()> {
-    let total = n * per;
-    let all = events(total, 0);
-    let quick = EmitterConfig {
+/// An emitter configuration that commits each `emit` call at once and
+/// whole, whatever its size: one call, one commit.
+fn commit_per_emit() -> EmitterConfig {
+    EmitterConfig {
         flush_interval: Duration::from_millis(1),
         max_batch_events: usize::MAX,
         ..EmitterConfig::default()
-    };
+    }
+}
+
+async fn commits(dir: &std::path::Path, n: usize, per: usize, runs: usize) -> anyhow::Result<()> {
+    let total = n * per;
+    let all = events(total, 0);
+    let quick = commit_per_emit();
     let many = Lake::open_local(dir.join("many")).await?;
     let emitter = many.emitter(quick.clone()).await?;
     let started = Instant::now();
@@ -542,6 +566,12 @@ async fn main() -> anyhow::Result<()> {
             small_commits,
             large_commits,
         } => durability::run(&dir, small_commits, large_commits).await,
+        Command::SharedCatalog {
+            dir,
+            postgres,
+            commits,
+            per,
+        } => shared_catalog::run(&dir, &postgres, commits, per).await,
         Command::Storage {
             events,
             batch,

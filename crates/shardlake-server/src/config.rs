@@ -606,5 +606,26 @@ min_small_files = 4
         let old = ServerConfig::load(Some(&file)).expect("parses");
         let err = old.check().expect_err("refused");
         assert!(err.contains("maintenance.interval_secs"), "{err}");
+
+        // [catalog] url: PostgreSQL or SQLite; anything else is refused,
+        // its password never repeated.
+        std::fs::write(
+            &file,
+            "[catalog]\nurl = \"postgres://lake:pw@db:5432/lake\"\n",
+        )
+        .expect("write");
+        let shared = ServerConfig::load(Some(&file)).expect("parses");
+        assert_eq!(
+            shared.catalog.url.as_deref(),
+            Some("postgres://lake:pw@db:5432/lake")
+        );
+        shared.check().expect("a postgres catalog");
+        std::fs::write(&file, "[catalog]\nurl = \"mysql://lake:pw@db/lake\"\n").expect("write");
+        let err = ServerConfig::load(Some(&file))
+            .expect("parses")
+            .check()
+            .expect_err("refused");
+        assert!(err.contains("catalog.url") && err.contains("***"), "{err}");
+        assert!(!err.contains("pw@"), "{err}");
     }
 }
