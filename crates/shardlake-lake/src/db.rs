@@ -172,16 +172,27 @@ impl Database {
     }
 
     /// Runs `ddl` (`CREATE TABLE IF NOT EXISTS ...` statements) so that
-    /// two processes doing it at once both succeed.
+    /// two processes doing it at once both succeed: on PostgreSQL in one
+    /// transaction under an advisory lock; on SQLite one statement at a
+    /// time, as before (a deferred transaction that read the schema and
+    /// then had to create a table would get `SQLITE_BUSY` at once, without
+    /// waiting, when another connection wrote in between).
     pub async fn create_tables(&self, ddl: &[&str]) -> Result<()> {
+        if self.backend == Backend::Sqlite {
+            for statement in ddl {
+                sqlx::query(statement)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| failed("creating tables", e))?;
+            }
+            return Ok(());
+        }
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(|e| failed("creating tables", e))?;
-        if self.backend == Backend::Postgres {
-            advisory_xact_lock(&mut tx, DDL_LOCK).await?;
-        }
+        advisory_xact_lock(&mut tx, DDL_LOCK).await?;
         for statement in ddl {
             sqlx::query(statement)
                 .execute(&mut *tx)
