@@ -84,6 +84,7 @@ impl Backend {
 pub struct Database {
     pool: AnyPool,
     backend: Backend,
+    // The URL without its password, for `Debug` (logs).
     shown: String,
 }
 
@@ -141,11 +142,6 @@ impl Database {
     /// Which backend this is.
     pub fn backend(&self) -> Backend {
         self.backend
-    }
-
-    /// The URL, password removed (for logs and errors).
-    pub fn shown_url(&self) -> &str {
-        &self.shown
     }
 
     /// A transaction holding the database's single write lock from its
